@@ -1,0 +1,1 @@
+//! The B2BUA: calls with two legs, dialogs, offer/answer relay, CANCEL, re-INVITE, REFER, session timers.

@@ -1,0 +1,6 @@
+//! drbridge: a session border controller between Microsoft Teams Direct Routing and Mitel PBXs.
+//! See ../shared/DESIGN.md for the module layout; lower layers never import higher ones.
+pub mod b2bua;
+pub mod config;
+pub mod routing;
+pub mod sip;

@@ -1,0 +1,1 @@
+//! Trunks (Teams proxies, PBX), number normalization, routes, OPTIONS health and failover.

@@ -1,0 +1,211 @@
+//! Header names (case-insensitive, compact forms) and the ordered header list.
+
+use super::text::{split_commas, SipStr};
+
+/// Compact form (RFC 3261 7.3.3 and extensions) -> full name.
+const COMPACT: &[(u8, &str)] = &[
+    (b'a', "Accept-Contact"),
+    (b'b', "Referred-By"),
+    (b'c', "Content-Type"),
+    (b'd', "Request-Disposition"),
+    (b'e', "Content-Encoding"),
+    (b'f', "From"),
+    (b'i', "Call-ID"),
+    (b'j', "Reject-Contact"),
+    (b'k', "Supported"),
+    (b'l', "Content-Length"),
+    (b'm', "Contact"),
+    (b'n', "Identity-Info"),
+    (b'o', "Event"),
+    (b'r', "Refer-To"),
+    (b's', "Subject"),
+    (b't', "To"),
+    (b'u', "Allow-Events"),
+    (b'v', "Via"),
+    (b'x', "Session-Expires"),
+    (b'y', "Identity"),
+];
+
+/// Names written with a canonical spelling (for well-known headers).
+const CANONICAL: &[&str] = &[
+    "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow",
+    "Allow-Events", "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
+    "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
+    "Content-Type", "CSeq", "Date", "Diversion", "Error-Info", "Event", "Expires", "From",
+    "History-Info", "Identity", "Identity-Info", "In-Reply-To", "Max-Forwards", "Min-Expires",
+    "Min-SE", "MIME-Version", "Organization", "P-Asserted-Identity", "P-Preferred-Identity",
+    "Privacy", "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "RAck",
+    "Reason", "Record-Route", "Refer-To", "Referred-By", "Reject-Contact", "Replaces",
+    "Reply-To", "Request-Disposition", "Require", "Retry-After", "Route", "RSeq", "Server",
+    "Session-Expires", "Subject", "Subscription-State", "Supported", "Timestamp", "To",
+    "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate", "X-MS-SBC",
+];
+
+/// Returns the canonical spelling for a header name given in any case or compact form.
+pub fn canonical_name(name: &str) -> Option<&'static str> {
+    if name.len() == 1 {
+        let c = name.as_bytes()[0].to_ascii_lowercase();
+        if let Some((_, full)) = COMPACT.iter().find(|(k, _)| *k == c) {
+            return Some(full);
+        }
+    }
+    CANONICAL.iter().copied().find(|c| c.eq_ignore_ascii_case(name))
+}
+
+/// A header name: canonical for known headers, as received otherwise. Comparison ignores case
+/// and understands compact forms.
+#[derive(Clone, Debug)]
+pub struct HeaderName(SipStr);
+
+impl HeaderName {
+    pub fn new(name: SipStr) -> HeaderName {
+        match canonical_name(&name) {
+            Some(c) => HeaderName(SipStr::from_static(c)),
+            None => HeaderName(name),
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// True if this is `name` (any case, compact form accepted).
+    pub fn is(&self, name: &str) -> bool {
+        let want = canonical_name(name).unwrap_or(name);
+        self.0.eq_ignore_ascii_case(want)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub name: HeaderName,
+    pub value: SipStr,
+}
+
+/// The ordered list of headers of a message. Order is preserved (it matters for Via, Route,
+/// Record-Route); lookups are by name, case-insensitive, compact forms understood.
+#[derive(Clone, Debug, Default)]
+pub struct Headers {
+    list: Vec<Header>,
+}
+
+impl Headers {
+    pub fn new() -> Headers {
+        Headers { list: Vec::new() }
+    }
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Header> {
+        self.list.iter()
+    }
+    /// Value of the first header line of that name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.list.iter().find(|h| h.name.is(name)).map(|h| h.value.as_str())
+    }
+    /// Every header line of that name, in order (not split at commas).
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.list.iter().filter(move |h| h.name.is(name)).map(|h| h.value.as_str())
+    }
+    /// Every value of that name: all lines, each split at top-level commas.
+    /// Use only for headers whose grammar is a comma list (Via, Route, Record-Route, Contact,
+    /// Allow, Supported, Require, History-Info, Diversion ...).
+    pub fn values<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
+        self.get_all(name).flat_map(split_commas).collect()
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+    /// True if a comma-list header of that name has `token` (case-insensitive), e.g. Supported: timer.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.values(name).iter().any(|v| v.eq_ignore_ascii_case(token))
+    }
+    pub fn push(&mut self, name: &str, value: impl Into<SipStr>) {
+        self.list.push(Header { name: HeaderName::new(SipStr::from(name)), value: value.into() });
+    }
+    pub fn push_header(&mut self, h: Header) {
+        self.list.push(h);
+    }
+    /// Inserts before every other header (for Via and Record-Route).
+    pub fn push_front(&mut self, name: &str, value: impl Into<SipStr>) {
+        self.list.insert(0, Header { name: HeaderName::new(SipStr::from(name)), value: value.into() });
+    }
+    /// Inserts before the first header of the same name, or at the end if there is none.
+    pub fn push_first_of_name(&mut self, name: &str, value: impl Into<SipStr>) {
+        let h = Header { name: HeaderName::new(SipStr::from(name)), value: value.into() };
+        match self.list.iter().position(|x| x.name.is(name)) {
+            Some(i) => self.list.insert(i, h),
+            None => self.list.push(h),
+        }
+    }
+    /// Removes every line of that name; returns how many.
+    pub fn remove(&mut self, name: &str) -> usize {
+        let before = self.list.len();
+        self.list.retain(|h| !h.name.is(name));
+        before - self.list.len()
+    }
+    /// Replaces every line of that name with one line (in the place of the first, or at the end).
+    pub fn set(&mut self, name: &str, value: impl Into<SipStr>) {
+        let value = value.into();
+        match self.list.iter().position(|h| h.name.is(name)) {
+            Some(i) => {
+                self.list[i].value = value;
+                let mut n = 0;
+                self.list.retain(|h| {
+                    let keep = !h.name.is(name) || {
+                        n += 1;
+                        n == 1
+                    };
+                    keep
+                });
+            }
+            None => self.push(name, value),
+        }
+    }
+    /// Removes the first value of a comma-list header (e.g. the top Via), whether it is a line of
+    /// its own or the first of a comma-joined line. Returns it.
+    pub fn pop_first_value(&mut self, name: &str) -> Option<String> {
+        let i = self.list.iter().position(|h| h.name.is(name))?;
+        let parts: Vec<String> = split_commas(&self.list[i].value).into_iter().map(String::from).collect();
+        if parts.len() <= 1 {
+            let h = self.list.remove(i);
+            return Some(h.value.to_string());
+        }
+        let first = parts[0].clone();
+        self.list[i].value = SipStr::from(parts[1..].join(", "));
+        Some(first)
+    }
+    pub fn retain(&mut self, mut f: impl FnMut(&Header) -> bool) {
+        self.list.retain(|h| f(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_and_case() {
+        let mut h = Headers::new();
+        h.push("v", "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2");
+        h.push("VIA", "SIP/2.0/UDP c;branch=z9hG4bK3");
+        h.push("i", "abc@x");
+        assert_eq!(h.get("call-id"), Some("abc@x"));
+        assert_eq!(h.values("Via").len(), 3);
+        assert_eq!(h.pop_first_value("via").unwrap(), "SIP/2.0/UDP a;branch=z9hG4bK1");
+        assert_eq!(h.values("Via").len(), 2);
+        assert_eq!(h.iter().next().unwrap().name.as_str(), "Via");
+    }
+
+    #[test]
+    fn set_replaces_all() {
+        let mut h = Headers::new();
+        h.push("Contact", "<sip:a@b>");
+        h.push("X", "1");
+        h.push("m", "<sip:c@d>");
+        h.set("contact", "<sip:e@f>");
+        assert_eq!(h.get_all("Contact").collect::<Vec<_>>(), vec!["<sip:e@f>"]);
+        assert_eq!(h.len(), 2);
+    }
+}

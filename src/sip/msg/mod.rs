@@ -1,0 +1,302 @@
+//! SIP messages (RFC 3261 section 7) and SDP: parse and write.
+//!
+//! Why not `rsip` (named by the design card): it leaves compact header forms unparsed, rejects
+//! folding and whitespace before the colon and drops the second of a comma-joined Via
+//! (see ../shared/REFERENCE.md). The parser here is our own, zero-copy over `bytes::Bytes`:
+//! header values and bodies are slices of the receive buffer (`SipStr`), only folded lines
+//! allocate. Every length from the network is checked against the buffer and the `Limits`; a
+//! malformed message is a `ParseError`, never a panic (property tests and a fuzz target cover it).
+
+mod headers;
+mod parse;
+pub mod sdp;
+mod text;
+mod uri;
+
+pub use headers::{canonical_name, Header, HeaderName, Headers};
+pub use parse::{frame_len, parse, parse_datagram, Limits, ParseError};
+pub use text::{split_commas, SipStr};
+pub use uri::{CSeq, NameAddr, Param, Params, Uri, Via};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Register,
+    Refer,
+    Notify,
+    Subscribe,
+    Update,
+    Prack,
+    Info,
+    Message,
+    Publish,
+    Other(String),
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Method {
+        match s {
+            "INVITE" => Method::Invite,
+            "ACK" => Method::Ack,
+            "BYE" => Method::Bye,
+            "CANCEL" => Method::Cancel,
+            "OPTIONS" => Method::Options,
+            "REGISTER" => Method::Register,
+            "REFER" => Method::Refer,
+            "NOTIFY" => Method::Notify,
+            "SUBSCRIBE" => Method::Subscribe,
+            "UPDATE" => Method::Update,
+            "PRACK" => Method::Prack,
+            "INFO" => Method::Info,
+            "MESSAGE" => Method::Message,
+            "PUBLISH" => Method::Publish,
+            o => Method::Other(o.to_string()),
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Options => "OPTIONS",
+            Method::Register => "REGISTER",
+            Method::Refer => "REFER",
+            Method::Notify => "NOTIFY",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Update => "UPDATE",
+            Method::Prack => "PRACK",
+            Method::Info => "INFO",
+            Method::Message => "MESSAGE",
+            Method::Publish => "PUBLISH",
+            Method::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: Method,
+    pub uri: SipStr,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    pub reason: SipStr,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+#[derive(Clone, Debug)]
+pub enum Message {
+    Request(Request),
+    Response(Response),
+}
+
+/// Standard reason phrase for a status code.
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        420 => "Bad Extension",
+        422 => "Session Interval Too Small",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        _ => match code / 100 {
+            1 => "Progress",
+            2 => "OK",
+            3 => "Redirect",
+            4 => "Client Error",
+            5 => "Server Error",
+            _ => "Global Failure",
+        },
+    }
+}
+
+macro_rules! common_accessors {
+    () => {
+        pub fn call_id(&self) -> Option<&str> {
+            self.headers.get("Call-ID")
+        }
+        pub fn cseq(&self) -> Option<CSeq> {
+            self.headers.get("CSeq").and_then(|v| CSeq::parse(v).ok())
+        }
+        /// The topmost Via (first value of the first Via line).
+        pub fn top_via(&self) -> Option<Via> {
+            self.headers.values("Via").first().and_then(|v| Via::parse(v).ok())
+        }
+        pub fn from_hdr(&self) -> Option<NameAddr> {
+            self.headers.get("From").and_then(|v| NameAddr::parse(v).ok())
+        }
+        pub fn to_hdr(&self) -> Option<NameAddr> {
+            self.headers.get("To").and_then(|v| NameAddr::parse(v).ok())
+        }
+        pub fn from_tag(&self) -> Option<String> {
+            self.from_hdr().and_then(|n| n.tag().map(str::to_string))
+        }
+        pub fn to_tag(&self) -> Option<String> {
+            self.to_hdr().and_then(|n| n.tag().map(str::to_string))
+        }
+        pub fn content_type(&self) -> Option<&str> {
+            self.headers.get("Content-Type")
+        }
+    };
+}
+
+impl Request {
+    pub fn new(method: Method, uri: impl Into<SipStr>) -> Request {
+        Request { method, uri: uri.into(), headers: Headers::new(), body: Bytes::new() }
+    }
+    common_accessors!();
+
+    /// Writes the request; Content-Length is always written from the actual body.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(512 + self.body.len());
+        b.put_slice(self.method.as_str().as_bytes());
+        b.put_u8(b' ');
+        b.put_slice(self.uri.as_bytes());
+        b.put_slice(b" SIP/2.0\r\n");
+        write_headers(&mut b, &self.headers, &self.body);
+        b.freeze()
+    }
+
+    /// A response to this request as RFC 3261 8.2.6 says: Via, From, To, Call-ID and CSeq
+    /// copied; To gets `to_tag` when given and the request's To has none.
+    pub fn response(&self, status: u16, to_tag: Option<&str>) -> Response {
+        let mut r = Response {
+            status,
+            reason: SipStr::from_static(reason_phrase(status)),
+            headers: Headers::new(),
+            body: Bytes::new(),
+        };
+        for h in self.headers.iter() {
+            if h.name.is("Via") || h.name.is("From") || h.name.is("Call-ID") || h.name.is("CSeq") {
+                r.headers.push_header(h.clone());
+            } else if h.name.is("To") {
+                let mut v = h.value.to_string();
+                if let Some(tag) = to_tag {
+                    if status != 100 && NameAddr::parse(&v).map(|n| n.tag().is_none()).unwrap_or(false) {
+                        v.push_str(";tag=");
+                        v.push_str(tag);
+                    }
+                }
+                r.headers.push("To", v);
+            }
+        }
+        if status == 100 {
+            if let Some(ts) = self.headers.get("Timestamp") {
+                r.headers.push("Timestamp", ts.to_string());
+            }
+        }
+        r
+    }
+}
+
+impl Response {
+    common_accessors!();
+
+    pub fn is_provisional(&self) -> bool {
+        self.status < 200
+    }
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(512 + self.body.len());
+        b.put_slice(b"SIP/2.0 ");
+        b.put_slice(self.status.to_string().as_bytes());
+        b.put_u8(b' ');
+        b.put_slice(self.reason.as_bytes());
+        b.put_slice(b"\r\n");
+        write_headers(&mut b, &self.headers, &self.body);
+        b.freeze()
+    }
+}
+
+impl Message {
+    pub fn headers(&self) -> &Headers {
+        match self {
+            Message::Request(r) => &r.headers,
+            Message::Response(r) => &r.headers,
+        }
+    }
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        match self {
+            Message::Request(r) => &mut r.headers,
+            Message::Response(r) => &mut r.headers,
+        }
+    }
+    pub fn body(&self) -> &Bytes {
+        match self {
+            Message::Request(r) => &r.body,
+            Message::Response(r) => &r.body,
+        }
+    }
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Message::Request(r) => r.to_bytes(),
+            Message::Response(r) => r.to_bytes(),
+        }
+    }
+}
+
+fn write_headers(b: &mut BytesMut, headers: &Headers, body: &Bytes) {
+    for h in headers.iter() {
+        if h.name.is("Content-Length") {
+            continue;
+        }
+        b.put_slice(h.name.as_str().as_bytes());
+        b.put_slice(b": ");
+        b.put_slice(h.value.as_bytes());
+        b.put_slice(b"\r\n");
+    }
+    b.put_slice(b"Content-Length: ");
+    b.put_slice(body.len().to_string().as_bytes());
+    b.put_slice(b"\r\n\r\n");
+    b.put_slice(body);
+}

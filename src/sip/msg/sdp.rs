@@ -1,0 +1,2 @@
+//! SDP (RFC 4566): parse and write. Filled in by the SDP work; until media anchoring lands,
+//! bodies pass through unchanged.

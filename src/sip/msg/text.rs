@@ -1,0 +1,99 @@
+//! `SipStr`: an immutable UTF-8 string that shares the receive buffer (`bytes::Bytes`).
+
+use bytes::Bytes;
+use std::fmt;
+use std::ops::Deref;
+
+/// A cheaply clonable UTF-8 string slice of a received message (or of an owned string).
+/// Parsing checks UTF-8 once; accessors then hand out `&str` without copying.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct SipStr(Bytes);
+
+impl SipStr {
+    /// Wraps bytes already known to be UTF-8. Returns `None` otherwise.
+    pub fn from_utf8(b: Bytes) -> Option<SipStr> {
+        std::str::from_utf8(&b).ok()?;
+        Some(SipStr(b))
+    }
+    pub const fn from_static(s: &'static str) -> SipStr {
+        SipStr(Bytes::from_static(s.as_bytes()))
+    }
+    pub fn as_str(&self) -> &str {
+        // SAFETY-free: constructors guarantee UTF-8; fall back to "" defensively.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl Deref for SipStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for SipStr {
+    fn from(s: String) -> Self {
+        SipStr(Bytes::from(s))
+    }
+}
+impl From<&str> for SipStr {
+    fn from(s: &str) -> Self {
+        SipStr(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+impl fmt::Display for SipStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl fmt::Debug for SipStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+impl PartialEq<str> for SipStr {
+    fn eq(&self, o: &str) -> bool {
+        self.as_str() == o
+    }
+}
+impl PartialEq<&str> for SipStr {
+    fn eq(&self, o: &&str) -> bool {
+        self.as_str() == *o
+    }
+}
+
+/// Splits a header value at top-level commas: commas inside quoted strings and `<...>` do not
+/// split. Each part is trimmed; empty parts are skipped.
+pub fn split_commas(v: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut in_q, mut in_angle, mut esc) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in v.char_indices() {
+        if esc {
+            esc = false;
+            continue;
+        }
+        match c {
+            '\\' if in_q => esc = true,
+            '"' => in_q = !in_q,
+            '<' if !in_q => in_angle = true,
+            '>' if !in_q => in_angle = false,
+            ',' if !in_q && !in_angle => {
+                let p = v[start..i].trim();
+                if !p.is_empty() {
+                    out.push(p);
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let p = v[start..].trim();
+    if !p.is_empty() {
+        out.push(p);
+    }
+    out
+}

@@ -1,0 +1,347 @@
+//! Typed views of the header values a B2BUA edits: SIP URI, name-addr (From/To/Contact/...),
+//! Via and CSeq. Each parses from `&str` into owned parts and writes back with `Display`.
+
+use super::Method;
+use super::ParseError;
+use std::fmt;
+
+/// `;name=value` parameters, order kept, names compared case-insensitively.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params(pub Vec<Param>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Param {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+impl Params {
+    /// Parses `;a=b;c` (leading `;` optional).
+    pub fn parse(s: &str) -> Params {
+        let mut v = Vec::new();
+        for p in split_semis(s) {
+            let p = p.trim();
+            if p.is_empty() {
+                continue;
+            }
+            match p.split_once('=') {
+                Some((n, val)) => v.push(Param { name: n.trim().to_string(), value: Some(val.trim().to_string()) }),
+                None => v.push(Param { name: p.to_string(), value: None }),
+            }
+        }
+        Params(v)
+    }
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|p| p.name.eq_ignore_ascii_case(name)).map(|p| p.value.as_deref().unwrap_or(""))
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|p| p.name.eq_ignore_ascii_case(name))
+    }
+    pub fn set(&mut self, name: &str, value: Option<&str>) {
+        let value = value.map(str::to_string);
+        match self.0.iter_mut().find(|p| p.name.eq_ignore_ascii_case(name)) {
+            Some(p) => p.value = value,
+            None => self.0.push(Param { name: name.to_string(), value }),
+        }
+    }
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|p| !p.name.eq_ignore_ascii_case(name));
+    }
+}
+
+impl fmt::Display for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.0 {
+            match &p.value {
+                Some(v) => write!(f, ";{}={}", p.name, v)?,
+                None => write!(f, ";{}", p.name)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits at `;` outside quotes.
+fn split_semis(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut in_q = false;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => in_q = !in_q,
+            ';' if !in_q => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// A `sip:`/`sips:`/`tel:` URI: `scheme:user@host:port;params?headers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uri {
+    pub scheme: String,
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub params: Params,
+    pub headers: Option<String>,
+}
+
+impl Uri {
+    pub fn parse(s: &str) -> Result<Uri, ParseError> {
+        let s = s.trim();
+        let (scheme, rest) = s.split_once(':').ok_or(ParseError::BadHeader)?;
+        let scheme_l = scheme.to_ascii_lowercase();
+        if scheme_l.is_empty() || !scheme_l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') {
+            return Err(ParseError::BadHeader);
+        }
+        let (rest, headers) = match rest.split_once('?') {
+            Some((a, h)) => (a, Some(h.to_string())),
+            None => (rest, None),
+        };
+        if scheme_l == "tel" {
+            let (num, params) = match rest.split_once(';') {
+                Some((n, p)) => (n, Params::parse(p)),
+                None => (rest, Params::default()),
+            };
+            return Ok(Uri { scheme: scheme_l, user: Some(num.to_string()), host: String::new(), port: None, params, headers });
+        }
+        let (userinfo, hostpart) = match rest.rfind('@') {
+            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+            None => (None, rest),
+        };
+        let (hostport, params) = match hostpart.split_once(';') {
+            Some((h, p)) => (h, Params::parse(p)),
+            None => (hostpart, Params::default()),
+        };
+        let (host, port) = split_host_port(hostport)?;
+        if host.is_empty() {
+            return Err(ParseError::BadHeader);
+        }
+        Ok(Uri {
+            scheme: scheme_l,
+            user: userinfo.map(|u| u.split(':').next().unwrap_or("").to_string()),
+            host,
+            port,
+            params,
+            headers,
+        })
+    }
+
+    pub fn sip(user: Option<&str>, host: &str, port: Option<u16>) -> Uri {
+        Uri { scheme: "sip".into(), user: user.map(str::to_string), host: host.to_string(), port, params: Params::default(), headers: None }
+    }
+
+    /// `host:port` as written (IPv6 in brackets).
+    pub fn host_port(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{}", self.host, p),
+            None => self.host.clone(),
+        }
+    }
+}
+
+/// Splits `host[:port]`, IPv6 `[..]` aware. The host keeps its brackets.
+pub(crate) fn split_host_port(hp: &str) -> Result<(String, Option<u16>), ParseError> {
+    let hp = hp.trim();
+    if hp.starts_with('[') {
+        let end = hp.find(']').ok_or(ParseError::BadHeader)?;
+        let host = hp[..=end].to_string();
+        let rest = &hp[end + 1..];
+        let port = match rest.strip_prefix(':') {
+            Some(p) => Some(p.parse().map_err(|_| ParseError::BadHeader)?),
+            None if rest.is_empty() => None,
+            None => return Err(ParseError::BadHeader),
+        };
+        return Ok((host, port));
+    }
+    match hp.split_once(':') {
+        Some((h, p)) => Ok((h.to_string(), Some(p.trim().parse().map_err(|_| ParseError::BadHeader)?))),
+        None => Ok((hp.to_string(), None)),
+    }
+}
+
+impl fmt::Display for Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.scheme)?;
+        if self.scheme == "tel" {
+            write!(f, "{}", self.user.as_deref().unwrap_or(""))?;
+        } else {
+            if let Some(u) = &self.user {
+                write!(f, "{u}@")?;
+            }
+            write!(f, "{}", self.host_port())?;
+        }
+        write!(f, "{}", self.params)?;
+        if let Some(h) = &self.headers {
+            write!(f, "?{h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `"Display" <uri>;params` or `uri;params` (From, To, Contact, Refer-To, P-Asserted-Identity,
+/// Diversion, History-Info, Route, Record-Route).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameAddr {
+    pub display: Option<String>,
+    pub uri: Uri,
+    pub params: Params,
+}
+
+impl NameAddr {
+    pub fn parse(s: &str) -> Result<NameAddr, ParseError> {
+        let s = s.trim();
+        if let Some(lt) = find_unquoted(s, '<') {
+            let gt = s[lt..].find('>').ok_or(ParseError::BadHeader)? + lt;
+            let disp = s[..lt].trim();
+            let display = if disp.is_empty() { None } else { Some(disp.trim_matches('"').to_string()) };
+            let uri = Uri::parse(&s[lt + 1..gt])?;
+            let params = Params::parse(&s[gt + 1..]);
+            Ok(NameAddr { display, uri, params })
+        } else {
+            // addr-spec form: parameters after ';' belong to the header, not the URI.
+            let (u, p) = match s.split_once(';') {
+                Some((u, p)) => (u, Params::parse(p)),
+                None => (s, Params::default()),
+            };
+            Ok(NameAddr { display: None, uri: Uri::parse(u)?, params: p })
+        }
+    }
+    pub fn new(uri: Uri) -> NameAddr {
+        NameAddr { display: None, uri, params: Params::default() }
+    }
+    pub fn tag(&self) -> Option<&str> {
+        self.params.get("tag")
+    }
+    pub fn set_tag(&mut self, tag: &str) {
+        self.params.set("tag", Some(tag));
+    }
+}
+
+fn find_unquoted(s: &str, ch: char) -> Option<usize> {
+    let mut in_q = false;
+    for (i, c) in s.char_indices() {
+        if c == '"' {
+            in_q = !in_q;
+        } else if c == ch && !in_q {
+            return Some(i);
+        }
+    }
+    None
+}
+
+impl fmt::Display for NameAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = &self.display {
+            let clean: String = d.chars().filter(|c| *c != '"' && *c != '\\' && *c != '\r' && *c != '\n').collect();
+            write!(f, "\"{clean}\" ")?;
+        }
+        write!(f, "<{}>{}", self.uri, self.params)
+    }
+}
+
+/// One Via value: `SIP/2.0/UDP host:port;branch=..;received=..;rport=..`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Via {
+    pub transport: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub params: Params,
+}
+
+impl Via {
+    pub fn parse(s: &str) -> Result<Via, ParseError> {
+        let s = s.trim();
+        let rest = s.get(..4).filter(|p| p.eq_ignore_ascii_case("SIP/")).map(|_| &s[4..]).ok_or(ParseError::BadHeader)?;
+        let rest = rest.trim_start();
+        let rest = rest.strip_prefix("2.0").ok_or(ParseError::BadHeader)?.trim_start();
+        let rest = rest.strip_prefix('/').ok_or(ParseError::BadHeader)?.trim_start();
+        let ws = rest.find([' ', '\t']).ok_or(ParseError::BadHeader)?;
+        let transport = rest[..ws].to_ascii_uppercase();
+        let sent = rest[ws..].trim_start();
+        let (hp, params) = match sent.split_once(';') {
+            Some((h, p)) => (h, Params::parse(p)),
+            None => (sent, Params::default()),
+        };
+        let (host, port) = split_host_port(hp)?;
+        if host.is_empty() {
+            return Err(ParseError::BadHeader);
+        }
+        Ok(Via { transport, host, port, params })
+    }
+    pub fn branch(&self) -> Option<&str> {
+        self.params.get("branch")
+    }
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIP/2.0/{} {}", self.transport, self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        write!(f, "{}", self.params)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CSeq {
+    pub seq: u32,
+    pub method: Method,
+}
+
+impl CSeq {
+    pub fn parse(s: &str) -> Result<CSeq, ParseError> {
+        let mut it = s.split_whitespace();
+        let seq = it.next().and_then(|n| n.parse().ok()).ok_or(ParseError::BadHeader)?;
+        let m = it.next().ok_or(ParseError::BadHeader)?;
+        Ok(CSeq { seq, method: Method::parse(m) })
+    }
+}
+
+impl fmt::Display for CSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.seq, self.method)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_roundtrip() {
+        let u = Uri::parse("sip:+4681234711@sip.pstnhub.microsoft.com:5061;user=phone;transport=tls").unwrap();
+        assert_eq!(u.user.as_deref(), Some("+4681234711"));
+        assert_eq!(u.port, Some(5061));
+        assert_eq!(u.params.get("user"), Some("phone"));
+        assert_eq!(u.to_string(), "sip:+4681234711@sip.pstnhub.microsoft.com:5061;user=phone;transport=tls");
+        let v6 = Uri::parse("sip:a@[::1]:5060").unwrap();
+        assert_eq!(v6.host, "[::1]");
+    }
+
+    #[test]
+    fn name_addr() {
+        let n = NameAddr::parse("\"Alice, A\" <sip:4711@pbx;user=phone>;tag=abc").unwrap();
+        assert_eq!(n.display.as_deref(), Some("Alice, A"));
+        assert_eq!(n.tag(), Some("abc"));
+        assert_eq!(n.uri.params.get("user"), Some("phone"));
+        let b = NameAddr::parse("sip:4711@pbx;tag=x").unwrap();
+        assert_eq!(b.tag(), Some("x"));
+        assert!(b.uri.params.0.is_empty());
+    }
+
+    #[test]
+    fn via() {
+        let v = Via::parse("SIP/2.0/udp 10.0.0.1:5060;branch=z9hG4bK1;rport").unwrap();
+        assert_eq!(v.transport, "UDP");
+        assert_eq!(v.branch(), Some("z9hG4bK1"));
+        assert!(v.params.has("rport"));
+        assert_eq!(v.to_string(), "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport");
+    }
+}

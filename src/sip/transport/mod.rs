@@ -1,0 +1,1 @@
+//! SIP transports: UDP, TCP and TLS (mutual toward Teams), stream framing, connection reuse.
