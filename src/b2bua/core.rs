@@ -1,0 +1,1833 @@
+//! The call engine. See the module doc of `b2bua` for the shape; this file holds the state
+//! (calls, legs, client transaction purposes, timers) and the event handlers.
+
+use super::build::{self, add_identity, contact, new_call_id, new_tag, number_of, number_of_uri, party_uri, via};
+use super::interwork::{carry_headers, has_token, normalize};
+use super::{CallEvent, CoreConfig, Dialplan, EndReason, Hop, Side, Transmit};
+use crate::sip::msg::{Message, Method, NameAddr, Request, Response, SipStr, Uri};
+use crate::sip::transport::{Peer, Proto};
+use crate::sip::txn::{new_branch, ClientTxnId, RequestDisposition, ServerTxnId, Transactions, TxnEvent, TxnTimers};
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type CallId = u64;
+type LegId = usize;
+
+/// Counters exported by the admin view and logged at shutdown.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub calls_total: u64,
+    pub calls_answered: u64,
+    pub calls_rejected_overload: u64,
+    pub calls_failed: u64,
+    pub failovers: u64,
+    pub options_sent: u64,
+    pub session_refreshes_sent: u64,
+    pub session_expired: u64,
+    pub transfers: u64,
+    pub forbidden_source: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallState {
+    Calling,
+    Early,
+    Confirmed,
+    Ended,
+}
+
+#[derive(Clone, Debug)]
+struct SessionTimer {
+    interval: u32,
+    we_refresh: bool,
+    due: Instant,
+}
+
+/// An INVITE drbridge sent to open a leg (initial call, transfer target).
+#[derive(Clone, Debug)]
+struct OutInvite {
+    ctx: ClientTxnId,
+    req: Request,
+    /// Proxies left to try (Teams legs only), in order.
+    remaining: Vec<usize>,
+    responded: bool,
+    provisional: bool,
+    /// No response by then: fail over (Teams) or give up.
+    deadline: Option<Instant>,
+    cancel_pending: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Leg {
+    side: Side,
+    hop: Hop,
+    call_id: String,
+    local_tag: String,
+    /// Our name-addr in this dialog, with our tag.
+    local: String,
+    /// Their name-addr (with their tag once known).
+    remote: String,
+    remote_tag: Option<String>,
+    remote_target: String,
+    route_set: Vec<String>,
+    local_cseq: u32,
+    /// The number of the party on this leg (normalized for this side).
+    party: String,
+    /// Last SDP this leg's peer sent us.
+    remote_sdp: Bytes,
+    /// An INVITE/UPDATE client transaction drbridge has open on this leg (glare -> 491).
+    offer_pending: bool,
+    se: Option<SessionTimer>,
+    invite: Option<OutInvite>,
+    /// ACK to re-send when a 2xx to our INVITE is retransmitted.
+    last_ack: Option<Bytes>,
+    /// Our 2xx to their INVITE, re-sent over UDP until their ACK (RFC 3261 13.3.1.4).
+    pending_2xx: Option<Pending2xx>,
+    /// An ACK we owe this leg that waits for the body of the other leg's ACK (offer in 2xx).
+    ack_waits: Option<Request>,
+    allows_update: bool,
+    ended: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Pending2xx {
+    data: Bytes,
+    interval: Duration,
+    next: Instant,
+    give_up: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct ReferState {
+    transferor: LegId,
+    target_leg: Option<LegId>,
+    target: String,
+}
+
+#[derive(Clone, Debug)]
+struct Call {
+    id: CallId,
+    state: CallState,
+    legs: Vec<Leg>,
+    /// The two legs talking to each other.
+    pair: (LegId, LegId),
+    /// Server txn of the initial INVITE on the first leg, until it has a final response.
+    a_invite: Option<(ServerTxnId, Request)>,
+    caller: String,
+    callee: String,
+    refer: Option<ReferState>,
+    held: bool,
+    timers: Vec<(Instant, CallTimer)>,
+    ctxs: Vec<ClientTxnId>,
+    open_stx: Vec<(ServerTxnId, Request)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallTimer {
+    InviteDeadline(LegId),
+    Retrans2xx(LegId),
+    SessionTimer(LegId),
+    Cleanup,
+}
+
+#[derive(Clone, Debug)]
+enum Purpose {
+    /// An INVITE opening `leg` (initial call or transfer target).
+    OpenLeg(LegId),
+    /// A request received on `from` relayed to the other leg; answer on `stx`.
+    Relay { from: LegId, stx: ServerTxnId, req: Request },
+    /// A re-INVITE that connects the remaining party to a new leg (REFER, Replaces).
+    Reconnect { to_leg: LegId, new_leg: LegId, answer: Option<(ServerTxnId, Request)> },
+    Bye,
+    Cancel,
+    Notify,
+    Refresh(LegId),
+    Abandoned,
+}
+
+pub struct B2bua {
+    cfg: CoreConfig,
+    plan: Box<dyn Dialplan>,
+    txns: Transactions<Hop>,
+    calls: HashMap<CallId, Call>,
+    dialogs: HashMap<(String, String), (CallId, LegId)>,
+    invite_stx: HashMap<ServerTxnId, CallId>,
+    ctx: HashMap<ClientTxnId, (CallId, Purpose)>,
+    wakeups: BinaryHeap<Reverse<(Instant, CallId)>>,
+    out: VecDeque<Transmit>,
+    events: VecDeque<CallEvent>,
+    next_call: CallId,
+    proxies: Vec<ProxyHealth>,
+    pbx_health: ProxyHealth,
+    options: HashMap<ClientTxnId, Option<usize>>,
+    pub stats: Stats,
+}
+
+#[derive(Clone, Debug)]
+struct ProxyHealth {
+    up: bool,
+    next_options: Instant,
+    probe: Option<ClientTxnId>,
+}
+
+fn reliable(p: &Peer) -> bool {
+    p.proto != Proto::Udp
+}
+
+impl B2bua {
+    pub fn new(cfg: CoreConfig, plan: Box<dyn Dialplan>, now: Instant) -> B2bua {
+        let timers = TxnTimers { t1: cfg.t1, t2: cfg.t2, t4: cfg.t4 };
+        let proxies = cfg
+            .teams_proxies
+            .iter()
+            .map(|_| ProxyHealth { up: true, next_options: now, probe: None })
+            .collect();
+        B2bua {
+            txns: Transactions::new(timers, cfg.max_transactions),
+            plan,
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            invite_stx: HashMap::new(),
+            ctx: HashMap::new(),
+            wakeups: BinaryHeap::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            next_call: 1,
+            proxies,
+            pbx_health: ProxyHealth { up: true, next_options: now, probe: None },
+            options: HashMap::new(),
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.values().filter(|c| c.state != CallState::Ended).count()
+    }
+
+    /// Whether each Teams proxy is up (per OPTIONS and failures).
+    pub fn proxies_up(&self) -> Vec<bool> {
+        self.proxies.iter().map(|p| p.up).collect()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.out.pop_front() {
+            return Some(t);
+        }
+        self.txns.poll_transmit().map(|(hop, data)| Transmit { hop, data })
+    }
+
+    pub fn poll_event(&mut self) -> Option<CallEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.txns.poll_timeout();
+        let mut consider = |x: Instant| t = Some(t.map_or(x, |c: Instant| c.min(x)));
+        if let Some(Reverse((at, _))) = self.wakeups.peek() {
+            consider(*at);
+        }
+        for p in &self.proxies {
+            consider(p.next_options);
+        }
+        consider(self.pbx_health.next_options);
+        t
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Inputs
+    // ----------------------------------------------------------------------------------------
+
+    /// A message received on `side` from `peer`.
+    pub fn handle_message(&mut self, msg: Message, peer: Peer, side: Side, now: Instant) {
+        match msg {
+            Message::Request(req) => self.handle_request(req, peer, side, now),
+            Message::Response(resp) => self.handle_response(resp, now),
+        }
+        self.drain_txn_events(now);
+    }
+
+    /// The transport could not reach `peer` (connect or TLS handshake failed).
+    pub fn handle_connect_failed(&mut self, peer: Peer, now: Instant) {
+        for (i, p) in self.cfg.teams_proxies.iter().enumerate() {
+            if p.addr == peer.addr && peer.proto == Proto::Tls {
+                self.proxies[i].up = false;
+            }
+        }
+        let affected: Vec<(CallId, LegId)> = self
+            .calls
+            .values()
+            .flat_map(|c| {
+                c.legs.iter().enumerate().filter(|(_, l)| l.invite.is_some() && !l.invite.as_ref().is_some_and(|i| i.responded) && l.hop.peer == peer).map(move |(i, _)| (c.id, i))
+            })
+            .collect();
+        for (cid, lid) in affected {
+            self.invite_failed(cid, lid, 503, now);
+        }
+        let probes: Vec<ClientTxnId> = self.options.keys().copied().collect();
+        for id in probes {
+            if let Some(Some(idx)) = self.options.get(&id).copied() {
+                if self.cfg.teams_proxies[idx].addr == peer.addr {
+                    self.options.remove(&id);
+                    self.proxies[idx].probe = None;
+                }
+            }
+        }
+        self.drain_txn_events(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.txns.handle_timeout(now);
+        self.drain_txn_events(now);
+        while let Some(Reverse((at, cid))) = self.wakeups.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.wakeups.pop();
+            self.fire_call_timers(cid, now);
+        }
+        self.send_options(now);
+        self.drain_txn_events(now);
+    }
+
+    fn drain_txn_events(&mut self, now: Instant) {
+        while let Some(ev) = self.txns.poll_event() {
+            match ev {
+                TxnEvent::ClientTimeout(id) => self.client_timeout(id, now),
+                TxnEvent::ServerTimeout(_) => {}
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Requests
+    // ----------------------------------------------------------------------------------------
+
+    fn hop_from(&self, peer: Peer) -> Hop {
+        Hop { peer, tls_name: None }
+    }
+
+    fn handle_request(&mut self, req: Request, peer: Peer, side: Side, now: Instant) {
+        if side == Side::Pbx && peer.addr.ip() != self.cfg.pbx.addr.ip() {
+            // Only the configured trunk may send requests on the PBX side.
+            self.stats.forbidden_source += 1;
+            if req.method != Method::Ack {
+                let resp = req.response(403, Some(&new_tag()));
+                self.out.push_back(Transmit { hop: self.hop_from(peer), data: resp.to_bytes() });
+            }
+            return;
+        }
+        let hop = self.hop_from(peer);
+        match self.txns.on_request(req.clone(), hop.clone(), reliable(&peer), now) {
+            RequestDisposition::New(stx) => self.new_request(stx, req, peer, side, now),
+            RequestDisposition::Ack2xx(ack) => self.ack_2xx(ack, now),
+            RequestDisposition::Cancel { cancel, invite } => {
+                let ok = req.response(200, None);
+                self.txns.send_response(cancel, ok, now);
+                if let Some(stx) = invite {
+                    if let Some(cid) = self.invite_stx.get(&stx).copied() {
+                        self.cancel_call(cid, now);
+                    }
+                }
+            }
+            RequestDisposition::Overloaded => {
+                let mut r = req.response(503, Some(&new_tag()));
+                r.headers.push("Retry-After", "5");
+                self.out.push_back(Transmit { hop, data: r.to_bytes() });
+            }
+            _ => {}
+        }
+    }
+
+    fn respond(&mut self, stx: ServerTxnId, req: &Request, status: u16, side: Side, now: Instant) {
+        let mut r = req.response(status, Some(&new_tag()));
+        add_identity(&self.cfg, side, &mut r.headers, false);
+        self.txns.send_response(stx, r, now);
+    }
+
+    fn new_request(&mut self, stx: ServerTxnId, req: Request, peer: Peer, side: Side, now: Instant) {
+        let to_tag = req.to_tag();
+        if let Some(tag) = to_tag {
+            let key = (req.call_id().unwrap_or("").to_string(), tag);
+            match self.dialogs.get(&key).copied() {
+                Some((cid, lid)) => self.in_dialog(cid, lid, stx, req, now),
+                None => self.respond(stx, &req, 481, side, now),
+            }
+            return;
+        }
+        match req.method {
+            Method::Invite => self.new_invite(stx, req, peer, side, now),
+            Method::Options => {
+                let mut r = req.response(200, Some(&new_tag()));
+                add_identity(&self.cfg, side, &mut r.headers, false);
+                r.headers.set("Accept", "application/sdp");
+                r.headers.set("Supported", build::SUPPORTED);
+                r.headers.set("Contact", contact(&self.cfg, side, None));
+                self.txns.send_response(stx, r, now);
+            }
+            Method::Ack => {}
+            Method::Register | Method::Subscribe | Method::Publish => self.respond(stx, &req, 405, side, now),
+            _ => self.respond(stx, &req, 481, side, now),
+        }
+    }
+
+    fn session_expires_of(req_headers: &crate::sip::msg::Headers) -> Option<(u32, Option<String>)> {
+        let v = req_headers.get("Session-Expires")?;
+        let mut parts = v.split(';');
+        let n: u32 = parts.next()?.trim().parse().ok()?;
+        let refresher = parts.filter_map(|p| p.trim().strip_prefix("refresher=")).next().map(|s| s.trim().to_ascii_lowercase());
+        Some((n, refresher))
+    }
+
+    fn new_invite(&mut self, stx: ServerTxnId, req: Request, peer: Peer, side: Side, now: Instant) {
+        let mf = req.headers.get("Max-Forwards").and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(70);
+        if mf == 0 {
+            return self.respond(stx, &req, 483, side, now);
+        }
+        if self.calls.len() >= self.cfg.max_calls {
+            self.stats.calls_rejected_overload += 1;
+            let mut r = req.response(503, Some(&new_tag()));
+            r.headers.push("Retry-After", "10");
+            add_identity(&self.cfg, side, &mut r.headers, false);
+            self.txns.send_response(stx, r, now);
+            return;
+        }
+        if let Some(rep) = req.headers.get("Replaces").map(str::to_string) {
+            return self.invite_with_replaces(stx, req, peer, side, &rep, now);
+        }
+        if let Some((se, _)) = Self::session_expires_of(&req.headers) {
+            if se < self.cfg.min_se {
+                let mut r = req.response(422, Some(&new_tag()));
+                r.headers.push("Min-SE", self.cfg.min_se.to_string());
+                add_identity(&self.cfg, side, &mut r.headers, false);
+                self.txns.send_response(stx, r, now);
+                return;
+            }
+        }
+        let uri = Uri::parse(&req.uri).ok();
+        let callee_raw = uri.as_ref().and_then(number_of_uri).or_else(|| req.headers.get("To").and_then(number_of));
+        let caller_raw = req.headers.get("From").and_then(number_of).unwrap_or_else(|| "anonymous".into());
+        let Some(callee_raw) = callee_raw else {
+            return self.respond(stx, &req, 404, side, now);
+        };
+        let callee_e164 = self.plan.to_teams(&callee_raw);
+        let dest = self.plan.route(&callee_e164, side);
+        let caller_e164 = self.plan.to_teams(&caller_raw);
+
+        let mut trying = req.response(100, None);
+        add_identity(&self.cfg, side, &mut trying.headers, false);
+        self.txns.send_response(stx, trying, now);
+
+        let cid = self.next_call;
+        self.next_call += 1;
+        self.stats.calls_total += 1;
+        let a = self.uas_leg(&req, peer, side);
+        let a_key = (a.call_id.clone(), a.local_tag.clone());
+        let mut call = Call {
+            id: cid,
+            state: CallState::Calling,
+            legs: vec![a],
+            pair: (0, 1),
+            a_invite: Some((stx, req.clone())),
+            caller: caller_e164.clone(),
+            callee: callee_e164.clone(),
+            refer: None,
+            held: false,
+            timers: Vec::new(),
+            ctxs: Vec::new(),
+            open_stx: Vec::new(),
+        };
+        // Session timer toward the caller's leg.
+        if let Some((se, refresher)) = Self::session_expires_of(&req.headers) {
+            let they = refresher.as_deref() != Some("uas");
+            call.legs[0].se = Some(SessionTimer { interval: se, we_refresh: !they, due: now });
+        }
+        self.dialogs.insert(a_key, (cid, 0));
+        self.invite_stx.insert(stx, cid);
+        self.calls.insert(cid, call);
+        tracing::info!(call = cid, call_id = %req.call_id().unwrap_or(""), from = ?side, to = ?dest, caller = %caller_e164, callee = %callee_e164, "new call");
+
+        let caller = normalize(&caller_raw, dest, &*self.plan);
+        let callee = normalize(&callee_raw, dest, &*self.plan);
+        let display = req.from_hdr().and_then(|n| n.display);
+        let body = req.body.clone();
+        self.open_leg(cid, dest, &caller, display, &callee, None, body, &req.headers, side, now);
+    }
+
+    /// The leg for a dialog drbridge answers (UAS side).
+    fn uas_leg(&self, req: &Request, peer: Peer, side: Side) -> Leg {
+        let tag = new_tag();
+        let to = req.headers.get("To").unwrap_or("").to_string();
+        let remote_target = req
+            .headers
+            .values("Contact")
+            .first()
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map(|n| n.uri.to_string())
+            .unwrap_or_else(|| req.from_hdr().map(|n| n.uri.to_string()).unwrap_or_default());
+        let route_set: Vec<String> = req.headers.values("Record-Route").iter().map(|s| s.to_string()).collect();
+        let party = req.headers.get("From").and_then(number_of).unwrap_or_default();
+        let hop = self.dialog_hop(side, &route_set, &remote_target, Hop { peer, tls_name: None });
+        Leg {
+            side,
+            hop,
+            call_id: req.call_id().unwrap_or("").to_string(),
+            local: format!("{to};tag={tag}"),
+            local_tag: tag,
+            remote: req.headers.get("From").unwrap_or("").to_string(),
+            remote_tag: req.from_tag(),
+            remote_target,
+            route_set,
+            local_cseq: 1,
+            party,
+            remote_sdp: req.body.clone(),
+            offer_pending: false,
+            se: None,
+            invite: None,
+            last_ack: None,
+            pending_2xx: None,
+            ack_waits: None,
+            allows_update: has_token(&req.headers, "Allow", "UPDATE"),
+            ended: false,
+        }
+    }
+
+    /// Where in-dialog requests of a leg go. Toward Teams: the configured proxy named by the
+    /// top Route or the remote target, if any (so they reach a proxy, as Microsoft expects),
+    /// else the connection the dialog came on. Toward the PBX: the trunk.
+    fn dialog_hop(&self, side: Side, route_set: &[String], target: &str, fallback: Hop) -> Hop {
+        match side {
+            Side::Pbx => Hop { peer: self.cfg.pbx, tls_name: None },
+            Side::Teams => {
+                let host = route_set
+                    .first()
+                    .and_then(|r| NameAddr::parse(r).ok())
+                    .map(|n| n.uri.host)
+                    .or_else(|| Uri::parse(target).ok().map(|u| u.host));
+                if let Some(h) = host {
+                    if let Some(p) = self.cfg.teams_proxies.iter().find(|p| p.host.eq_ignore_ascii_case(&h)) {
+                        return Hop { peer: Peer { proto: Proto::Tls, addr: p.addr }, tls_name: Some(Arc::from(p.host.as_str())) };
+                    }
+                }
+                fallback
+            }
+        }
+    }
+
+    /// Opens a new leg toward `dest` (initial call or transfer target) with an INVITE.
+    #[allow(clippy::too_many_arguments)]
+    fn open_leg(
+        &mut self,
+        cid: CallId,
+        dest: Side,
+        caller: &str,
+        display: Option<String>,
+        callee: &str,
+        target_uri: Option<Uri>,
+        body: Bytes,
+        src_headers: &crate::sip::msg::Headers,
+        from_side: Side,
+        now: Instant,
+    ) -> Option<LegId> {
+        let remaining: Vec<usize> = match dest {
+            Side::Teams => {
+                let mut up: Vec<usize> = (0..self.proxies.len()).filter(|&i| self.proxies[i].up).collect();
+                up.extend((0..self.proxies.len()).filter(|&i| !self.proxies[i].up));
+                up
+            }
+            Side::Pbx => vec![],
+        };
+        let our_host = build::local_host(&self.cfg, dest);
+        let tag = new_tag();
+        let call_id = new_call_id(match dest {
+            Side::Teams => &self.cfg.fqdn,
+            Side::Pbx => "drbridge",
+        });
+        let mut from = NameAddr::new(party_uri(caller, &our_host, dest));
+        from.display = display;
+        let local = format!("{from};tag={tag}");
+        let (to_host, hop) = match dest {
+            Side::Teams => {
+                let p = &self.cfg.teams_proxies[remaining[0]];
+                (p.host.clone(), Hop { peer: Peer { proto: Proto::Tls, addr: p.addr }, tls_name: Some(Arc::from(p.host.as_str())) })
+            }
+            Side::Pbx => (self.cfg.pbx_domain.clone(), Hop { peer: self.cfg.pbx, tls_name: None }),
+        };
+        let to = NameAddr::new(party_uri(callee, &to_host, dest)).to_string();
+        let ruri = match target_uri {
+            Some(u) => u,
+            None => {
+                let mut u = party_uri(callee, &to_host, dest);
+                if dest == Side::Teams {
+                    u.port = Some(self.cfg.teams_proxies[remaining[0]].port);
+                }
+                u
+            }
+        };
+        let mut req = Request::new(Method::Invite, ruri.to_string());
+        req.headers.push("Via", via(&self.cfg, dest, &new_branch()));
+        req.headers.push("Max-Forwards", "70");
+        req.headers.push("From", local.clone());
+        req.headers.push("To", to.clone());
+        req.headers.push("Call-ID", call_id.clone());
+        req.headers.push("CSeq", "1 INVITE");
+        req.headers.push("Contact", contact(&self.cfg, dest, Some(caller)));
+        req.headers.push("Supported", build::SUPPORTED);
+        req.headers.push("Session-Expires", format!("{};refresher=uac", self.cfg.session_expires));
+        req.headers.push("Min-SE", self.cfg.min_se.to_string());
+        add_identity(&self.cfg, dest, &mut req.headers, true);
+        carry_headers(src_headers, &mut req.headers, from_side, &*self.plan, &our_host);
+        if !body.is_empty() && !req.headers.contains("Content-Type") {
+            req.headers.push("Content-Type", "application/sdp");
+        }
+        req.body = body;
+        let leg = Leg {
+            side: dest,
+            hop: hop.clone(),
+            call_id: call_id.clone(),
+            local_tag: tag.clone(),
+            local,
+            remote: to,
+            remote_tag: None,
+            remote_target: req.uri.to_string(),
+            route_set: vec![],
+            local_cseq: 1,
+            party: callee.to_string(),
+            remote_sdp: Bytes::new(),
+            offer_pending: false,
+            se: None,
+            invite: None,
+            last_ack: None,
+            pending_2xx: None,
+            ack_waits: None,
+            allows_update: true,
+            ended: false,
+        };
+        let call = self.calls.get_mut(&cid)?;
+        call.legs.push(leg);
+        let lid = call.legs.len() - 1;
+        self.dialogs.insert((call_id, tag), (cid, lid));
+        let remaining = if dest == Side::Teams { remaining[1..].to_vec() } else { vec![] };
+        self.send_open_invite(cid, lid, req, hop, remaining, now);
+        Some(lid)
+    }
+
+    fn send_open_invite(&mut self, cid: CallId, lid: LegId, req: Request, hop: Hop, remaining: Vec<usize>, now: Instant) {
+        let deadline = (self.calls.get(&cid).map(|c| c.legs[lid].side) == Some(Side::Teams)).then(|| now + self.cfg.failover_timeout);
+        let rel = reliable(&hop.peer);
+        match self.txns.send_request(req.clone(), hop.clone(), rel, now) {
+            Ok(ctx) => {
+                self.ctx.insert(ctx, (cid, Purpose::OpenLeg(lid)));
+                let Some(call) = self.calls.get_mut(&cid) else { return };
+                call.ctxs.push(ctx);
+                let leg = &mut call.legs[lid];
+                leg.hop = hop;
+                leg.invite = Some(OutInvite { ctx, req, remaining, responded: false, provisional: false, deadline, cancel_pending: false });
+                if let Some(d) = deadline {
+                    self.arm(cid, d, CallTimer::InviteDeadline(lid));
+                }
+            }
+            Err(_) => self.invite_failed(cid, lid, 503, now),
+        }
+    }
+
+    fn arm(&mut self, cid: CallId, at: Instant, t: CallTimer) {
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.timers.retain(|(_, x)| *x != t);
+            c.timers.push((at, t));
+            self.wakeups.push(Reverse((at, cid)));
+        }
+    }
+
+    fn disarm(&mut self, cid: CallId, t: CallTimer) {
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.timers.retain(|(_, x)| *x != t);
+        }
+    }
+
+    /// A request in an established (or early) dialog, received on leg `lid`.
+    fn in_dialog(&mut self, cid: CallId, lid: LegId, stx: ServerTxnId, req: Request, now: Instant) {
+        let Some(call) = self.calls.get(&cid) else { return };
+        let side = call.legs[lid].side;
+        if call.state == CallState::Ended || call.legs[lid].ended {
+            return self.respond(stx, &req, 481, side, now);
+        }
+        // CSeq order is not enforced beyond what the txn layer does; remote target refresh:
+        if matches!(req.method, Method::Invite | Method::Update) {
+            if let Some(c) = req.headers.values("Contact").first().and_then(|c| NameAddr::parse(c).ok()) {
+                if let Some(call) = self.calls.get_mut(&cid) {
+                    call.legs[lid].remote_target = c.uri.to_string();
+                }
+            }
+        }
+        match req.method {
+            Method::Bye => {
+                self.respond(stx, &req, 200, side, now);
+                self.end_call(cid, Some(lid), EndReason::Bye(side), now);
+            }
+            Method::Options | Method::Prack => self.respond(stx, &req, 200, side, now),
+            Method::Refer if side == Side::Teams => self.refer(cid, lid, stx, req, now),
+            Method::Update if req.body.is_empty() => {
+                // A session refresh without an offer: answered here, for this leg.
+                let mut r = req.response(200, None);
+                add_identity(&self.cfg, side, &mut r.headers, false);
+                r.headers.set("Contact", contact(&self.cfg, side, None));
+                self.answer_session_timer(cid, lid, &req, &mut r, now);
+                self.txns.send_response(stx, r, now);
+            }
+            _ => self.relay_request(cid, lid, stx, req, now),
+        }
+    }
+
+    /// Adds Session-Expires to a 2xx answering an INVITE/UPDATE on leg `lid` and restarts the
+    /// leg's timer.
+    fn answer_session_timer(&mut self, cid: CallId, lid: LegId, req: &Request, r: &mut Response, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let leg = &mut call.legs[lid];
+        let (interval, they) = match Self::session_expires_of(&req.headers) {
+            Some((se, refr)) => (se.max(self.cfg.min_se), refr.as_deref() != Some("uas")),
+            None => match &leg.se {
+                Some(s) => (s.interval, !s.we_refresh),
+                None => return,
+            },
+        };
+        r.headers.set("Session-Expires", format!("{interval};refresher={}", if they { "uac" } else { "uas" }));
+        if has_token(&req.headers, "Supported", "timer") {
+            r.headers.set("Require", "timer");
+        }
+        leg.se = Some(SessionTimer { interval, we_refresh: !they, due: now });
+        self.schedule_session_timer(cid, lid, now);
+    }
+
+    fn schedule_session_timer(&mut self, cid: CallId, lid: LegId, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let Some(se) = call.legs[lid].se.as_mut() else { return };
+        let iv = se.interval as u64;
+        let due = if se.we_refresh {
+            now + Duration::from_secs(iv / 2)
+        } else {
+            now + Duration::from_secs(iv - (iv / 3).min(32))
+        };
+        se.due = due;
+        self.arm(cid, due, CallTimer::SessionTimer(lid));
+    }
+
+    fn other_leg(call: &Call, lid: LegId) -> Option<LegId> {
+        if call.pair.0 == lid {
+            Some(call.pair.1)
+        } else if call.pair.1 == lid {
+            Some(call.pair.0)
+        } else {
+            None
+        }
+    }
+
+    /// Builds a request inside the dialog of leg `lid`.
+    fn dialog_request(&mut self, cid: CallId, lid: LegId, method: Method) -> Option<(Request, Hop)> {
+        let cfg = &self.cfg;
+        let call = self.calls.get_mut(&cid)?;
+        let leg = call.legs.get_mut(lid)?;
+        if !matches!(method, Method::Ack | Method::Cancel) {
+            leg.local_cseq += 1;
+        }
+        let mut req = Request::new(method.clone(), leg.remote_target.clone());
+        req.headers.push("Via", via(cfg, leg.side, &new_branch()));
+        req.headers.push("Max-Forwards", "70");
+        for r in &leg.route_set {
+            req.headers.push("Route", r.clone());
+        }
+        req.headers.push("From", leg.local.clone());
+        req.headers.push("To", leg.remote.clone());
+        req.headers.push("Call-ID", leg.call_id.clone());
+        req.headers.push("CSeq", format!("{} {}", leg.local_cseq, method));
+        if matches!(method, Method::Invite | Method::Update | Method::Refer | Method::Notify | Method::Subscribe) {
+            req.headers.push("Contact", contact(cfg, leg.side, None));
+        }
+        add_identity(cfg, leg.side, &mut req.headers, true);
+        Some((req, leg.hop.clone()))
+    }
+
+    fn send_in_dialog(&mut self, cid: CallId, req: Request, hop: Hop, purpose: Purpose, now: Instant) -> Option<ClientTxnId> {
+        let rel = reliable(&hop.peer);
+        match self.txns.send_request(req, hop, rel, now) {
+            Ok(ctx) => {
+                self.ctx.insert(ctx, (cid, purpose));
+                if let Some(c) = self.calls.get_mut(&cid) {
+                    c.ctxs.push(ctx);
+                }
+                Some(ctx)
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn relay_request(&mut self, cid: CallId, lid: LegId, stx: ServerTxnId, req: Request, now: Instant) {
+        let Some(call) = self.calls.get(&cid) else { return };
+        let side = call.legs[lid].side;
+        let Some(olid) = Self::other_leg(call, lid) else {
+            return self.respond(stx, &req, 481, side, now);
+        };
+        let is_offer = matches!(req.method, Method::Invite | Method::Update);
+        if is_offer && (call.legs[olid].offer_pending || call.legs[olid].invite.is_some()) {
+            return self.respond(stx, &req, 491, side, now);
+        }
+        if req.method == Method::Update && call.state != CallState::Confirmed && call.legs[olid].remote_tag.is_none() {
+            return self.respond(stx, &req, 491, side, now);
+        }
+        if req.method == Method::Invite {
+            let held = sdp_is_hold(&req.body);
+            if let Some(c) = self.calls.get_mut(&cid) {
+                if held != c.held && !req.body.is_empty() {
+                    c.held = held;
+                    self.events.push_back(if held { CallEvent::Held { call: cid, by: side } } else { CallEvent::Resumed { call: cid, by: side } });
+                }
+            }
+        }
+        if !req.body.is_empty() {
+            if let Some(c) = self.calls.get_mut(&cid) {
+                c.legs[lid].remote_sdp = req.body.clone();
+            }
+        }
+        let Some((mut out, hop)) = self.dialog_request(cid, olid, req.method.clone()) else { return };
+        let oside = self.calls[&cid].legs[olid].side;
+        let host = build::local_host(&self.cfg, oside);
+        carry_headers(&req.headers, &mut out.headers, side, &*self.plan, &host);
+        for name in ["Event", "Subscription-State", "Info-Package", "Recv-Info"] {
+            if let Some(v) = req.headers.get(name) {
+                out.headers.push(name, v.to_string());
+            }
+        }
+        if is_offer {
+            out.headers.push("Supported", build::SUPPORTED);
+            if let Some(se) = self.calls[&cid].legs[olid].se.clone() {
+                out.headers.push("Session-Expires", format!("{};refresher={}", se.interval, if se.we_refresh { "uac" } else { "uas" }));
+            }
+            if let Some(c) = self.calls.get_mut(&cid) {
+                c.legs[olid].offer_pending = true;
+            }
+        }
+        out.body = req.body.clone();
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.open_stx.push((stx, req.clone()));
+        }
+        if self.send_in_dialog(cid, out, hop, Purpose::Relay { from: lid, stx, req: req.clone() }, now).is_none() {
+            self.respond(stx, &req, 503, side, now);
+        }
+    }
+
+    fn ack_2xx(&mut self, ack: Request, now: Instant) {
+        let Some(tag) = ack.to_tag() else { return };
+        let key = (ack.call_id().unwrap_or("").to_string(), tag);
+        let Some((cid, lid)) = self.dialogs.get(&key).copied() else { return };
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        call.legs[lid].pending_2xx = None;
+        if !ack.body.is_empty() {
+            call.legs[lid].remote_sdp = ack.body.clone();
+        }
+        self.disarm(cid, CallTimer::Retrans2xx(lid));
+        // An ACK on the other leg that waited for this body (offer was in the 2xx).
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let Some(olid) = Self::other_leg(call, lid) else { return };
+        if let Some(mut waiting) = call.legs[olid].ack_waits.take() {
+            waiting.body = ack.body.clone();
+            if !ack.body.is_empty() {
+                waiting.headers.set("Content-Type", ack.content_type().unwrap_or("application/sdp").to_string());
+            }
+            let hop = call.legs[olid].hop.clone();
+            let data = waiting.to_bytes();
+            call.legs[olid].last_ack = Some(data.clone());
+            self.out.push_back(Transmit { hop, data });
+        }
+        let _ = now;
+    }
+
+    fn cancel_call(&mut self, cid: CallId, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        if let Some((stx, req)) = call.a_invite.take() {
+            let tag = call.legs[0].local_tag.clone();
+            let mut r = req.response(487, Some(&tag));
+            add_identity(&self.cfg, call.legs[0].side, &mut r.headers, false);
+            self.txns.send_response(stx, r, now);
+        }
+        self.end_call(cid, Some(0), EndReason::Cancelled, now);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Responses
+    // ----------------------------------------------------------------------------------------
+
+    fn handle_response(&mut self, resp: Response, now: Instant) {
+        let Some((ctx, resp)) = self.txns.on_response(resp, now) else { return };
+        if let Some(probe) = self.options.get(&ctx).copied() {
+            if resp.status >= 200 {
+                self.options.remove(&ctx);
+                let up = resp.status != 503;
+                match probe {
+                    Some(i) => {
+                        if self.proxies[i].up != up {
+                            tracing::info!(proxy = %self.cfg.teams_proxies[i].host, up, "Teams proxy state");
+                        }
+                        self.proxies[i].up = up;
+                        self.proxies[i].probe = None;
+                    }
+                    None => {
+                        self.pbx_health.up = up;
+                        self.pbx_health.probe = None;
+                    }
+                }
+            }
+            return;
+        }
+        let Some((cid, purpose)) = self.ctx.get(&ctx).cloned() else { return };
+        if resp.status >= 200 && !(resp.is_success() && matches!(purpose, Purpose::OpenLeg(_) | Purpose::Reconnect { .. } | Purpose::Relay { .. } | Purpose::Abandoned)) {
+            self.ctx.remove(&ctx);
+        }
+        match purpose {
+            Purpose::OpenLeg(lid) => self.open_leg_response(cid, lid, ctx, resp, now),
+            Purpose::Relay { from, stx, req } => self.relay_response(cid, from, stx, req, ctx, resp, now),
+            Purpose::Reconnect { to_leg, new_leg, answer } => self.reconnect_response(cid, to_leg, new_leg, answer, resp, now),
+            Purpose::Refresh(lid) => {
+                if resp.status >= 200 {
+                    if resp.is_success() || resp.status == 422 || resp.status == 491 {
+                        if let Some(c) = self.calls.get_mut(&cid) {
+                            c.legs[lid].offer_pending = false;
+                        }
+                        if resp.is_success() {
+                            self.ack_if_invite(cid, lid, &resp);
+                        }
+                        self.schedule_session_timer(cid, lid, now);
+                    } else if matches!(resp.status, 405 | 501) {
+                        if let Some(c) = self.calls.get_mut(&cid) {
+                            c.legs[lid].allows_update = false;
+                            c.legs[lid].offer_pending = false;
+                        }
+                        self.send_refresh(cid, lid, now);
+                    } else {
+                        self.stats.session_expired += 1;
+                        self.end_call(cid, None, EndReason::SessionExpired, now);
+                    }
+                }
+            }
+            Purpose::Abandoned => {
+                if resp.is_success() {
+                    self.ack_and_bye_stray(cid, &resp, now);
+                }
+            }
+            Purpose::Bye | Purpose::Cancel | Purpose::Notify => {}
+        }
+    }
+
+    /// Sends an ACK for a 2xx to a re-INVITE (refresh) on leg `lid`.
+    fn ack_if_invite(&mut self, cid: CallId, lid: LegId, resp: &Response) {
+        if resp.cseq().map(|c| c.method) != Some(Method::Invite) {
+            return;
+        }
+        self.send_ack(cid, lid, resp, None);
+    }
+
+    fn send_ack(&mut self, cid: CallId, lid: LegId, resp: &Response, body_later: Option<()>) {
+        let Some(seq) = resp.cseq().map(|c| c.seq) else { return };
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let leg = &mut call.legs[lid];
+        let mut ack = Request::new(Method::Ack, leg.remote_target.clone());
+        ack.headers.push("Via", via(&self.cfg, leg.side, &new_branch()));
+        ack.headers.push("Max-Forwards", "70");
+        for r in &leg.route_set {
+            ack.headers.push("Route", r.clone());
+        }
+        ack.headers.push("From", leg.local.clone());
+        ack.headers.push("To", leg.remote.clone());
+        ack.headers.push("Call-ID", leg.call_id.clone());
+        ack.headers.push("CSeq", format!("{seq} ACK"));
+        if body_later.is_some() {
+            leg.ack_waits = Some(ack);
+            return;
+        }
+        let data = ack.to_bytes();
+        leg.last_ack = Some(data.clone());
+        self.out.push_back(Transmit { hop: leg.hop.clone(), data });
+    }
+
+    /// Takes the dialog state a 1xx/2xx establishes on a leg drbridge opened (UAC).
+    fn learn_dialog(&mut self, cid: CallId, lid: LegId, resp: &Response) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let leg = &mut call.legs[lid];
+        if let Some(tag) = resp.to_tag() {
+            if let Some(to) = resp.headers.get("To") {
+                leg.remote = to.to_string();
+            }
+            leg.remote_tag = Some(tag);
+        }
+        if let Some(c) = resp.headers.values("Contact").first().and_then(|c| NameAddr::parse(c).ok()) {
+            leg.remote_target = c.uri.to_string();
+        }
+        let rr: Vec<String> = resp.headers.values("Record-Route").iter().rev().map(|s| s.to_string()).collect();
+        if !rr.is_empty() || resp.is_success() {
+            leg.route_set = rr;
+        }
+        leg.allows_update = resp.headers.get("Allow").is_none() || has_token(&resp.headers, "Allow", "UPDATE");
+        if !resp.body.is_empty() {
+            leg.remote_sdp = resp.body.clone();
+        }
+        let side = leg.side;
+        let (route_set, target, fallback) = (leg.route_set.clone(), leg.remote_target.clone(), leg.hop.clone());
+        let hop = self.dialog_hop(side, &route_set, &target, fallback);
+        if let Some(call) = self.calls.get_mut(&cid) {
+            call.legs[lid].hop = hop;
+        }
+    }
+
+    /// Response for the leg as relayed to the caller's leg `to` (answering `req` on `stx`).
+    fn relayed_response(&self, call: &Call, to: LegId, req: &Request, resp: &Response) -> Response {
+        let leg = &call.legs[to];
+        let status = map_status(resp.status);
+        let mut r = req.response(status, Some(&leg.local_tag));
+        if status == resp.status {
+            r.reason = resp.reason.clone();
+        }
+        let host = build::local_host(&self.cfg, leg.side);
+        add_identity(&self.cfg, leg.side, &mut r.headers, false);
+        if status > 100 && status < 300 {
+            r.headers.push("Contact", contact(&self.cfg, leg.side, None));
+        }
+        let from = leg.side.other();
+        carry_headers(&resp.headers, &mut r.headers, from, &*self.plan, &host);
+        if let Some(ra) = resp.headers.get("Retry-After") {
+            r.headers.push("Retry-After", ra.split(';').next().unwrap_or("").trim().to_string());
+        }
+        for name in ["Warning", "Unsupported", "Min-SE"] {
+            if let Some(v) = resp.headers.get(name) {
+                if name != "Warning" {
+                    r.headers.push(name, v.to_string());
+                }
+            }
+        }
+        if !resp.body.is_empty() {
+            r.body = resp.body.clone();
+            if !r.headers.contains("Content-Type") {
+                r.headers.push("Content-Type", "application/sdp");
+            }
+        }
+        r
+    }
+
+    fn open_leg_response(&mut self, cid: CallId, lid: LegId, ctx: ClientTxnId, resp: Response, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let first_open = lid == 1 && call.refer.as_ref().and_then(|r| r.target_leg) != Some(lid);
+        let Some(inv) = call.legs[lid].invite.as_mut() else {
+            // 2xx retransmission after the INVITE is done: re-send our ACK.
+            if resp.is_success() {
+                if let Some(data) = call.legs[lid].last_ack.clone() {
+                    let hop = call.legs[lid].hop.clone();
+                    self.out.push_back(Transmit { hop, data });
+                }
+            }
+            return;
+        };
+        if inv.ctx != ctx {
+            return;
+        }
+        inv.responded = true;
+        if resp.status > 100 {
+            inv.provisional = true;
+        }
+        let cancel_pending = inv.cancel_pending;
+        self.disarm(cid, CallTimer::InviteDeadline(lid));
+        if resp.status < 200 {
+            if resp.status == 100 {
+                if cancel_pending {
+                    self.send_cancel(cid, lid, now);
+                }
+                return;
+            }
+            self.learn_dialog(cid, lid, &resp);
+            if cancel_pending {
+                self.send_cancel(cid, lid, now);
+                return;
+            }
+            if first_open {
+                self.relay_provisional(cid, lid, &resp, now);
+            }
+            return;
+        }
+        let call = self.calls.get_mut(&cid).expect("call present");
+        let inv = call.legs[lid].invite.take().expect("invite present");
+        if resp.is_success() {
+            self.learn_dialog(cid, lid, &resp);
+            if cancel_pending || self.calls[&cid].state == CallState::Ended {
+                self.send_ack(cid, lid, &resp, None);
+                self.bye_leg(cid, lid, now);
+                return;
+            }
+            // Session timer on the leg we opened.
+            let se = Self::session_expires_of(&resp.headers).map(|(iv, refr)| SessionTimer {
+                interval: iv,
+                we_refresh: refr.as_deref() != Some("uas"),
+                due: now,
+            });
+            if let Some(c) = self.calls.get_mut(&cid) {
+                c.legs[lid].se = se.clone();
+            }
+            if se.is_some() {
+                self.schedule_session_timer(cid, lid, now);
+            }
+            if first_open {
+                let offer_in_2xx = self.calls[&cid].a_invite.as_ref().is_some_and(|(_, r)| r.body.is_empty());
+                self.send_ack(cid, lid, &resp, offer_in_2xx.then_some(()));
+                self.answer_caller(cid, lid, &resp, now);
+            } else {
+                self.send_ack(cid, lid, &resp, None);
+                self.transfer_target_answered(cid, lid, &resp, now);
+            }
+            return;
+        }
+        // Final failure: fail over to the next proxy, or give up.
+        let side = self.calls[&cid].legs[lid].side;
+        if side == Side::Teams && self.should_fail_over(resp.status) && !inv.remaining.is_empty() {
+            self.fail_over(cid, lid, inv, now);
+            return;
+        }
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.legs[lid].invite = Some(inv);
+        }
+        self.invite_failed_with(cid, lid, Some(&resp), resp.status, now);
+    }
+
+    fn should_fail_over(&self, status: u16) -> bool {
+        status < 600 && self.cfg.failover_codes.contains(&status)
+    }
+
+    fn fail_over(&mut self, cid: CallId, lid: LegId, inv: OutInvite, now: Instant) {
+        let mut remaining = inv.remaining;
+        let next = remaining.remove(0);
+        let p = self.cfg.teams_proxies[next].clone();
+        self.stats.failovers += 1;
+        tracing::info!(call = cid, proxy = %p.host, "failing over to next Teams proxy");
+        let mut req = inv.req;
+        let mut uri = Uri::parse(&req.uri).unwrap_or_else(|_| Uri::sip(None, &p.host, None));
+        uri.host = p.host.clone();
+        uri.port = Some(p.port);
+        req.uri = SipStr::from(uri.to_string());
+        let seq = req.cseq().map(|c| c.seq + 1).unwrap_or(2);
+        req.headers.set("CSeq", format!("{seq} INVITE"));
+        req.headers.set("Via", via(&self.cfg, Side::Teams, &new_branch()));
+        if let Some(to) = req.headers.get("To").and_then(|t| NameAddr::parse(t).ok()) {
+            let mut to = to;
+            to.uri.host = p.host.clone();
+            req.headers.set("To", to.to_string());
+        }
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.legs[lid].local_cseq = seq;
+            c.legs[lid].remote_target = req.uri.to_string();
+        }
+        let hop = Hop { peer: Peer { proto: Proto::Tls, addr: p.addr }, tls_name: Some(Arc::from(p.host.as_str())) };
+        self.send_open_invite(cid, lid, req, hop, remaining, now);
+    }
+
+    /// The INVITE opening leg `lid` failed without a usable response (timeout, transport).
+    fn invite_failed(&mut self, cid: CallId, lid: LegId, status: u16, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let Some(inv) = call.legs[lid].invite.clone() else { return };
+        if call.legs[lid].side == Side::Teams && !inv.remaining.is_empty() && !inv.cancel_pending && call.state != CallState::Ended {
+            call.legs[lid].invite = None;
+            self.ctx.insert(inv.ctx, (cid, Purpose::Abandoned));
+            self.fail_over(cid, lid, inv, now);
+            return;
+        }
+        self.invite_failed_with(cid, lid, None, status, now);
+    }
+
+    fn invite_failed_with(&mut self, cid: CallId, lid: LegId, resp: Option<&Response>, status: u16, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        call.legs[lid].invite = None;
+        call.legs[lid].ended = true;
+        let is_transfer = call.refer.as_ref().and_then(|r| r.target_leg) == Some(lid);
+        if is_transfer {
+            self.transfer_failed(cid, status, now);
+            return;
+        }
+        // Relay the failure to the caller.
+        if let Some((stx, req)) = call.a_invite.take() {
+            let r = match resp {
+                Some(resp) => self.relayed_response(&self.calls[&cid], 0, &req, resp),
+                None => {
+                    let mut r = req.response(status, Some(&call.legs[0].local_tag));
+                    add_identity(&self.cfg, call.legs[0].side, &mut r.headers, false);
+                    r
+                }
+            };
+            self.txns.send_response(stx, r, now);
+        }
+        self.stats.calls_failed += 1;
+        self.end_call(cid, Some(lid), EndReason::Rejected(status), now);
+    }
+
+    fn relay_provisional(&mut self, cid: CallId, lid: LegId, resp: &Response, now: Instant) {
+        let Some(call) = self.calls.get(&cid) else { return };
+        let Some((stx, req)) = call.a_invite.clone() else { return };
+        let r = self.relayed_response(call, 0, &req, resp);
+        let first = call.state == CallState::Calling;
+        let (caller, callee) = (call.caller.clone(), call.callee.clone());
+        self.txns.send_response(stx, r, now);
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.state = CallState::Early;
+        }
+        if first && (resp.status == 180 || resp.status == 183) {
+            self.events.push_back(CallEvent::Ringing { call: cid, caller, callee });
+        }
+        let _ = lid;
+    }
+
+    fn answer_caller(&mut self, cid: CallId, lid: LegId, resp: &Response, now: Instant) {
+        let Some(call) = self.calls.get(&cid) else { return };
+        let Some((stx, req)) = call.a_invite.clone() else { return };
+        let mut r = self.relayed_response(call, 0, &req, resp);
+        self.answer_session_timer(cid, 0, &req, &mut r, now);
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        call.a_invite = None;
+        call.state = CallState::Confirmed;
+        call.pair = (0, lid);
+        self.stats.calls_answered += 1;
+        let (caller, callee) = (call.caller.clone(), call.callee.clone());
+        let a = &mut call.legs[0];
+        let data = r.to_bytes();
+        if a.hop.peer.proto == Proto::Udp {
+            let iv = self.cfg.t1;
+            a.pending_2xx = Some(Pending2xx { data, interval: iv, next: now + iv, give_up: now + self.cfg.t1 * 64 });
+            self.arm(cid, now + iv, CallTimer::Retrans2xx(0));
+        }
+        self.txns.send_response(stx, r, now);
+        self.invite_stx.remove(&stx);
+        tracing::info!(call = cid, "answered");
+        self.events.push_back(CallEvent::Answered { call: cid, caller, callee });
+    }
+
+    fn send_cancel(&mut self, cid: CallId, lid: LegId, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let Some(inv) = call.legs[lid].invite.as_mut() else { return };
+        inv.cancel_pending = false;
+        let ctx = inv.ctx;
+        let hop = call.legs[lid].hop.clone();
+        if let Some(cancel) = self.txns.cancel_request(ctx) {
+            let rel = reliable(&hop.peer);
+            if let Ok(id) = self.txns.send_request(cancel, hop, rel, now) {
+                self.ctx.insert(id, (cid, Purpose::Cancel));
+            }
+        }
+        // Whatever comes back for the INVITE now is not wanted.
+        self.ctx.insert(ctx, (cid, Purpose::Abandoned));
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.legs[lid].invite = None;
+            c.legs[lid].ended = true;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn relay_response(&mut self, cid: CallId, from: LegId, stx: ServerTxnId, req: Request, ctx: ClientTxnId, resp: Response, now: Instant) {
+        let Some(call) = self.calls.get(&cid) else { return };
+        let Some(olid) = Self::other_leg(call, from) else { return };
+        if resp.status == 100 {
+            return;
+        }
+        let is_invite = req.method == Method::Invite;
+        if resp.status >= 200 && !call.open_stx.iter().any(|(s, _)| *s == stx) {
+            // Already answered: a 2xx retransmission. Re-send our ACK.
+            if resp.is_success() && is_invite {
+                if let Some(data) = call.legs[olid].last_ack.clone() {
+                    let hop = call.legs[olid].hop.clone();
+                    self.out.push_back(Transmit { hop, data });
+                }
+            }
+            return;
+        }
+        if resp.status < 200 {
+            let r = self.relayed_response(call, from, &req, &resp);
+            self.txns.send_response(stx, r, now);
+            return;
+        }
+        let mut r = self.relayed_response(call, from, &req, &resp);
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.open_stx.retain(|(s, _)| *s != stx);
+            if matches!(req.method, Method::Invite | Method::Update) {
+                c.legs[olid].offer_pending = false;
+            }
+            if !resp.body.is_empty() {
+                c.legs[olid].remote_sdp = resp.body.clone();
+            }
+        }
+        if resp.is_success() && matches!(req.method, Method::Invite | Method::Update) {
+            if let Some(se) = Self::session_expires_of(&resp.headers) {
+                if let Some(c) = self.calls.get_mut(&cid) {
+                    c.legs[olid].se = Some(SessionTimer { interval: se.0, we_refresh: se.1.as_deref() != Some("uas"), due: now });
+                }
+            }
+            if self.calls[&cid].legs[olid].se.is_some() {
+                self.schedule_session_timer(cid, olid, now);
+            }
+            self.answer_session_timer(cid, from, &req, &mut r, now);
+        }
+        if resp.is_success() && is_invite {
+            let waits = req.body.is_empty();
+            self.send_ack(cid, olid, &resp, waits.then_some(()));
+            if let Some(c) = self.calls.get_mut(&cid) {
+                let leg = &mut c.legs[from];
+                if leg.hop.peer.proto == Proto::Udp {
+                    let iv = self.cfg.t1;
+                    leg.pending_2xx = Some(Pending2xx { data: r.to_bytes(), interval: iv, next: now + iv, give_up: now + self.cfg.t1 * 64 });
+                    self.arm(cid, now + iv, CallTimer::Retrans2xx(from));
+                }
+            }
+        }
+        self.ctx.remove(&ctx);
+        self.txns.send_response(stx, r, now);
+        if matches!(resp.status, 408 | 481) && matches!(req.method, Method::Invite | Method::Update) {
+            // The other leg lost the dialog: the call cannot go on.
+            self.end_call(cid, Some(olid), EndReason::Timeout, now);
+        }
+    }
+
+    fn client_timeout(&mut self, ctx: ClientTxnId, now: Instant) {
+        if let Some(p) = self.options.remove(&ctx) {
+            match p {
+                Some(i) => {
+                    if self.proxies[i].up {
+                        tracing::warn!(proxy = %self.cfg.teams_proxies[i].host, "Teams proxy did not answer OPTIONS: marked down");
+                    }
+                    self.proxies[i].up = false;
+                    self.proxies[i].probe = None;
+                }
+                None => {
+                    self.pbx_health.up = false;
+                    self.pbx_health.probe = None;
+                }
+            }
+            return;
+        }
+        let Some((cid, purpose)) = self.ctx.remove(&ctx) else { return };
+        match purpose {
+            Purpose::OpenLeg(lid) => {
+                let matches = self.calls.get(&cid).and_then(|c| c.legs[lid].invite.as_ref()).is_some_and(|i| i.ctx == ctx);
+                if matches {
+                    self.invite_failed(cid, lid, 408, now);
+                }
+            }
+            Purpose::Relay { from, stx, req } => {
+                let side = self.calls.get(&cid).map(|c| c.legs[from].side).unwrap_or(Side::Pbx);
+                if let Some(c) = self.calls.get_mut(&cid) {
+                    c.open_stx.retain(|(s, _)| *s != stx);
+                }
+                self.respond(stx, &req, 408, side, now);
+                if matches!(req.method, Method::Invite | Method::Update) {
+                    self.end_call(cid, None, EndReason::Timeout, now);
+                }
+            }
+            Purpose::Refresh(_) => {
+                self.stats.session_expired += 1;
+                self.end_call(cid, None, EndReason::SessionExpired, now);
+            }
+            Purpose::Reconnect { answer, new_leg, .. } => {
+                if let Some((stx, req)) = answer {
+                    self.respond(stx, &req, 408, Side::Teams, now);
+                }
+                let _ = new_leg;
+            }
+            _ => {}
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Ending calls
+    // ----------------------------------------------------------------------------------------
+
+    fn bye_leg(&mut self, cid: CallId, lid: LegId, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        if call.legs[lid].ended {
+            return;
+        }
+        call.legs[lid].ended = true;
+        call.legs[lid].pending_2xx = None;
+        if let Some((req, hop)) = self.dialog_request(cid, lid, Method::Bye) {
+            self.send_in_dialog(cid, req, hop, Purpose::Bye, now);
+        }
+    }
+
+    /// Ends the call: BYE (or CANCEL) every live leg except `except`, answer open server
+    /// transactions, emit `Ended`, and keep the state a little longer for stray retransmissions.
+    fn end_call(&mut self, cid: CallId, except: Option<LegId>, reason: EndReason, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        if call.state == CallState::Ended {
+            return;
+        }
+        let was_answered = call.state == CallState::Confirmed;
+        call.state = CallState::Ended;
+        if let Some(e) = except {
+            call.legs[e].ended = true;
+            call.legs[e].pending_2xx = None;
+        }
+        let open: Vec<(ServerTxnId, Request)> = std::mem::take(&mut call.open_stx);
+        let a_inv = call.a_invite.take();
+        let n = call.legs.len();
+        let (caller, callee) = (call.caller.clone(), call.callee.clone());
+        for (stx, req) in open {
+            let side = self.calls[&cid].legs.first().map(|l| l.side).unwrap_or(Side::Pbx);
+            self.respond(stx, &req, 481, side, now);
+        }
+        if let Some((stx, req)) = a_inv {
+            let tag = self.calls[&cid].legs[0].local_tag.clone();
+            let mut r = req.response(if reason == EndReason::Timeout { 408 } else { 487 }, Some(&tag));
+            add_identity(&self.cfg, self.calls[&cid].legs[0].side, &mut r.headers, false);
+            self.txns.send_response(stx, r, now);
+            self.calls.get_mut(&cid).expect("call").legs[0].ended = true;
+        }
+        for lid in 0..n {
+            let call = &self.calls[&cid];
+            let leg = &call.legs[lid];
+            if leg.ended {
+                continue;
+            }
+            if let Some(inv) = &leg.invite {
+                if inv.provisional {
+                    self.send_cancel(cid, lid, now);
+                } else if let Some(i) = self.calls.get_mut(&cid).and_then(|c| c.legs[lid].invite.as_mut()) {
+                    i.cancel_pending = true;
+                }
+                continue;
+            }
+            if leg.remote_tag.is_some() {
+                self.bye_leg(cid, lid, now);
+            }
+        }
+        tracing::info!(call = cid, ?reason, answered = was_answered, "call ended");
+        self.events.push_back(CallEvent::Ended { call: cid, caller, callee, reason });
+        let cleanup = now + self.cfg.t1 * 64;
+        self.arm(cid, cleanup, CallTimer::Cleanup);
+    }
+
+    fn remove_call(&mut self, cid: CallId) {
+        if let Some(call) = self.calls.remove(&cid) {
+            for l in &call.legs {
+                self.dialogs.remove(&(l.call_id.clone(), l.local_tag.clone()));
+            }
+            for c in &call.ctxs {
+                self.ctx.remove(c);
+            }
+            if let Some((stx, _)) = call.a_invite {
+                self.invite_stx.remove(&stx);
+            }
+            self.invite_stx.retain(|_, c| *c != cid);
+        }
+    }
+
+    fn ack_and_bye_stray(&mut self, cid: CallId, resp: &Response, now: Instant) {
+        // A 2xx from a leg we gave up on (failover, cancel race): ACK it and hang up, built from
+        // the response itself since the leg may have moved on.
+        let Some(call) = self.calls.get(&cid) else { return };
+        let Some(leg) = call.legs.iter().find(|l| Some(&l.call_id[..]) == resp.call_id()) else { return };
+        let side = leg.side;
+        let hop = leg.hop.clone();
+        let target = resp.headers.values("Contact").first().and_then(|c| NameAddr::parse(c).ok()).map(|n| n.uri.to_string()).unwrap_or(leg.remote_target.clone());
+        let seq = resp.cseq().map(|c| c.seq).unwrap_or(1);
+        for (m, s) in [(Method::Ack, seq), (Method::Bye, seq + 1)] {
+            let mut r = Request::new(m.clone(), target.clone());
+            r.headers.push("Via", via(&self.cfg, side, &new_branch()));
+            r.headers.push("Max-Forwards", "70");
+            for rr in resp.headers.values("Record-Route").iter().rev() {
+                r.headers.push("Route", rr.to_string());
+            }
+            r.headers.push("From", resp.headers.get("From").unwrap_or("").to_string());
+            r.headers.push("To", resp.headers.get("To").unwrap_or("").to_string());
+            r.headers.push("Call-ID", resp.call_id().unwrap_or("").to_string());
+            r.headers.push("CSeq", format!("{s} {m}"));
+            if m == Method::Ack {
+                self.out.push_back(Transmit { hop: hop.clone(), data: r.to_bytes() });
+            } else {
+                let rel = reliable(&hop.peer);
+                let _ = self.txns.send_request(r, hop.clone(), rel, now);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Timers
+    // ----------------------------------------------------------------------------------------
+
+    fn fire_call_timers(&mut self, cid: CallId, now: Instant) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let due: Vec<CallTimer> = call.timers.iter().filter(|(at, _)| *at <= now).map(|(_, t)| *t).collect();
+        call.timers.retain(|(at, _)| *at > now);
+        for t in due {
+            match t {
+                CallTimer::InviteDeadline(lid) => {
+                    tracing::info!(call = cid, "no response to INVITE within the failover time");
+                    let ctx = self.calls.get(&cid).and_then(|c| c.legs[lid].invite.as_ref()).map(|i| i.ctx);
+                    if let Some(ctx) = ctx {
+                        self.ctx.insert(ctx, (cid, Purpose::Abandoned));
+                        self.invite_failed(cid, lid, 408, now);
+                    }
+                }
+                CallTimer::Retrans2xx(lid) => {
+                    let Some(call) = self.calls.get_mut(&cid) else { return };
+                    let leg = &mut call.legs[lid];
+                    let Some(p) = leg.pending_2xx.as_mut() else { continue };
+                    if now >= p.give_up {
+                        leg.pending_2xx = None;
+                        tracing::warn!(call = cid, "no ACK for 2xx: ending call");
+                        self.end_call(cid, None, EndReason::Timeout, now);
+                        continue;
+                    }
+                    let data = p.data.clone();
+                    p.interval = (p.interval * 2).min(self.cfg.t2);
+                    p.next = now + p.interval;
+                    let next = p.next;
+                    let hop = leg.hop.clone();
+                    self.out.push_back(Transmit { hop, data });
+                    self.arm(cid, next, CallTimer::Retrans2xx(lid));
+                }
+                CallTimer::SessionTimer(lid) => {
+                    let Some(call) = self.calls.get(&cid) else { return };
+                    if call.state != CallState::Confirmed || call.legs[lid].ended {
+                        continue;
+                    }
+                    let Some(se) = call.legs[lid].se.clone() else { continue };
+                    if se.we_refresh {
+                        self.send_refresh(cid, lid, now);
+                    } else {
+                        tracing::warn!(call = cid, "session expired: no refresh from the peer");
+                        self.stats.session_expired += 1;
+                        self.end_call(cid, None, EndReason::SessionExpired, now);
+                    }
+                }
+                CallTimer::Cleanup => self.remove_call(cid),
+            }
+        }
+    }
+
+    /// A session refresh drbridge sends on leg `lid`: UPDATE without a body where the peer
+    /// allows it, else a re-INVITE with the last SDP the leg was given.
+    fn send_refresh(&mut self, cid: CallId, lid: LegId, now: Instant) {
+        let Some(call) = self.calls.get(&cid) else { return };
+        let leg = &call.legs[lid];
+        if leg.offer_pending {
+            // An offer is in flight; it refreshes the session when answered.
+            let due = now + Duration::from_secs(2);
+            self.arm(cid, due, CallTimer::SessionTimer(lid));
+            return;
+        }
+        let use_update = leg.allows_update;
+        let interval = leg.se.as_ref().map(|s| s.interval).unwrap_or(self.cfg.session_expires);
+        let olid = Self::other_leg(call, lid);
+        let sdp = olid.map(|o| call.legs[o].remote_sdp.clone()).unwrap_or_default();
+        let Some((mut req, hop)) = self.dialog_request(cid, lid, if use_update { Method::Update } else { Method::Invite }) else { return };
+        req.headers.push("Supported", build::SUPPORTED);
+        req.headers.push("Session-Expires", format!("{interval};refresher=uac"));
+        if !use_update && !sdp.is_empty() {
+            req.headers.push("Content-Type", "application/sdp");
+            req.body = sdp;
+        }
+        self.stats.session_refreshes_sent += 1;
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.legs[lid].offer_pending = true;
+        }
+        self.send_in_dialog(cid, req, hop, Purpose::Refresh(lid), now);
+    }
+
+    fn send_options(&mut self, now: Instant) {
+        for i in 0..self.proxies.len() {
+            if self.proxies[i].next_options > now {
+                continue;
+            }
+            self.proxies[i].next_options = now + self.cfg.options_interval;
+            if self.proxies[i].probe.is_some() {
+                continue;
+            }
+            let p = self.cfg.teams_proxies[i].clone();
+            let mut req = Request::new(Method::Options, format!("sip:{}:{};transport=tls", p.host, p.port));
+            let tag = new_tag();
+            req.headers.push("Via", via(&self.cfg, Side::Teams, &new_branch()));
+            req.headers.push("Max-Forwards", "70");
+            req.headers.push("From", format!("<sip:{}:{}>;tag={tag}", self.cfg.fqdn, self.cfg.teams_contact_port));
+            req.headers.push("To", format!("<sip:{}:{}>", p.host, p.port));
+            req.headers.push("Call-ID", new_call_id(&self.cfg.fqdn));
+            req.headers.push("CSeq", "1 OPTIONS");
+            req.headers.push("Contact", contact(&self.cfg, Side::Teams, None));
+            req.headers.push("Accept", "application/sdp");
+            req.headers.push("Supported", build::SUPPORTED);
+            add_identity(&self.cfg, Side::Teams, &mut req.headers, true);
+            let hop = Hop { peer: Peer { proto: Proto::Tls, addr: p.addr }, tls_name: Some(Arc::from(p.host.as_str())) };
+            if let Ok(id) = self.txns.send_request(req, hop, true, now) {
+                self.stats.options_sent += 1;
+                self.options.insert(id, Some(i));
+                self.proxies[i].probe = Some(id);
+            }
+        }
+        if self.pbx_health.next_options <= now {
+            self.pbx_health.next_options = now + self.cfg.pbx_options_interval;
+            if self.pbx_health.probe.is_none() {
+                let pbx = self.cfg.pbx;
+                let mut req = Request::new(Method::Options, format!("sip:{}", self.cfg.pbx_domain));
+                req.headers.push("Via", via(&self.cfg, Side::Pbx, &new_branch()));
+                req.headers.push("Max-Forwards", "70");
+                req.headers.push("From", format!("<sip:{}>;tag={}", self.cfg.pbx_local, new_tag()));
+                req.headers.push("To", format!("<sip:{}>", self.cfg.pbx_domain));
+                req.headers.push("Call-ID", new_call_id("drbridge"));
+                req.headers.push("CSeq", "1 OPTIONS");
+                req.headers.push("Contact", contact(&self.cfg, Side::Pbx, None));
+                add_identity(&self.cfg, Side::Pbx, &mut req.headers, true);
+                if let Ok(id) = self.txns.send_request(req, Hop { peer: pbx, tls_name: None }, reliable(&pbx), now) {
+                    self.stats.options_sent += 1;
+                    self.options.insert(id, None);
+                    self.pbx_health.probe = Some(id);
+                }
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Transfers (REFER from Teams) and Replaces
+    // ----------------------------------------------------------------------------------------
+
+    fn refer(&mut self, cid: CallId, lid: LegId, stx: ServerTxnId, req: Request, now: Instant) {
+        let Some(call) = self.calls.get(&cid) else { return };
+        let Some(remaining) = Self::other_leg(call, lid) else { return self.respond(stx, &req, 481, Side::Teams, now) };
+        if call.state != CallState::Confirmed || call.refer.is_some() {
+            return self.respond(stx, &req, 491, Side::Teams, now);
+        }
+        let Some(refer_to) = req.headers.get("Refer-To").and_then(|v| NameAddr::parse(v).ok()) else {
+            return self.respond(stx, &req, 400, Side::Teams, now);
+        };
+        if refer_to.uri.headers.as_deref().is_some_and(|h| h.to_ascii_lowercase().contains("replaces")) {
+            // Attended transfer through drbridge is not supported: Teams then handles it itself.
+            return self.respond(stx, &req, 501, Side::Teams, now);
+        }
+        let number = number_of_uri(&refer_to.uri);
+        let teams_user = refer_to.uri.params.has("x-m") || refer_to.uri.params.has("x-t");
+        let target_e164 = number.as_deref().map(|n| self.plan.to_teams(n));
+        let dest = match (&target_e164, teams_user) {
+            (_, true) => Side::Teams,
+            (Some(n), false) => self.plan.route(n, Side::Teams),
+            (None, false) => return self.respond(stx, &req, 400, Side::Teams, now),
+        };
+        // 202 Accepted, then NOTIFY 100 Trying.
+        let mut r = req.response(202, None);
+        add_identity(&self.cfg, Side::Teams, &mut r.headers, false);
+        r.headers.set("Contact", contact(&self.cfg, Side::Teams, None));
+        self.txns.send_response(stx, r, now);
+        self.stats.transfers += 1;
+        let target = target_e164.clone().unwrap_or_else(|| refer_to.uri.to_string());
+        tracing::info!(call = cid, target = %target, to = ?dest, "REFER accepted");
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.refer = Some(ReferState { transferor: lid, target_leg: None, target: target.clone() });
+        }
+        self.notify_sipfrag(cid, lid, "SIP/2.0 100 Trying", false, now);
+
+        let call = &self.calls[&cid];
+        let rem = &call.legs[remaining];
+        let caller = normalize(&self.plan.to_teams(&rem.party), dest, &*self.plan);
+        let sdp = rem.remote_sdp.clone();
+        let callee = target_e164.as_deref().map(|n| normalize(n, dest, &*self.plan)).unwrap_or_default();
+        let target_uri = if teams_user && dest == Side::Teams {
+            let mut u = refer_to.uri.clone();
+            u.headers = None;
+            let p = &self.cfg.teams_proxies[0];
+            u.host = p.host.clone();
+            u.port = Some(p.port);
+            Some(u)
+        } else {
+            None
+        };
+        let mut carried = crate::sip::msg::Headers::new();
+        if let Some(rb) = req.headers.get("Referred-By") {
+            if let Some(v) = super::interwork::rewrite_identity(rb, dest, &*self.plan, &build::local_host(&self.cfg, dest)) {
+                carried.push("Referred-By", v);
+            }
+        }
+        let new_leg = self.open_leg(cid, dest, &caller, None, &callee, target_uri, sdp, &crate::sip::msg::Headers::new(), Side::Teams, now);
+        if let (Some(nl), Some(c)) = (new_leg, self.calls.get_mut(&cid)) {
+            if let Some(r) = c.refer.as_mut() {
+                r.target_leg = Some(nl);
+            }
+            // Referred-By toward the target, rewritten for its side.
+            let _ = carried;
+        }
+    }
+
+    fn notify_sipfrag(&mut self, cid: CallId, lid: LegId, frag: &str, terminated: bool, now: Instant) {
+        let Some((mut req, hop)) = self.dialog_request(cid, lid, Method::Notify) else { return };
+        req.headers.push("Event", "refer");
+        req.headers.push(
+            "Subscription-State",
+            if terminated { "terminated;reason=noresource".to_string() } else { "active;expires=60".to_string() },
+        );
+        req.headers.push("Content-Type", "message/sipfrag;version=2.0");
+        req.body = Bytes::from(format!("{frag}\r\n"));
+        self.send_in_dialog(cid, req, hop, Purpose::Notify, now);
+    }
+
+    /// The transfer target answered: connect the remaining party to it with a re-INVITE.
+    fn transfer_target_answered(&mut self, cid: CallId, new_leg: LegId, resp: &Response, now: Instant) {
+        let Some(call) = self.calls.get(&cid) else { return };
+        let Some(refer) = call.refer.clone() else { return };
+        let Some(remaining) = Self::other_leg(call, refer.transferor) else { return };
+        let Some((mut req, hop)) = self.dialog_request(cid, remaining, Method::Invite) else { return };
+        req.headers.push("Supported", build::SUPPORTED);
+        if !resp.body.is_empty() {
+            req.headers.push("Content-Type", "application/sdp");
+            req.body = resp.body.clone();
+        }
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.legs[remaining].offer_pending = true;
+        }
+        self.send_in_dialog(cid, req, hop, Purpose::Reconnect { to_leg: remaining, new_leg, answer: None }, now);
+    }
+
+    fn reconnect_response(&mut self, cid: CallId, to_leg: LegId, new_leg: LegId, answer: Option<(ServerTxnId, Request)>, resp: Response, now: Instant) {
+        if resp.status < 200 {
+            return;
+        }
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.legs[to_leg].offer_pending = false;
+        }
+        let Some(call) = self.calls.get(&cid) else { return };
+        if resp.is_success() && call.legs[to_leg].last_ack.is_some() && call.pair == (to_leg, new_leg) {
+            // Retransmitted 2xx.
+            if let Some(data) = call.legs[to_leg].last_ack.clone() {
+                let hop = call.legs[to_leg].hop.clone();
+                self.out.push_back(Transmit { hop, data });
+            }
+            return;
+        }
+        if !resp.is_success() {
+            match answer {
+                Some((stx, req)) => {
+                    self.respond(stx, &req, resp.status.max(400), Side::Teams, now);
+                    if let Some(c) = self.calls.get_mut(&cid) {
+                        c.legs[new_leg].ended = true;
+                    }
+                }
+                None => {
+                    // The remaining party refused the new media: hang up the new leg.
+                    self.bye_leg(cid, new_leg, now);
+                    self.transfer_failed(cid, resp.status, now);
+                }
+            }
+            return;
+        }
+        let old = match &answer {
+            Some(_) => Self::other_leg(call, to_leg),
+            None => call.refer.as_ref().map(|r| r.transferor),
+        };
+        if !resp.body.is_empty() {
+            if let Some(c) = self.calls.get_mut(&cid) {
+                c.legs[to_leg].remote_sdp = resp.body.clone();
+            }
+        }
+        self.send_ack(cid, to_leg, &resp, None);
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.pair = (to_leg, new_leg);
+        }
+        match answer {
+            Some((stx, req)) => {
+                // INVITE with Replaces: answer the new leg with the remaining party's SDP.
+                let call = &self.calls[&cid];
+                let mut r = self.relayed_response(call, new_leg, &req, &resp);
+                self.answer_session_timer(cid, new_leg, &req, &mut r, now);
+                let data = r.to_bytes();
+                if let Some(c) = self.calls.get_mut(&cid) {
+                    c.open_stx.retain(|(s, _)| *s != stx);
+                    let leg = &mut c.legs[new_leg];
+                    if leg.hop.peer.proto == Proto::Udp {
+                        let iv = self.cfg.t1;
+                        leg.pending_2xx = Some(Pending2xx { data, interval: iv, next: now + iv, give_up: now + self.cfg.t1 * 64 });
+                        self.arm(cid, now + iv, CallTimer::Retrans2xx(new_leg));
+                    }
+                }
+                self.txns.send_response(stx, r, now);
+                if let Some(o) = old {
+                    self.bye_leg(cid, o, now);
+                }
+                self.events.push_back(CallEvent::Transferred { call: cid, target: String::from("replaces") });
+            }
+            None => {
+                let Some(refer) = self.calls.get_mut(&cid).and_then(|c| c.refer.take()) else { return };
+                self.notify_sipfrag(cid, refer.transferor, "SIP/2.0 200 OK", true, now);
+                self.bye_leg(cid, refer.transferor, now);
+                tracing::info!(call = cid, target = %refer.target, "transfer completed");
+                self.events.push_back(CallEvent::Transferred { call: cid, target: refer.target });
+            }
+        }
+    }
+
+    fn transfer_failed(&mut self, cid: CallId, status: u16, now: Instant) {
+        let Some(refer) = self.calls.get_mut(&cid).and_then(|c| c.refer.take()) else { return };
+        let frag = format!("SIP/2.0 {} {}", status, crate::sip::msg::reason_phrase(status));
+        tracing::info!(call = cid, status, "transfer failed");
+        self.notify_sipfrag(cid, refer.transferor, &frag, true, now);
+    }
+
+    fn invite_with_replaces(&mut self, stx: ServerTxnId, req: Request, peer: Peer, side: Side, rep: &str, now: Instant) {
+        let mut parts = rep.split(';');
+        let call_id = parts.next().unwrap_or("").trim().to_string();
+        let mut tags = Vec::new();
+        for p in parts {
+            if let Some((k, v)) = p.trim().split_once('=') {
+                if k.eq_ignore_ascii_case("to-tag") || k.eq_ignore_ascii_case("from-tag") {
+                    tags.push(v.trim().to_string());
+                }
+            }
+        }
+        let found = tags.iter().find_map(|t| self.dialogs.get(&(call_id.clone(), t.clone())).copied());
+        let Some((cid, old)) = found else {
+            return self.respond(stx, &req, 481, side, now);
+        };
+        let Some(call) = self.calls.get(&cid) else { return self.respond(stx, &req, 481, side, now) };
+        if call.state != CallState::Confirmed {
+            return self.respond(stx, &req, 481, side, now);
+        }
+        let Some(remaining) = Self::other_leg(call, old) else { return self.respond(stx, &req, 481, side, now) };
+        let mut trying = req.response(100, None);
+        add_identity(&self.cfg, side, &mut trying.headers, false);
+        self.txns.send_response(stx, trying, now);
+        let leg = self.uas_leg(&req, peer, side);
+        let key = (leg.call_id.clone(), leg.local_tag.clone());
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        call.legs.push(leg);
+        let new_leg = call.legs.len() - 1;
+        call.open_stx.push((stx, req.clone()));
+        self.dialogs.insert(key, (cid, new_leg));
+        let Some((mut out, hop)) = self.dialog_request(cid, remaining, Method::Invite) else { return };
+        out.headers.push("Supported", build::SUPPORTED);
+        if !req.body.is_empty() {
+            out.headers.push("Content-Type", "application/sdp");
+            out.body = req.body.clone();
+        }
+        if let Some(c) = self.calls.get_mut(&cid) {
+            c.legs[remaining].offer_pending = true;
+        }
+        tracing::info!(call = cid, "INVITE with Replaces: reconnecting");
+        self.send_in_dialog(cid, out, hop, Purpose::Reconnect { to_leg: remaining, new_leg, answer: Some((stx, req)) }, now);
+    }
+}
+
+/// Status codes that must not cross as they are: redirects would expose the other side's
+/// contacts, authentication challenges belong to the leg that asked.
+fn map_status(status: u16) -> u16 {
+    match status {
+        300..=399 => 480,
+        401 | 407 => 403,
+        _ => status,
+    }
+}
+
+/// True if an SDP body puts the call on hold (sendonly / inactive, or c=0.0.0.0).
+fn sdp_is_hold(body: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(body);
+    s.lines().any(|l| {
+        let l = l.trim();
+        l == "a=sendonly" || l == "a=inactive" || l.starts_with("c=IN IP4 0.0.0.0")
+    })
+}
