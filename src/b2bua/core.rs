@@ -224,7 +224,7 @@ impl B2bua {
         self.events.pop_front()
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
         let mut t = self.txns.poll_timeout();
         let mut consider = |x: Instant| t = Some(t.map_or(x, |c: Instant| c.min(x)));
         if let Some(Reverse((at, _))) = self.wakeups.peek() {
@@ -296,9 +296,7 @@ impl B2bua {
     fn drain_txn_events(&mut self, now: Instant) {
         while let Some(ev) = self.txns.poll_event() {
             match ev {
-                TxnEvent::ClientTimeout(id) => self.client_timeout(id, now),
-                TxnEvent::ServerTimeout(_) => {}
-                #[allow(unreachable_patterns)]
+                TxnEvent::ClientTimeout(id) | TxnEvent::ClientTransportError(id) => self.client_timeout(id, now),
                 _ => {}
             }
         }
@@ -323,12 +321,12 @@ impl B2bua {
             return;
         }
         let hop = self.hop_from(peer);
-        match self.txns.on_request(req.clone(), hop.clone(), reliable(&peer), now) {
+        match self.txns.on_request(&req, hop.clone(), reliable(&peer), now) {
             RequestDisposition::New(stx) => self.new_request(stx, req, peer, side, now),
-            RequestDisposition::Ack2xx(ack) => self.ack_2xx(ack, now),
+            RequestDisposition::Ack2xx => self.ack_2xx(req, now),
             RequestDisposition::Cancel { cancel, invite } => {
                 let ok = req.response(200, None);
-                self.txns.send_response(cancel, ok, now);
+                let _ = self.txns.send_response(cancel, &ok, now);
                 if let Some(stx) = invite {
                     if let Some(cid) = self.invite_stx.get(&stx).copied() {
                         self.cancel_call(cid, now);
@@ -336,9 +334,11 @@ impl B2bua {
                 }
             }
             RequestDisposition::Overloaded => {
-                let mut r = req.response(503, Some(&new_tag()));
-                r.headers.push("Retry-After", "5");
-                self.out.push_back(Transmit { hop, data: r.to_bytes() });
+                if req.method != Method::Ack {
+                    let mut r = req.response(503, Some(&new_tag()));
+                    r.headers.push("Retry-After", "5");
+                    self.txns.send_stateless(hop, r.to_bytes());
+                }
             }
             _ => {}
         }
@@ -347,7 +347,7 @@ impl B2bua {
     fn respond(&mut self, stx: ServerTxnId, req: &Request, status: u16, side: Side, now: Instant) {
         let mut r = req.response(status, Some(&new_tag()));
         add_identity(&self.cfg, side, &mut r.headers, false);
-        self.txns.send_response(stx, r, now);
+        let _ = self.txns.send_response(stx, &r, now);
     }
 
     fn new_request(&mut self, stx: ServerTxnId, req: Request, peer: Peer, side: Side, now: Instant) {
@@ -368,7 +368,7 @@ impl B2bua {
                 r.headers.set("Accept", "application/sdp");
                 r.headers.set("Supported", build::SUPPORTED);
                 r.headers.set("Contact", contact(&self.cfg, side, None));
-                self.txns.send_response(stx, r, now);
+                let _ = self.txns.send_response(stx, &r, now);
             }
             Method::Ack => {}
             Method::Register | Method::Subscribe | Method::Publish => self.respond(stx, &req, 405, side, now),
@@ -394,7 +394,7 @@ impl B2bua {
             let mut r = req.response(503, Some(&new_tag()));
             r.headers.push("Retry-After", "10");
             add_identity(&self.cfg, side, &mut r.headers, false);
-            self.txns.send_response(stx, r, now);
+            let _ = self.txns.send_response(stx, &r, now);
             return;
         }
         if let Some(rep) = req.headers.get("Replaces").map(str::to_string) {
@@ -405,7 +405,7 @@ impl B2bua {
                 let mut r = req.response(422, Some(&new_tag()));
                 r.headers.push("Min-SE", self.cfg.min_se.to_string());
                 add_identity(&self.cfg, side, &mut r.headers, false);
-                self.txns.send_response(stx, r, now);
+                let _ = self.txns.send_response(stx, &r, now);
                 return;
             }
         }
@@ -421,7 +421,7 @@ impl B2bua {
 
         let mut trying = req.response(100, None);
         add_identity(&self.cfg, side, &mut trying.headers, false);
-        self.txns.send_response(stx, trying, now);
+        let _ = self.txns.send_response(stx, &trying, now);
 
         let cid = self.next_call;
         self.next_call += 1;
@@ -678,7 +678,7 @@ impl B2bua {
                 add_identity(&self.cfg, side, &mut r.headers, false);
                 r.headers.set("Contact", contact(&self.cfg, side, None));
                 self.answer_session_timer(cid, lid, &req, &mut r, now);
-                self.txns.send_response(stx, r, now);
+                let _ = self.txns.send_response(stx, &r, now);
             }
             _ => self.relay_request(cid, lid, stx, req, now),
         }
@@ -852,7 +852,7 @@ impl B2bua {
             let tag = call.legs[0].local_tag.clone();
             let mut r = req.response(487, Some(&tag));
             add_identity(&self.cfg, call.legs[0].side, &mut r.headers, false);
-            self.txns.send_response(stx, r, now);
+            let _ = self.txns.send_response(stx, &r, now);
         }
         self.end_call(cid, Some(0), EndReason::Cancelled, now);
     }
@@ -1161,7 +1161,7 @@ impl B2bua {
                     r
                 }
             };
-            self.txns.send_response(stx, r, now);
+            let _ = self.txns.send_response(stx, &r, now);
         }
         self.stats.calls_failed += 1;
         self.end_call(cid, Some(lid), EndReason::Rejected(status), now);
@@ -1173,7 +1173,7 @@ impl B2bua {
         let r = self.relayed_response(call, 0, &req, resp);
         let first = call.state == CallState::Calling;
         let (caller, callee) = (call.caller.clone(), call.callee.clone());
-        self.txns.send_response(stx, r, now);
+        let _ = self.txns.send_response(stx, &r, now);
         if let Some(c) = self.calls.get_mut(&cid) {
             c.state = CallState::Early;
         }
@@ -1201,7 +1201,7 @@ impl B2bua {
             a.pending_2xx = Some(Pending2xx { data, interval: iv, next: now + iv, give_up: now + self.cfg.t1 * 64 });
             self.arm(cid, now + iv, CallTimer::Retrans2xx(0));
         }
-        self.txns.send_response(stx, r, now);
+        let _ = self.txns.send_response(stx, &r, now);
         self.invite_stx.remove(&stx);
         tracing::info!(call = cid, "answered");
         self.events.push_back(CallEvent::Answered { call: cid, caller, callee });
@@ -1247,7 +1247,7 @@ impl B2bua {
         }
         if resp.status < 200 {
             let r = self.relayed_response(call, from, &req, &resp);
-            self.txns.send_response(stx, r, now);
+            let _ = self.txns.send_response(stx, &r, now);
             return;
         }
         let mut r = self.relayed_response(call, from, &req, &resp);
@@ -1284,7 +1284,7 @@ impl B2bua {
             }
         }
         self.ctx.remove(&ctx);
-        self.txns.send_response(stx, r, now);
+        let _ = self.txns.send_response(stx, &r, now);
         if matches!(resp.status, 408 | 481) && matches!(req.method, Method::Invite | Method::Update) {
             // The other leg lost the dialog: the call cannot go on.
             self.end_call(cid, Some(olid), EndReason::Timeout, now);
@@ -1381,7 +1381,7 @@ impl B2bua {
             let tag = self.calls[&cid].legs[0].local_tag.clone();
             let mut r = req.response(if reason == EndReason::Timeout { 408 } else { 487 }, Some(&tag));
             add_identity(&self.cfg, self.calls[&cid].legs[0].side, &mut r.headers, false);
-            self.txns.send_response(stx, r, now);
+            let _ = self.txns.send_response(stx, &r, now);
             self.calls.get_mut(&cid).expect("call").legs[0].ended = true;
         }
         for lid in 0..n {
@@ -1616,7 +1616,7 @@ impl B2bua {
         let mut r = req.response(202, None);
         add_identity(&self.cfg, Side::Teams, &mut r.headers, false);
         r.headers.set("Contact", contact(&self.cfg, Side::Teams, None));
-        self.txns.send_response(stx, r, now);
+        let _ = self.txns.send_response(stx, &r, now);
         self.stats.transfers += 1;
         let target = target_e164.clone().unwrap_or_else(|| refer_to.uri.to_string());
         tracing::info!(call = cid, target = %target, to = ?dest, "REFER accepted");
@@ -1746,7 +1746,7 @@ impl B2bua {
                         self.arm(cid, now + iv, CallTimer::Retrans2xx(new_leg));
                     }
                 }
-                self.txns.send_response(stx, r, now);
+                let _ = self.txns.send_response(stx, &r, now);
                 if let Some(o) = old {
                     self.bye_leg(cid, o, now);
                 }
@@ -1791,7 +1791,7 @@ impl B2bua {
         let Some(remaining) = Self::other_leg(call, old) else { return self.respond(stx, &req, 481, side, now) };
         let mut trying = req.response(100, None);
         add_identity(&self.cfg, side, &mut trying.headers, false);
-        self.txns.send_response(stx, trying, now);
+        let _ = self.txns.send_response(stx, &trying, now);
         let leg = self.uas_leg(&req, peer, side);
         let key = (leg.call_id.clone(), leg.local_tag.clone());
         let Some(call) = self.calls.get_mut(&cid) else { return };
