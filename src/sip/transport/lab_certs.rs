@@ -10,8 +10,8 @@
 
 use super::TransportError;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,10 @@ const CA_CN: &str = "drbridge lab CA";
 const CA_O: &str = "drbridge lab";
 
 fn err(path: &Path, reason: impl std::fmt::Display) -> TransportError {
-    TransportError::LabCerts { path: path.to_path_buf(), reason: reason.to_string() }
+    TransportError::LabCerts {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 fn ca_params() -> CertificateParams {
@@ -49,8 +52,11 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::OrganizationName, CA_O);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = rcgen::date_time_ymd(2025, 1, 1);
     p.not_after = rcgen::date_time_ymd(2045, 1, 1);
     p
@@ -118,7 +124,14 @@ fn check_chain(leaf_pem: &str, ca_crt: &Path) -> Result<(), TransportError> {
         None,
     )
     .map(|_| ())
-    .map_err(|e| err(ca_crt, format!("does not verify certificates signed with ca.key ({e}); not a drbridge lab CA?")))
+    .map_err(|e| {
+        err(
+            ca_crt,
+            format!(
+                "does not verify certificates signed with ca.key ({e}); not a drbridge lab CA?"
+            ),
+        )
+    })
 }
 
 /// Issues `stem.crt` / `stem.key` in `dir`, signed by the lab CA there (created if absent),
@@ -138,13 +151,18 @@ pub fn issue_lab_cert(
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(names.clone()).map_err(|e| err(&crt, e))?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, names.first().cloned().unwrap_or_else(|| stem.to_string()));
+    dn.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| stem.to_string()),
+    );
     dn.push(DnType::OrganizationName, CA_O);
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.use_authority_key_identifier_extension = true;
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2045, 1, 1);
@@ -170,7 +188,14 @@ pub fn ensure_lab_certs(dir: &Path, sbc_fqdn: &str) -> Result<LabCerts, Transpor
     if !ca_exists {
         lab_ca(dir)?;
     }
-    Ok(LabCerts { ca_cert, ca_key, sbc_cert, sbc_key, teams_cert, teams_key })
+    Ok(LabCerts {
+        ca_cert,
+        ca_key,
+        sbc_cert,
+        sbc_key,
+        teams_cert,
+        teams_key,
+    })
 }
 
 #[cfg(test)]
@@ -178,7 +203,8 @@ mod tests {
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("drbridge-labcerts-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("drbridge-labcerts-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
@@ -203,7 +229,9 @@ mod tests {
         let (crt, _) = issue_lab_cert(&d, "pbx", &["pbx.lab.drbridge.test"]).unwrap();
         let pem = std::fs::read_to_string(crt).unwrap();
         check_chain(&pem, &c.ca_cert).unwrap();
-        let setup = super::super::TlsSetup::from_files(&c.teams_cert, &c.teams_key, &c.ca_cert, vec![]).unwrap();
+        let setup =
+            super::super::TlsSetup::from_files(&c.teams_cert, &c.teams_key, &c.ca_cert, vec![])
+                .unwrap();
         let names = super::super::tls::cert_dns_names(&setup.chain[0]);
         assert_eq!(names, TEAMS_NAMES);
         let _ = std::fs::remove_dir_all(&d);

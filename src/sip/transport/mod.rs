@@ -87,7 +87,10 @@ pub enum TransportEvent {
     Message(Inbound),
     /// An outbound TCP/TLS connection (or a UDP send) could not be made; the data queued for
     /// it is dropped. `reason` is human readable (e.g. the TLS certificate error).
-    ConnectFailed { peer: Peer, reason: String },
+    ConnectFailed {
+        peer: Peer,
+        reason: String,
+    },
 }
 
 /// One listening socket. A TLS listener needs a [`TlsSetup`].
@@ -132,7 +135,11 @@ impl Default for TransportConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("cannot listen on {proto} {addr}: {source}")]
-    Bind { proto: Proto, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        proto: Proto,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("a TLS listener on {0} needs TLS certificates")]
     NoTlsSetup(SocketAddr),
     #[error("{}: {reason}", path.display())]
@@ -211,7 +218,9 @@ impl Shared {
         let max = self.cfg.max_connections;
         let ok = self
             .live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok();
         ok.then(|| ConnSlot {
             shared: self.clone(),
@@ -225,7 +234,9 @@ impl Shared {
         tracing::info!(%peer, %reason, "SIP connection failed");
         let events = self.events.clone();
         self.runtime.spawn(async move {
-            let _ = events.send(TransportEvent::ConnectFailed { peer, reason }).await;
+            let _ = events
+                .send(TransportEvent::ConnectFailed { peer, reason })
+                .await;
         });
     }
 
@@ -245,7 +256,9 @@ pub(crate) struct ConnSlot {
 impl ConnSlot {
     /// Makes this connection the one `send` uses for its key.
     pub(crate) fn register(&self, tx: mpsc::Sender<Bytes>) {
-        self.shared.conns().insert(self.key, ConnEntry { id: self.id, tx });
+        self.shared
+            .conns()
+            .insert(self.key, ConnEntry { id: self.id, tx });
     }
 }
 
@@ -268,7 +281,9 @@ pub struct SipTransport {
 
 impl fmt::Debug for SipTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SipTransport").field("local", &self.shared.local).finish_non_exhaustive()
+        f.debug_struct("SipTransport")
+            .field("local", &self.shared.local)
+            .finish_non_exhaustive()
     }
 }
 
@@ -280,7 +295,11 @@ impl SipTransport {
         limits: Limits,
         queue: usize,
     ) -> Result<(SipTransport, mpsc::Receiver<TransportEvent>), TransportError> {
-        let cfg = TransportConfig { limits, event_queue: queue, ..TransportConfig::default() };
+        let cfg = TransportConfig {
+            limits,
+            event_queue: queue,
+            ..TransportConfig::default()
+        };
         SipTransport::start_with(listeners, tls, cfg).await
     }
 
@@ -303,8 +322,11 @@ impl SipTransport {
         let mut tcp = Vec::new();
         let mut local = Vec::new();
         for l in &listeners {
-            let bind_err =
-                |source| TransportError::Bind { proto: l.proto, addr: l.addr, source };
+            let bind_err = |source| TransportError::Bind {
+                proto: l.proto,
+                addr: l.addr,
+                source,
+            };
             match l.proto {
                 Proto::Udp => {
                     let sock = udp::bind(l.addr, cfg.udp_buffer).map_err(bind_err)?;
@@ -340,7 +362,11 @@ impl SipTransport {
             tokio::spawn(udp::receive(shared.clone(), sock.clone(), *addr));
         }
         for (proto, lis) in tcp {
-            let acc = if proto == Proto::Tls { acceptor.clone() } else { None };
+            let acc = if proto == Proto::Tls {
+                acceptor.clone()
+            } else {
+                None
+            };
             tokio::spawn(stream::accept_loop(shared.clone(), proto, lis, acc));
         }
         for (proto, addr) in &shared.local {
@@ -361,7 +387,11 @@ impl SipTransport {
 
     /// Address of the first listener of that transport (the real port when bound to port 0).
     pub fn local_addr(&self, proto: Proto) -> Option<SocketAddr> {
-        self.shared.local.iter().find(|(p, _)| *p == proto).map(|(_, a)| *a)
+        self.shared
+            .local
+            .iter()
+            .find(|(p, _)| *p == proto)
+            .map(|(_, a)| *a)
     }
 
     /// Counters (shared, live).

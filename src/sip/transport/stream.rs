@@ -18,7 +18,11 @@ const PONG: &[u8] = b"\r\n";
 const READ_CHUNK: usize = 16 * 1024;
 
 pub(super) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     sock.listen(1024)
@@ -49,7 +53,9 @@ pub(super) async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().unwrap_or_else(|_| lis.local_addr().unwrap_or(remote));
+        let local = tcp
+            .local_addr()
+            .unwrap_or_else(|_| lis.local_addr().unwrap_or(remote));
         match &acceptor {
             None => {
                 bump(&shared.stats.accepted);
@@ -118,7 +124,10 @@ fn open(
     peer: Peer,
     server_name: Option<&str>,
     data: Bytes,
-    mut conns: std::sync::MutexGuard<'_, std::collections::HashMap<super::ConnKey, super::ConnEntry>>,
+    mut conns: std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<super::ConnKey, super::ConnEntry>,
+    >,
 ) {
     let connector = match (peer.proto, &shared.tls_connector) {
         (Proto::Tls, None) => {
@@ -133,7 +142,9 @@ fn open(
         Some(_) => {
             let name = match server_name {
                 Some(n) => rustls::pki_types::ServerName::try_from(n.to_owned()),
-                None => Ok(rustls::pki_types::ServerName::IpAddress(peer.addr.ip().into())),
+                None => Ok(rustls::pki_types::ServerName::IpAddress(
+                    peer.addr.ip().into(),
+                )),
             };
             match name {
                 Ok(n) => Some(n),
@@ -216,11 +227,17 @@ where
     // (`close`) lets the writer drain and finish.
     let weak = {
         let conns = slot.shared.conns();
-        conns.get(&slot.key).filter(|e| e.id == slot.id).map(|e| e.tx.downgrade())
+        conns
+            .get(&slot.key)
+            .filter(|e| e.id == slot.id)
+            .map(|e| e.tx.downgrade())
     };
     let last_activity = AtomicU64::new(slot.shared.now_ms());
     let (rd, wr) = tokio::io::split(stream);
-    let peer = Peer { proto: slot.key.0, addr: slot.key.1 };
+    let peer = Peer {
+        proto: slot.key.0,
+        addr: slot.key.1,
+    };
     let why = tokio::select! {
         r = read_loop(rd, &slot, local, weak, &last_activity) => r,
         r = write_loop(wr, rx, &slot.shared, &last_activity) => r,
@@ -301,7 +318,10 @@ async fn read_loop<R: AsyncRead>(
     last_activity: &AtomicU64,
 ) -> String {
     let shared = &slot.shared;
-    let peer = Peer { proto: slot.key.0, addr: slot.key.1 };
+    let peer = Peer {
+        proto: slot.key.0,
+        addr: slot.key.1,
+    };
     let limits = shared.cfg.limits;
     let idle_ms = shared.cfg.idle_timeout.as_millis() as u64;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -349,7 +369,9 @@ async fn read_loop<R: AsyncRead>(
         }
         // Wait for bytes or for the idle deadline (activity either way counts).
         buf.reserve(READ_CHUNK);
-        let deadline = last_activity.load(Ordering::Relaxed).saturating_add(idle_ms);
+        let deadline = last_activity
+            .load(Ordering::Relaxed)
+            .saturating_add(idle_ms);
         let wait = Duration::from_millis(deadline.saturating_sub(shared.now_ms()));
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {

@@ -59,7 +59,10 @@ impl Clone for TlsSetup {
 }
 
 fn cert_err(path: &Path, reason: impl fmt::Display) -> TransportError {
-    TransportError::Cert { path: path.to_path_buf(), reason: reason.to_string() }
+    TransportError::Cert {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 impl TlsSetup {
@@ -80,7 +83,9 @@ impl TlsSetup {
         })?;
         let mut roots = RootCertStore::empty();
         for c in load_certs(ca)? {
-            roots.add(c).map_err(|e| cert_err(ca, format!("not a usable CA certificate: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| cert_err(ca, format!("not a usable CA certificate: {e}")))?;
         }
         TlsSetup::new(chain, key, roots, peer_names).map_err(|e| match e {
             TransportError::Tls(reason) => TransportError::Key {
@@ -98,7 +103,12 @@ impl TlsSetup {
         roots: RootCertStore,
         peer_names: Vec<String>,
     ) -> Result<TlsSetup, TransportError> {
-        let setup = TlsSetup { chain, key, roots: Arc::new(roots), peer_names };
+        let setup = TlsSetup {
+            chain,
+            key,
+            roots: Arc::new(roots),
+            peer_names,
+        };
         // Building a server config checks that the key fits the certificate.
         setup.server_config()?;
         Ok(setup)
@@ -180,7 +190,9 @@ pub fn name_matches(cert_name: &str, accepted: &str) -> bool {
         return true;
     }
     fn one_label_under(name: &str, pattern: &str) -> bool {
-        let Some(suffix) = pattern.strip_prefix("*.") else { return false };
+        let Some(suffix) = pattern.strip_prefix("*.") else {
+            return false;
+        };
         if name.starts_with('*') || suffix.is_empty() || suffix.contains('*') {
             return false;
         }
@@ -221,10 +233,12 @@ impl webpki::ExtendedKeyUsageValidator for ServerOrClientAuth {
         if present.is_empty() {
             return Ok(());
         }
-        Err(webpki::Error::RequiredEkuNotFoundContext(webpki::RequiredEkuNotFoundContext {
-            required: webpki::KeyUsage::client_auth(),
-            present,
-        }))
+        Err(webpki::Error::RequiredEkuNotFoundContext(
+            webpki::RequiredEkuNotFoundContext {
+                required: webpki::KeyUsage::client_auth(),
+                present,
+            },
+        ))
     }
 }
 
@@ -286,12 +300,9 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
         E::CertNotValidYet { .. } => CertificateError::NotValidYet,
         E::UnknownIssuer => CertificateError::UnknownIssuer,
         E::CertNotValidForName(_) => CertificateError::NotValidForName,
-        E::InvalidSignatureForPublicKey | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
-            CertificateError::BadSignature
-        }
-        E::RequiredEkuNotFoundContext(_) => {
-            CertificateError::InvalidPurpose
-        }
+        E::InvalidSignatureForPublicKey
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => CertificateError::BadSignature,
+        E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
         other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
     };
     rustls::Error::InvalidCertificate(ce)
@@ -322,7 +333,9 @@ impl ClientCertVerifier for PeerCertVerifier {
         if !self.names_ok(&ee) {
             let names: Vec<&str> = ee.valid_dns_names().collect();
             tracing::info!(?names, accepted = ?self.peer_names, "TLS client certificate names not accepted");
-            return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -356,18 +369,157 @@ mod tests {
 
     #[test]
     fn wildcard_rules() {
-        assert!(name_matches("sip.pstnhub.microsoft.com", "sip.pstnhub.microsoft.com"));
-        assert!(name_matches("SIP.pstnhub.microsoft.com.", "sip.pstnhub.microsoft.com"));
-        assert!(name_matches("sip-du-a-eu.pstnhub.microsoft.com", "*.pstnhub.microsoft.com"));
-        assert!(name_matches("*.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com"));
-        assert!(name_matches("*.pstnhub.microsoft.com", "*.pstnhub.microsoft.com"));
-        assert!(!name_matches("a.b.pstnhub.microsoft.com", "*.pstnhub.microsoft.com"));
-        assert!(!name_matches("pstnhub.microsoft.com", "*.pstnhub.microsoft.com"));
-        assert!(!name_matches(".pstnhub.microsoft.com", "*.pstnhub.microsoft.com"));
+        assert!(name_matches(
+            "sip.pstnhub.microsoft.com",
+            "sip.pstnhub.microsoft.com"
+        ));
+        assert!(name_matches(
+            "SIP.pstnhub.microsoft.com.",
+            "sip.pstnhub.microsoft.com"
+        ));
+        assert!(name_matches(
+            "sip-du-a-eu.pstnhub.microsoft.com",
+            "*.pstnhub.microsoft.com"
+        ));
+        assert!(name_matches(
+            "*.pstnhub.microsoft.com",
+            "sip2.pstnhub.microsoft.com"
+        ));
+        assert!(name_matches(
+            "*.pstnhub.microsoft.com",
+            "*.pstnhub.microsoft.com"
+        ));
+        assert!(!name_matches(
+            "a.b.pstnhub.microsoft.com",
+            "*.pstnhub.microsoft.com"
+        ));
+        assert!(!name_matches(
+            "pstnhub.microsoft.com",
+            "*.pstnhub.microsoft.com"
+        ));
+        assert!(!name_matches(
+            ".pstnhub.microsoft.com",
+            "*.pstnhub.microsoft.com"
+        ));
         assert!(!name_matches("evil.example.com", "*.pstnhub.microsoft.com"));
-        assert!(!name_matches("sip.pstnhub.microsoft.com.evil.com", "*.pstnhub.microsoft.com"));
+        assert!(!name_matches(
+            "sip.pstnhub.microsoft.com.evil.com",
+            "*.pstnhub.microsoft.com"
+        ));
         assert!(!name_matches("*.com", "*.pstnhub.microsoft.com"));
         assert!(!name_matches("", "*.x"));
+    }
+
+    /// A CA and a leaf with the given EKUs and names, both DER, made in memory.
+    fn ca_and_leaf(
+        ekus: Vec<rcgen::ExtendedKeyUsagePurpose>,
+        names: &[&str],
+    ) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "unit CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.extended_key_usages = ekus;
+        let leaf = p.signed_by(&key, &issuer).unwrap();
+        (ca_cert.der().clone(), leaf.der().clone())
+    }
+
+    fn verify(
+        ekus: Vec<rcgen::ExtendedKeyUsagePurpose>,
+        names: &[&str],
+        accepted: &[&str],
+    ) -> Result<(), rustls::Error> {
+        let (ca, leaf) = ca_and_leaf(ekus, names);
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let v = PeerCertVerifier::new(
+            &roots,
+            accepted.iter().map(|s| s.to_string()).collect(),
+            sip_provider().signature_verification_algorithms,
+        );
+        assert_eq!(v.root_hint_subjects().len(), 1);
+        v.verify_client_cert(&leaf, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn client_cert_eku_policy() {
+        use rcgen::ExtendedKeyUsagePurpose as E;
+        let names = ["sip.pstnhub.microsoft.com"];
+        let ok = ["*.pstnhub.microsoft.com"];
+        // Microsoft's case: serverAuth only is accepted.
+        assert!(verify(vec![E::ServerAuth], &names, &ok).is_ok());
+        assert!(verify(vec![E::ClientAuth], &names, &ok).is_ok());
+        assert!(verify(vec![E::ServerAuth, E::ClientAuth], &names, &ok).is_ok());
+        assert!(verify(vec![], &names, &ok).is_ok());
+        assert_eq!(
+            verify(vec![E::CodeSigning], &names, &ok),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose
+            ))
+        );
+    }
+
+    #[test]
+    fn client_cert_name_policy() {
+        use rcgen::ExtendedKeyUsagePurpose as E;
+        let exact = ["sip.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com"];
+        // Exact accepted names, certificate with a wildcard SAN.
+        assert!(verify(vec![E::ServerAuth], &["*.pstnhub.microsoft.com"], &exact).is_ok());
+        assert!(verify(vec![E::ServerAuth], &["sip2.pstnhub.microsoft.com"], &exact).is_ok());
+        let bad = Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName,
+        ));
+        assert_eq!(
+            verify(vec![E::ServerAuth], &["sip4.pstnhub.microsoft.com"], &exact),
+            bad
+        );
+        assert_eq!(
+            verify(
+                vec![E::ServerAuth],
+                &["a.sip.pstnhub.microsoft.com"],
+                &["*.pstnhub.microsoft.com"]
+            ),
+            bad
+        );
+        assert_eq!(
+            verify(vec![E::ServerAuth], &["sip.pstnhub.microsoft.com"], &[]),
+            bad
+        );
+    }
+
+    #[test]
+    fn client_cert_from_unknown_ca_refused() {
+        use rcgen::ExtendedKeyUsagePurpose as E;
+        let (ca, _) = ca_and_leaf(vec![E::ClientAuth], &["x.example"]);
+        let (_, leaf) = ca_and_leaf(vec![E::ClientAuth], &["sip.pstnhub.microsoft.com"]);
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let v = PeerCertVerifier::new(
+            &roots,
+            vec!["sip.pstnhub.microsoft.com".into()],
+            sip_provider().signature_verification_algorithms,
+        );
+        // Same issuer name, other key: webpki reports the signature as bad.
+        let r = v
+            .verify_client_cert(&leaf, &[], UnixTime::now())
+            .map(|_| ());
+        assert!(
+            matches!(
+                r,
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::BadSignature | CertificateError::UnknownIssuer
+                ))
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -61,7 +61,10 @@ pub(super) async fn receive(shared: Arc<Shared>, sock: Arc<UdpSocket>, local: So
         bump(&shared.stats.udp_received);
         match parse_datagram(Bytes::copy_from_slice(data), &limits) {
             Ok(msg) => {
-                let peer = Peer { proto: Proto::Udp, addr: src };
+                let peer = Peer {
+                    proto: Proto::Udp,
+                    addr: src,
+                };
                 let ev = TransportEvent::Message(Inbound { msg, peer, local });
                 if shared.events.send(ev).await.is_err() {
                     return;
