@@ -514,6 +514,24 @@ async fn tls_client_with_wrong_name_refused() {
         let _ = s.flush().await;
         assert!(refused(&mut s).await);
     }
+    // A SipTransport with that certificate: under TLS 1.3 its handshake completes and the
+    // refusal arrives as an alert on the first read; it is still reported as ConnectFailed.
+    let evil_setup =
+        TlsSetup::from_files(crt, key, &lab().certs.ca_cert, vec![SBC.to_string()]).unwrap();
+    let (evil, mut evil_rx) = start(&[], Some(evil_setup), TransportConfig::default()).await;
+    let to_sbc = Peer {
+        proto: Proto::Tls,
+        addr,
+    };
+    evil.send(to_sbc, Some(SBC), Bytes::from(options("evil-2", "TLS")));
+    match next_event(&mut evil_rx).await {
+        TransportEvent::ConnectFailed { peer, reason } => {
+            assert_eq!(peer, to_sbc);
+            assert!(reason.contains("BadCertificate"), "{reason}");
+        }
+        other => panic!("expected ConnectFailed, got {other:?}"),
+    }
+    assert_eq!(evil.connection_count(), 0);
     let (teams, _trx) = start(&[], Some(teams_tls()), TransportConfig::default()).await;
     teams.send(
         Peer {

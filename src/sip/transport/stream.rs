@@ -215,6 +215,7 @@ async fn run<S>(stream: S, slot: ConnSlot, local: SocketAddr, rx: Option<mpsc::R
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let outbound = rx.is_some();
     let rx = match rx {
         Some(rx) => rx,
         None => {
@@ -238,12 +239,20 @@ where
         proto: slot.key.0,
         addr: slot.key.1,
     };
-    let why = tokio::select! {
-        r = read_loop(rd, &slot, local, weak, &last_activity) => r,
-        r = write_loop(wr, rx, &slot.shared, &last_activity) => r,
+    let mut received = false;
+    let (why, read_error) = tokio::select! {
+        r = read_loop(rd, &slot, local, weak, &last_activity, &mut received) => r,
+        r = write_loop(wr, rx, &slot.shared, &last_activity) => (r, false),
     };
     debug!(%peer, reason = %why, "SIP connection closed");
+    let shared = slot.shared.clone();
     drop(slot);
+    if outbound && read_error && !received {
+        // Typically TLS 1.3 with our client certificate refused: the handshake looked fine on
+        // our side and the peer's alert arrives on the first read. Report it like a failed
+        // connect so the core can fail over instead of waiting for a transaction timeout.
+        shared.emit_failed(peer, why);
+    }
 }
 
 async fn write_loop<W: AsyncWrite>(
@@ -316,7 +325,8 @@ async fn read_loop<R: AsyncRead>(
     local: SocketAddr,
     pong_tx: Option<mpsc::WeakSender<Bytes>>,
     last_activity: &AtomicU64,
-) -> String {
+    received: &mut bool,
+) -> (String, bool) {
     let shared = &slot.shared;
     let peer = Peer {
         proto: slot.key.0,
@@ -348,9 +358,10 @@ async fn read_loop<R: AsyncRead>(
                     let frame = buf.split_to(n).freeze();
                     match parse(frame, &limits) {
                         Ok(msg) => {
+                            *received = true;
                             let ev = TransportEvent::Message(Inbound { msg, peer, local });
                             if shared.events.send(ev).await.is_err() {
-                                return "event receiver gone".into();
+                                return ("event receiver gone".into(), false);
                             }
                         }
                         Err(e) => {
@@ -363,7 +374,7 @@ async fn read_loop<R: AsyncRead>(
                 Err(e) => {
                     bump(&shared.stats.framing_errors);
                     info!(%peer, error = %e, "framing error, closing connection");
-                    return format!("framing: {e}");
+                    return (format!("framing: {e}"), false);
                 }
             }
         }
@@ -375,15 +386,15 @@ async fn read_loop<R: AsyncRead>(
         let wait = Duration::from_millis(deadline.saturating_sub(shared.now_ms()));
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => return "closed by peer".into(),
+                Ok(0) => return ("closed by peer".into(), false),
                 Ok(_) => last_activity.store(shared.now_ms(), Ordering::Relaxed),
-                Err(e) => return format!("read: {e}"),
+                Err(e) => return (format!("read: {e}"), true),
             },
             _ = tokio::time::sleep(wait) => {
                 let last = last_activity.load(Ordering::Relaxed);
                 if shared.now_ms() >= last.saturating_add(idle_ms) {
                     bump(&shared.stats.idle_closed);
-                    return "idle".into();
+                    return ("idle".into(), false);
                 }
             }
         }
