@@ -13,6 +13,18 @@
 //!
 //! TLS details (cipher suites, mutual verification) are in [`tls`]; lab certificates in
 //! [`lab_certs`].
+//!
+//! Notes for the core:
+//! - A connection is reused for its `(proto, address)` whatever `server_name` a later `send`
+//!   gives; the name is only checked when a connection is opened.
+//! - An outbound TLS connection whose first read fails before any message arrived (TLS 1.3:
+//!   the server refused our certificate after our side of the handshake finished) is reported
+//!   as `ConnectFailed` too.
+//! - `Inbound::local` is the listener's bound address (for UDP bound to 0.0.0.0, that address).
+//! - Stream keep-alives: a double-CRLF ping is answered with a CRLF pong; sending pings is the
+//!   caller's choice (`send(peer, None, "\r\n\r\n")`). UDP CRLF keep-alives are ignored.
+//! - Inbound TLS handshakes are bounded by `connect_timeout` as well.
+//! - Tasks end when the event receiver is dropped (noticed at their next event).
 
 pub mod lab_certs;
 mod stream;
