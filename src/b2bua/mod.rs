@@ -119,3 +119,6 @@ pub struct Transmit {
     pub hop: Hop,
     pub data: bytes::Bytes,
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,352 @@
+//! Sans-IO tests of the call engine: messages in, messages out, virtual time.
+
+use super::*;
+use crate::sip::msg::{parse_datagram, Limits, Message, Request, Response};
+use crate::sip::transport::{Peer, Proto};
+use std::time::{Duration, Instant};
+
+struct Plan;
+impl Dialplan for Plan {
+    fn to_teams(&self, n: &str) -> String {
+        if n.len() == 4 { format!("+468123{n}") } else { n.to_string() }
+    }
+    fn to_pbx(&self, n: &str) -> String {
+        n.strip_prefix("+468123").unwrap_or(n).to_string()
+    }
+    fn route(&self, n: &str, from: Side) -> Side {
+        if n.starts_with("+468123") { Side::Pbx } else if from == Side::Pbx { Side::Teams } else { Side::Pbx }
+    }
+}
+
+const PBX: &str = "10.9.9.9:5080";
+const TEAMS_IN: &str = "52.114.1.1:40000";
+
+fn proxies() -> Vec<TeamsProxy> {
+    (1..=3)
+        .map(|i| TeamsProxy {
+            host: if i == 1 { "sip.pstnhub.microsoft.com".into() } else { format!("sip{i}.pstnhub.microsoft.com") },
+            port: 5061,
+            addr: format!("52.112.0.{i}:5061").parse().unwrap(),
+        })
+        .collect()
+}
+
+fn cfg() -> CoreConfig {
+    CoreConfig {
+        fqdn: "sbc.example.com".into(),
+        user_agent: "drbridge".into(),
+        teams_contact_port: 5061,
+        teams_proxies: proxies(),
+        options_interval: Duration::from_secs(60),
+        pbx_options_interval: Duration::from_secs(30),
+        failover_timeout: Duration::from_secs(10),
+        failover_codes: vec![408, 503, 504],
+        pbx: Peer { proto: Proto::Udp, addr: PBX.parse().unwrap() },
+        pbx_domain: PBX.into(),
+        pbx_local: "10.9.9.1:5060".parse().unwrap(),
+        t1: Duration::from_millis(500),
+        t2: Duration::from_secs(4),
+        t4: Duration::from_secs(5),
+        session_expires: 1800,
+        min_se: 90,
+        max_calls: 10,
+        max_transactions: 1000,
+    }
+}
+
+struct World {
+    core: B2bua,
+    now: Instant,
+    sent: Vec<(Hop, Message)>,
+}
+
+impl World {
+    fn new() -> World {
+        let now = Instant::now();
+        let mut core = B2bua::new(cfg(), Box::new(Plan), now);
+        core.handle_timeout(now);
+        let mut w = World { core, now, sent: vec![] };
+        w.flush();
+        w.sent.clear(); // initial OPTIONS
+        w
+    }
+    fn flush(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            let m = parse_datagram(t.data.clone(), &Limits::default()).expect("drbridge writes parseable messages");
+            self.sent.push((t.hop, m));
+        }
+    }
+    fn from_pbx(&mut self, text: &str) {
+        let m = parse_datagram(bytes::Bytes::from(text.replace('\n', "\r\n")), &Limits::default()).unwrap();
+        self.core.handle_message(m, Peer { proto: Proto::Udp, addr: PBX.parse().unwrap() }, Side::Pbx, self.now);
+        self.flush();
+    }
+    fn from_teams(&mut self, m: Message, addr: &str) {
+        self.core.handle_message(m, Peer { proto: Proto::Tls, addr: addr.parse().unwrap() }, Side::Teams, self.now);
+        self.flush();
+    }
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            match self.core.poll_timeout() {
+                Some(t) if t <= end => {
+                    self.now = t.max(self.now);
+                    self.core.handle_timeout(self.now);
+                    self.flush();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+    fn take(&mut self) -> Vec<(Hop, Message)> {
+        std::mem::take(&mut self.sent)
+    }
+    fn requests(&mut self, method: crate::sip::msg::Method) -> Vec<(Hop, Request)> {
+        self.take()
+            .into_iter()
+            .filter_map(|(h, m)| match m {
+                Message::Request(r) if r.method == method => Some((h, r)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn pbx_invite(call_id: &str) -> String {
+    format!(
+        "INVITE sip:+4930555@10.9.9.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-{call_id}
+Max-Forwards: 70
+From: \"Alice\" <sip:4711@10.9.9.9>;tag=pbx1
+To: <sip:+4930555@10.9.9.1>
+Call-ID: {call_id}@10.9.9.9
+CSeq: 1 INVITE
+Contact: <sip:4711@10.9.9.9:5080>
+Content-Type: application/sdp
+
+v=0
+o=pbx 1 1 IN IP4 10.9.9.9
+s=-
+c=IN IP4 10.9.9.9
+t=0 0
+m=audio 40000 RTP/AVP 8 101
+a=rtpmap:101 telephone-event/8000
+"
+    )
+}
+
+fn respond(req: &Request, status: u16, tag: &str, contact: &str) -> Message {
+    let mut r: Response = req.response(status, Some(tag));
+    if status > 100 && status < 300 {
+        r.headers.push("Contact", contact.to_string());
+        r.headers.push("Record-Route", "<sip:sip-du-a-eu.pstnhub.microsoft.com:5061;transport=tls;lr>");
+    }
+    Message::Response(r)
+}
+
+#[test]
+fn pbx_to_teams_call_hides_topology_and_speaks_direct_routing() {
+    let mut w = World::new();
+    w.from_pbx(&pbx_invite("c1"));
+    let sent = w.take();
+    let trying = sent.iter().find(|(_, m)| matches!(m, Message::Response(r) if r.status == 100));
+    assert!(trying.is_some(), "100 Trying to the PBX");
+    let (hop, inv) = sent
+        .iter()
+        .find_map(|(h, m)| match m {
+            Message::Request(r) if r.method == crate::sip::msg::Method::Invite => Some((h.clone(), r.clone())),
+            _ => None,
+        })
+        .expect("INVITE toward Teams");
+    assert_eq!(hop.peer.addr, "52.112.0.1:5061".parse().unwrap());
+    assert_eq!(hop.tls_name.as_deref(), Some("sip.pstnhub.microsoft.com"));
+    assert_eq!(&*inv.uri, "sip:+4930555@sip.pstnhub.microsoft.com:5061;user=phone");
+    assert_eq!(inv.headers.get("Contact"), Some("<sip:+4681234711@sbc.example.com:5061;transport=tls>"));
+    assert!(inv.headers.get("From").unwrap().contains("sip:+4681234711@sbc.example.com"));
+    assert!(inv.headers.get("X-MS-SBC").is_some());
+    assert!(inv.headers.get("Allow").unwrap().contains("REFER"));
+    // Signalling only: SDP passes through until media anchoring lands.
+    let text = String::from_utf8_lossy(&inv.to_bytes()).split("\r\n\r\n").next().unwrap().to_string();
+    assert!(!text.contains("10.9.9"), "PBX address leaked: {text}");
+    assert!(!text.contains("c1@"), "PBX Call-ID leaked");
+
+    w.from_teams(respond(&inv, 180, "ms1", "<sip:api-du-b.pstnhub.microsoft.com:443;transport=tls>"), "52.112.0.1:5061");
+    let sent = w.take();
+    let ring = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 180 => Some(r.clone()), _ => None }).unwrap();
+    assert_eq!(ring.call_id(), Some("c1@10.9.9.9"));
+    assert!(!String::from_utf8_lossy(&ring.to_bytes()).contains("pstnhub"));
+    assert!(ring.to_tag().is_some());
+
+    w.from_teams(respond(&inv, 200, "ms1", "<sip:api-du-b.pstnhub.microsoft.com:443;transport=tls>"), "52.112.0.1:5061");
+    let sent = w.take();
+    let ack = sent.iter().find_map(|(h, m)| match m { Message::Request(r) if r.method == crate::sip::msg::Method::Ack => Some((h.clone(), r.clone())), _ => None }).expect("ACK to Teams");
+    assert_eq!(&*ack.1.uri, "sip:api-du-b.pstnhub.microsoft.com:443;transport=tls");
+    assert_eq!(ack.1.headers.get("Route"), Some("<sip:sip-du-a-eu.pstnhub.microsoft.com:5061;transport=tls;lr>"));
+    let ok = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => Some(r.clone()), _ => None }).expect("200 to PBX");
+    assert!(ok.headers.get("Contact").unwrap().contains("10.9.9.1:5060"));
+    assert!(matches!(w.core.poll_event(), Some(CallEvent::Ringing { .. })));
+    assert!(matches!(w.core.poll_event(), Some(CallEvent::Answered { .. })));
+
+    // BYE from the PBX: 200 to it, BYE to Teams in the Teams dialog.
+    let bye = format!(
+        "BYE sip:+4930555@10.9.9.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-bye1
+Max-Forwards: 70
+From: \"Alice\" <sip:4711@10.9.9.9>;tag=pbx1
+To: <sip:+4930555@10.9.9.1>;tag={}
+Call-ID: c1@10.9.9.9
+CSeq: 2 BYE
+Content-Length: 0
+
+",
+        ok.to_tag().unwrap()
+    );
+    w.from_pbx(&bye);
+    let byes = w.requests(crate::sip::msg::Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].1.call_id(), inv.call_id());
+    assert_eq!(byes[0].1.to_tag().as_deref(), Some("ms1"));
+}
+
+#[test]
+fn silent_proxy_fails_over_and_603_is_final() {
+    let mut w = World::new();
+    w.from_pbx(&pbx_invite("c2"));
+    let first = w.requests(crate::sip::msg::Method::Invite);
+    assert_eq!(first[0].0.peer.addr, "52.112.0.1:5061".parse().unwrap());
+    w.advance(Duration::from_secs(11));
+    let second = w.requests(crate::sip::msg::Method::Invite);
+    assert_eq!(second.len(), 1, "one INVITE to the next proxy");
+    assert_eq!(second[0].0.peer.addr, "52.112.0.2:5061".parse().unwrap());
+    assert!(second[0].1.uri.contains("sip2.pstnhub.microsoft.com"));
+    // 603 from the second: no third attempt, 603 relayed.
+    w.from_teams(respond(&second[0].1, 603, "x", ""), "52.112.0.2:5061");
+    let sent = w.take();
+    assert!(sent.iter().all(|(_, m)| !matches!(m, Message::Request(r) if r.method == crate::sip::msg::Method::Invite)));
+    assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 603)));
+}
+
+#[test]
+fn failover_on_503() {
+    let mut w = World::new();
+    w.from_pbx(&pbx_invite("c3"));
+    let first = w.requests(crate::sip::msg::Method::Invite);
+    w.from_teams(respond(&first[0].1, 503, "x", ""), "52.112.0.1:5061");
+    let second = w.requests(crate::sip::msg::Method::Invite);
+    assert_eq!(second[0].0.peer.addr, "52.112.0.2:5061".parse().unwrap());
+}
+
+#[test]
+fn cancel_before_answer() {
+    let mut w = World::new();
+    w.from_pbx(&pbx_invite("c4"));
+    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
+    w.from_teams(respond(&inv, 180, "ms", "<sip:a.pstnhub.microsoft.com>"), "52.112.0.1:5061");
+    w.take();
+    w.from_pbx(
+        "CANCEL sip:+4930555@10.9.9.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-c4
+Max-Forwards: 70
+From: \"Alice\" <sip:4711@10.9.9.9>;tag=pbx1
+To: <sip:+4930555@10.9.9.1>
+Call-ID: c4@10.9.9.9
+CSeq: 1 CANCEL
+Content-Length: 0
+
+",
+    );
+    let sent = w.take();
+    assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 200 && r.cseq().unwrap().method == crate::sip::msg::Method::Cancel)));
+    assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 487)));
+    let cancel = sent.iter().find_map(|(_, m)| match m { Message::Request(r) if r.method == crate::sip::msg::Method::Cancel => Some(r.clone()), _ => None }).expect("CANCEL to Teams");
+    assert_eq!(cancel.call_id(), inv.call_id());
+}
+
+fn answered_teams_call(w: &mut World) -> (Request, Response) {
+    w.from_pbx(&pbx_invite("st"));
+    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
+    let mut ok = inv.response(200, Some("ms"));
+    ok.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
+    ok.headers.push("Session-Expires", "180;refresher=uac");
+    ok.headers.push("Require", "timer");
+    w.from_teams(Message::Response(ok.clone()), "52.112.0.1:5061");
+    let sent = w.take();
+    let pbx_ok = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => Some(r.clone()), _ => None }).unwrap();
+    // ACK from the PBX ends 2xx retransmission.
+    w.from_pbx(&format!(
+        "ACK sip:+4930555@10.9.9.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-ack
+Max-Forwards: 70
+From: \"Alice\" <sip:4711@10.9.9.9>;tag=pbx1
+To: <sip:+4930555@10.9.9.1>;tag={}
+Call-ID: st@10.9.9.9
+CSeq: 1 ACK
+Content-Length: 0
+
+",
+        pbx_ok.to_tag().unwrap()
+    ));
+    (inv, pbx_ok)
+}
+
+#[test]
+fn drbridge_refreshes_the_session_and_a_failed_refresh_ends_the_call() {
+    let mut w = World::new();
+    answered_teams_call(&mut w);
+    w.take();
+    w.advance(Duration::from_secs(91));
+    let upd = w.requests(crate::sip::msg::Method::Update);
+    assert_eq!(upd.len(), 1, "refresh at half the interval");
+    assert!(upd[0].1.body.is_empty());
+    assert_eq!(upd[0].1.headers.get("Session-Expires"), Some("180;refresher=uac"));
+    // 200 -> next refresh 90 s later.
+    w.from_teams(Message::Response(upd[0].1.response(200, None)), "52.112.0.1:5061");
+    w.advance(Duration::from_secs(91));
+    let upd2 = w.requests(crate::sip::msg::Method::Update);
+    assert_eq!(upd2.len(), 1);
+    // 481: the call ends on both legs (BYE toward the PBX).
+    w.from_teams(Message::Response(upd2[0].1.response(481, None)), "52.112.0.1:5061");
+    let byes = w.requests(crate::sip::msg::Method::Bye);
+    assert!(byes.iter().any(|(h, _)| h.peer.addr == PBX.parse().unwrap()), "BYE to the PBX");
+}
+
+#[test]
+fn no_ack_for_2xx_over_udp_is_retransmitted_then_ends_the_call() {
+    let mut w = World::new();
+    w.from_pbx(&pbx_invite("na"));
+    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
+    w.from_teams(respond(&inv, 200, "ms", "<sip:a.pstnhub.microsoft.com>"), "52.112.0.1:5061");
+    w.take();
+    w.advance(Duration::from_millis(600));
+    let re = w.take();
+    assert!(re.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 200)), "2xx retransmitted");
+    w.advance(Duration::from_secs(40));
+    let byes = w.requests(crate::sip::msg::Method::Bye);
+    assert!(!byes.is_empty(), "call ended after 64*T1 without ACK");
+}
+
+#[test]
+fn overload_is_503_with_retry_after() {
+    let mut w = World::new();
+    for i in 0..10 {
+        w.from_pbx(&pbx_invite(&format!("o{i}")));
+    }
+    w.take();
+    w.from_pbx(&pbx_invite("o10"));
+    let sent = w.take();
+    let r = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 503 => Some(r.clone()), _ => None }).unwrap();
+    assert!(r.headers.get("Retry-After").is_some());
+}
+
+#[test]
+fn requests_from_unknown_pbx_sources_are_refused() {
+    let mut w = World::new();
+    let m = parse_datagram(bytes::Bytes::from(pbx_invite("x").replace('\n', "\r\n")), &Limits::default()).unwrap();
+    w.core.handle_message(m, Peer { proto: Proto::Udp, addr: "10.66.6.6:5060".parse().unwrap() }, Side::Pbx, w.now);
+    w.flush();
+    let sent = w.take();
+    assert_eq!(sent.len(), 1);
+    assert!(matches!(&sent[0].1, Message::Response(r) if r.status == 403));
+    let _ = TEAMS_IN;
+}
