@@ -1609,7 +1609,10 @@ impl B2bua {
         let target_e164 = number.as_deref().map(|n| self.plan.to_teams(n));
         let dest = match (&target_e164, teams_user) {
             (_, true) => Side::Teams,
-            (Some(n), false) => self.plan.route(n, Side::Teams),
+            // A transfer target is routed like a call from the PBX side: numbers the routes give
+            // to the PBX go there, everything else back to Teams (default for calls from Teams
+            // would be the PBX, which is wrong for a Teams user's transfer to a Teams number).
+            (Some(n), false) => self.plan.route(n, Side::Pbx),
             (None, false) => return self.respond(stx, &req, 400, Side::Teams, now),
         };
         // 202 Accepted, then NOTIFY 100 Trying.

@@ -350,3 +350,89 @@ fn requests_from_unknown_pbx_sources_are_refused() {
     assert!(matches!(&sent[0].1, Message::Response(r) if r.status == 403));
     let _ = TEAMS_IN;
 }
+
+fn find_req(sent: &[(Hop, Message)], m: crate::sip::msg::Method) -> Option<(Hop, Request)> {
+    sent.iter().find_map(|(h, x)| match x {
+        Message::Request(r) if r.method == m => Some((h.clone(), r.clone())),
+        _ => None,
+    })
+}
+
+/// An in-dialog request from Teams on the dialog that `inv` (our INVITE to Teams) opened.
+fn teams_in_dialog(inv: &Request, method: &str, cseq: u32, extra: &str, body: &str) -> Message {
+    let text = format!(
+        "{method} sip:+4681234711@sbc.example.com:5061;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/TLS 52.112.0.1:5061;branch=z9hG4bK-{method}{cseq}\r\n\
+Max-Forwards: 70\r\n\
+From: {}\r\n\
+To: {}\r\n\
+Call-ID: {}\r\n\
+CSeq: {cseq} {method}\r\n\
+Contact: <sip:a.pstnhub.microsoft.com:5061;transport=tls>\r\n\
+{extra}\
+Content-Length: {}\r\n\r\n{body}",
+        inv.headers.get("To").unwrap().to_string() + ";tag=ms",
+        inv.headers.get("From").unwrap(),
+        inv.call_id().unwrap(),
+        body.len()
+    );
+    parse_datagram(bytes::Bytes::from(text), &Limits::default()).unwrap()
+}
+
+#[test]
+fn refer_from_teams_transfers_the_pbx_caller_to_another_teams_number() {
+    let mut w = World::new();
+    let (inv, _) = answered_teams_call(&mut w);
+    w.take();
+    w.from_teams(
+        teams_in_dialog(&inv, "REFER", 5, "Refer-To: <sip:+4930666@sip.pstnhub.microsoft.com;user=phone>\r\nReferred-By: <sip:+4930555@sip.pstnhub.microsoft.com>\r\n", ""),
+        "52.112.0.1:5061",
+    );
+    let sent = w.take();
+    assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 202)));
+    let notify = find_req(&sent, crate::sip::msg::Method::Notify).expect("NOTIFY 100").1;
+    assert_eq!(&notify.body[..], b"SIP/2.0 100 Trying\r\n");
+    assert_eq!(notify.headers.get("Event"), Some("refer"));
+    let (hop, inv2) = find_req(&sent, crate::sip::msg::Method::Invite).expect("INVITE to target");
+    assert_eq!(hop.peer.addr, "52.112.0.1:5061".parse().unwrap());
+    assert!(inv2.uri.starts_with("sip:+4930666@sip.pstnhub.microsoft.com"));
+    assert!(inv2.headers.get("From").unwrap().contains("+4681234711"), "the remaining party is the caller");
+    assert!(String::from_utf8_lossy(&inv2.body).contains("m=audio 40000"), "offer = remaining party's SDP");
+    assert_ne!(inv2.call_id(), inv.call_id());
+
+    let mut ok = inv2.response(200, Some("tgt"));
+    ok.headers.push("Contact", "<sip:b.pstnhub.microsoft.com:5061;transport=tls>");
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = bytes::Bytes::from_static(b"v=0\r\no=t 1 1 IN IP4 52.113.0.9\r\ns=-\r\nc=IN IP4 52.113.0.9\r\nt=0 0\r\nm=audio 50000 RTP/SAVP 8\r\n");
+    w.from_teams(Message::Response(ok), "52.112.0.1:5061");
+    let sent = w.take();
+    assert!(find_req(&sent, crate::sip::msg::Method::Ack).is_some(), "ACK to the target");
+    let (hop, reinv) = find_req(&sent, crate::sip::msg::Method::Invite).expect("re-INVITE to the PBX");
+    assert_eq!(hop.peer.addr, PBX.parse().unwrap());
+    assert!(String::from_utf8_lossy(&reinv.body).contains("m=audio 50000"));
+
+    let mut pok = reinv.response(200, None);
+    pok.headers.push("Contact", "<sip:4711@10.9.9.9:5080>");
+    pok.headers.push("Content-Type", "application/sdp");
+    pok.body = bytes::Bytes::from_static(b"v=0\r\no=pbx 1 2 IN IP4 10.9.9.9\r\ns=-\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8\r\n");
+    w.from_pbx(&String::from_utf8_lossy(&pok.to_bytes()).replace("\r\n", "\n"));
+    let sent = w.take();
+    let notify = find_req(&sent, crate::sip::msg::Method::Notify).expect("NOTIFY 200").1;
+    assert_eq!(&notify.body[..], b"SIP/2.0 200 OK\r\n");
+    assert!(notify.headers.get("Subscription-State").unwrap().starts_with("terminated"));
+    let bye = find_req(&sent, crate::sip::msg::Method::Bye).expect("BYE to the transferor").1;
+    assert_eq!(bye.call_id(), inv.call_id());
+    assert!(find_req(&sent, crate::sip::msg::Method::Ack).is_some(), "ACK to the PBX");
+}
+
+#[test]
+fn refer_to_a_pbx_extension_routes_to_the_pbx() {
+    let mut w = World::new();
+    let (inv, _) = answered_teams_call(&mut w);
+    w.take();
+    w.from_teams(teams_in_dialog(&inv, "REFER", 5, "Refer-To: <sip:+4681234712@sip.pstnhub.microsoft.com;user=phone>\r\n", ""), "52.112.0.1:5061");
+    let sent = w.take();
+    let (hop, inv2) = find_req(&sent, crate::sip::msg::Method::Invite).expect("INVITE to the PBX");
+    assert_eq!(hop.peer.addr, PBX.parse().unwrap());
+    assert!(inv2.uri.starts_with("sip:4712@"), "{}", inv2.uri);
+}
