@@ -19,7 +19,7 @@ pub(super) struct ClientTxn<D> {
     pub(super) request: Request,
     wire: Bytes,
     pub(super) dest: D,
-    reliable: bool,
+    pub(super) reliable: bool,
     pub(super) state: ClientState,
     /// The ACK for a non-2xx final response, resent on every retransmission of that response.
     ack: Option<Bytes>,

@@ -43,6 +43,12 @@
 //! * When `max` transactions are live, new requests get [`RequestDisposition::Overloaded`] (answer
 //!   503 with [`Transactions::send_stateless`]) and `send_request` fails with [`TxnError::Full`].
 //!   Retransmissions and ACKs are still matched.
+//! * `on_request` borrows the request and returns only a disposition: the TU keeps the request
+//!   (it needs it for `New`, `Cancel` and `Ack2xx` alike), so nothing is cloned here.
+//! * Transport failures (a TLS connect that failed) end transactions with a
+//!   `ClientTransportError`/`ServerTransportError` event, per id or by a predicate on `D`; the TU
+//!   treats them like a timeout (fail over to the next proxy). Every transaction that ends, for
+//!   whatever reason, emits `ClientTerminated`/`ServerTerminated` so the TU can drop its mapping.
 
 mod client;
 mod server;
@@ -414,10 +420,11 @@ impl<D: Clone> Transactions<D> {
     }
 
     /// Builds the CANCEL for `id` and sends it as its own non-INVITE client transaction, to the
-    /// INVITE's destination over the same transport.
-    pub fn send_cancel(&mut self, id: ClientTxnId, reliable: bool, now: Instant) -> Result<ClientTxnId, TxnError> {
+    /// INVITE's destination over the same kind of transport.
+    pub fn send_cancel(&mut self, id: ClientTxnId, now: Instant) -> Result<ClientTxnId, TxnError> {
         let cancel = self.cancel_request(id).ok_or(TxnError::NotCancellable)?;
-        let dest = self.clients.get(&id.0).map(|(_, t)| t.dest.clone()).ok_or(TxnError::NoTxn)?;
+        let (_, invite) = self.clients.get(&id.0).ok_or(TxnError::NoTxn)?;
+        let (dest, reliable) = (invite.dest.clone(), invite.reliable);
         self.send_request(cancel, dest, reliable, now)
     }
 
