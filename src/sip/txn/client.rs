@@ -1,6 +1,6 @@
 //! Client transactions: INVITE (RFC 3261 17.1.1 with RFC 6026 Accepted) and non-INVITE (17.1.2).
 
-use super::{ClientState, TxnTimers};
+use super::{next_retransmit, ClientState, TxnTimers};
 use crate::sip::msg::{Method, Request, Response};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -19,7 +19,7 @@ pub(super) struct ClientTxn<D> {
     pub(super) request: Request,
     wire: Bytes,
     pub(super) dest: D,
-    reliable: bool,
+    pub(super) reliable: bool,
     pub(super) state: ClientState,
     /// The ACK for a non-2xx final response, resent on every retransmission of that response.
     ack: Option<Bytes>,
@@ -161,8 +161,7 @@ impl<D: Clone> ClientTxn<D> {
             } else {
                 (self.interval * 2).min(t.t2)
             };
-            // Scheduled from the planned instant, so a late wake-up does not shift later ones.
-            self.retransmit_at = Some((at + self.interval).max(now));
+            self.retransmit_at = Some(next_retransmit(at, self.interval, now));
         }
         false
     }

@@ -43,6 +43,12 @@
 //! * When `max` transactions are live, new requests get [`RequestDisposition::Overloaded`] (answer
 //!   503 with [`Transactions::send_stateless`]) and `send_request` fails with [`TxnError::Full`].
 //!   Retransmissions and ACKs are still matched.
+//! * `on_request` borrows the request and returns only a disposition: the TU keeps the request
+//!   (it needs it for `New`, `Cancel` and `Ack2xx` alike), so nothing is cloned here.
+//! * Transport failures (a TLS connect that failed) end transactions with a
+//!   `ClientTransportError`/`ServerTransportError` event, per id or by a predicate on `D`; the TU
+//!   treats them like a timeout (fail over to the next proxy). Every transaction that ends, for
+//!   whatever reason, emits `ClientTerminated`/`ServerTerminated` so the TU can drop its mapping.
 
 mod client;
 mod server;
@@ -348,7 +354,13 @@ impl<D: Clone> Transactions<D> {
 
     /// Starts a client transaction for `req` (its top Via must carry a fresh [`new_branch`]) and
     /// queues its first transmission to `dest`.
-    pub fn send_request(&mut self, req: Request, dest: D, reliable: bool, now: Instant) -> Result<ClientTxnId, TxnError> {
+    pub fn send_request(
+        &mut self,
+        req: Request,
+        dest: D,
+        reliable: bool,
+        now: Instant,
+    ) -> Result<ClientTxnId, TxnError> {
         if req.method == Method::Ack {
             return Err(TxnError::Ack);
         }
@@ -402,16 +414,17 @@ impl<D: Clone> Transactions<D> {
     /// RFC 3261 says not to send it before a provisional response came; that is up to the TU.
     pub fn cancel_request(&self, id: ClientTxnId) -> Option<Request> {
         let (_, txn) = self.clients.get(&id.0)?;
-        let cancellable = txn.request.method == Method::Invite
-            && matches!(txn.state, ClientState::Calling | ClientState::Proceeding);
+        let cancellable =
+            txn.request.method == Method::Invite && matches!(txn.state, ClientState::Calling | ClientState::Proceeding);
         cancellable.then(|| build_cancel(&txn.request))
     }
 
     /// Builds the CANCEL for `id` and sends it as its own non-INVITE client transaction, to the
-    /// INVITE's destination over the same transport.
-    pub fn send_cancel(&mut self, id: ClientTxnId, reliable: bool, now: Instant) -> Result<ClientTxnId, TxnError> {
+    /// INVITE's destination over the same kind of transport.
+    pub fn send_cancel(&mut self, id: ClientTxnId, now: Instant) -> Result<ClientTxnId, TxnError> {
         let cancel = self.cancel_request(id).ok_or(TxnError::NotCancellable)?;
-        let dest = self.clients.get(&id.0).map(|(_, t)| t.dest.clone()).ok_or(TxnError::NoTxn)?;
+        let (_, invite) = self.clients.get(&id.0).ok_or(TxnError::NoTxn)?;
+        let (dest, reliable) = (invite.dest.clone(), invite.reliable);
         self.send_request(cancel, dest, reliable, now)
     }
 
@@ -439,8 +452,10 @@ impl<D: Clone> Transactions<D> {
     /// Fails every transaction whose destination matches (e.g. a TLS connection that could not
     /// be opened). Scans the whole table: meant for rare events. Returns how many failed.
     pub fn transport_failed(&mut self, mut dest: impl FnMut(&D) -> bool) -> usize {
-        let mut clients: Vec<u64> = self.clients.iter().filter(|(_, (_, t))| dest(&t.dest)).map(|(&id, _)| id).collect();
-        let mut servers: Vec<u64> = self.servers.iter().filter(|(_, (_, t))| dest(t.src())).map(|(&id, _)| id).collect();
+        let mut clients: Vec<u64> =
+            self.clients.iter().filter(|(_, (_, t))| dest(&t.dest)).map(|(&id, _)| id).collect();
+        let mut servers: Vec<u64> =
+            self.servers.iter().filter(|(_, (_, t))| dest(t.src())).map(|(&id, _)| id).collect();
         clients.sort_unstable();
         servers.sort_unstable();
         let n = clients.len() + servers.len();
@@ -571,6 +586,17 @@ impl<D: Clone> Transactions<D> {
             let heap = std::mem::take(&mut self.heap);
             self.heap = heap.into_iter().filter(|Reverse((at, r))| self.is_live(*at, *r)).collect();
         }
+    }
+}
+
+/// The next retransmission: one interval after the planned instant, so a slightly late wake-up
+/// does not shift the schedule; after a long stall, one interval from now (no burst).
+fn next_retransmit(planned: Instant, interval: Duration, now: Instant) -> Instant {
+    let next = planned + interval;
+    if next > now {
+        next
+    } else {
+        now + interval
     }
 }
 

@@ -1,6 +1,6 @@
 //! Server transactions: INVITE (RFC 3261 17.2.1 with RFC 6026 Accepted) and non-INVITE (17.2.2).
 
-use super::{ServerState, TxnError, TxnTimers};
+use super::{next_retransmit, ServerState, TxnError, TxnTimers};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -145,7 +145,7 @@ impl<D: Clone> ServerTxn<D> {
                 tx.push_back((self.src.clone(), last.clone()));
             }
             self.interval = (self.interval * 2).min(t.t2);
-            self.retransmit_at = Some((at + self.interval).max(now));
+            self.retransmit_at = Some(next_retransmit(at, self.interval, now));
         }
         false
     }
