@@ -62,7 +62,7 @@ pub(crate) fn path_for_span(root: &Spanned<DeTable<'_>>, span: &Range<usize>) ->
 }
 
 fn covers(outer: &Range<usize>, inner: &Range<usize>) -> bool {
-    outer.start <= inner.start && inner.end <= outer.end && !(outer.is_empty() && !inner.is_empty())
+    outer.start <= inner.start && inner.end <= outer.end
 }
 
 fn push_key(path: &mut String, key: &str) {
