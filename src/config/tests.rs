@@ -310,3 +310,4 @@ fn pbx_tls_files_checked() {
     dir.write("certs/pbx-ca.crt", &ca);
     load(&path).unwrap();
 }
+
