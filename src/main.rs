@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use drbridge::b2bua::{B2bua, CoreConfig, Dialplan, Side, TeamsProxy};
-use drbridge::config::{self, Config};
+use drbridge::config::{self, Trunk};
+use drbridge::routing::{NumberPlan, RouteTable};
 use drbridge::sip::msg::Limits;
 use drbridge::sip::transport::{ensure_lab_certs, ListenerSpec, Peer, Proto, SipTransport, TlsSetup, TransportConfig, TransportEvent};
 use std::net::SocketAddr;
@@ -84,18 +85,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// The number plan of the configuration, as the B2BUA core sees it.
-struct Plan(Config);
+/// The number plan and routes of the configuration, as the B2BUA core sees them.
+struct Plan {
+    numbers: NumberPlan,
+    routes: RouteTable,
+}
 
 impl Dialplan for Plan {
     fn to_teams(&self, n: &str) -> String {
-        self.0.numbers.to_teams(n)
+        self.numbers.to_teams.apply(n)
     }
     fn to_pbx(&self, n: &str) -> String {
-        self.0.numbers.to_pbx(n)
+        self.numbers.to_pbx.apply(n)
     }
     fn route(&self, n: &str, from: Side) -> Side {
-        self.0.route(n, from)
+        let from = match from {
+            Side::Teams => Trunk::Teams,
+            Side::Pbx => Trunk::Pbx,
+        };
+        match self.routes.route(n, from) {
+            Trunk::Teams => Side::Teams,
+            Trunk::Pbx => Side::Pbx,
+        }
     }
 }
 
@@ -133,11 +144,11 @@ async fn run(path: &Path) -> Result<(), String> {
     if pbx_proto == Proto::Tls && cfg.pbx.listen != cfg.teams.listen {
         listeners.push(ListenerSpec { proto: Proto::Tls, addr: cfg.pbx.listen });
     }
-    let limits = Limits { max_message: cfg.limits.max_message_bytes, ..Limits::default() };
+    let limits = Limits { max_message: cfg.limits.max_message_bytes, max_headers: cfg.limits.max_headers };
     let tcfg = TransportConfig {
         limits,
         max_connections: cfg.limits.max_connections,
-        event_queue: 65_536,
+        event_queue: cfg.limits.event_queue,
         ..TransportConfig::default()
     };
     let (transport, mut events) = SipTransport::start_with(listeners, Some(tls), tcfg).await.map_err(|e| e.to_string())?;
@@ -154,7 +165,7 @@ async fn run(path: &Path) -> Result<(), String> {
         teams_contact_port: cfg.teams.contact_port,
         teams_proxies: proxies,
         options_interval: Duration::from_secs(cfg.teams.options_interval_secs),
-        pbx_options_interval: Duration::from_secs(cfg.pbx.options_interval_secs),
+        pbx_options_interval: cfg.pbx.options_interval(),
         failover_timeout: Duration::from_secs(cfg.teams.failover_timeout_secs),
         failover_codes: cfg.teams.failover_codes.clone(),
         pbx,
@@ -163,13 +174,14 @@ async fn run(path: &Path) -> Result<(), String> {
         t1: Duration::from_millis(cfg.timers.t1_ms),
         t2: Duration::from_millis(cfg.timers.t2_ms),
         t4: Duration::from_millis(cfg.timers.t4_ms),
-        session_expires: cfg.timers.session_expires_secs,
-        min_se: cfg.timers.min_se_secs,
-        max_calls: cfg.sbc.max_calls,
+        session_expires: cfg.timers.session_expires_secs as u32,
+        min_se: cfg.timers.min_se_secs as u32,
+        max_calls: cfg.sbc.max_calls as usize,
         max_transactions: cfg.limits.max_transactions,
     };
     let pbx_addr = cfg.pbx.address;
-    let mut core = B2bua::new(core_cfg, Box::new(Plan(cfg)), Instant::now());
+    let plan = Plan { numbers: NumberPlan::new(&cfg.numbers), routes: RouteTable::new(&cfg.routes) };
+    let mut core = B2bua::new(core_cfg, Box::new(plan), Instant::now());
     tracing::info!(config = %path.display(), "drbridge ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -216,7 +228,7 @@ fn handle(core: &mut B2bua, ev: TransportEvent, pbx_proto: Proto, pbx_addr: Sock
             core.handle_message(inb.msg, inb.peer, side, now);
         }
         TransportEvent::ConnectFailed { peer, reason } => {
-            tracing::warn!(%peer, %reason, "connection failed");
+            tracing::debug!(%peer, %reason, "connection failed");
             core.handle_connect_failed(peer, now);
         }
     }

@@ -233,7 +233,9 @@ impl B2bua {
         for p in &self.proxies {
             consider(p.next_options);
         }
-        consider(self.pbx_health.next_options);
+        if self.cfg.pbx_options_interval.is_some() {
+            consider(self.pbx_health.next_options);
+        }
         t
     }
 
@@ -250,32 +252,15 @@ impl B2bua {
         self.drain_txn_events(now);
     }
 
-    /// The transport could not reach `peer` (connect or TLS handshake failed).
+    /// The transport could not reach `peer` (connect or TLS handshake failed): every
+    /// transaction toward it fails at once (INVITEs fail over, OPTIONS mark the proxy down).
     pub fn handle_connect_failed(&mut self, peer: Peer, now: Instant) {
         for (i, p) in self.cfg.teams_proxies.iter().enumerate() {
             if p.addr == peer.addr && peer.proto == Proto::Tls {
                 self.proxies[i].up = false;
             }
         }
-        let affected: Vec<(CallId, LegId)> = self
-            .calls
-            .values()
-            .flat_map(|c| {
-                c.legs.iter().enumerate().filter(|(_, l)| l.invite.is_some() && !l.invite.as_ref().is_some_and(|i| i.responded) && l.hop.peer == peer).map(move |(i, _)| (c.id, i))
-            })
-            .collect();
-        for (cid, lid) in affected {
-            self.invite_failed(cid, lid, 503, now);
-        }
-        let probes: Vec<ClientTxnId> = self.options.keys().copied().collect();
-        for id in probes {
-            if let Some(Some(idx)) = self.options.get(&id).copied() {
-                if self.cfg.teams_proxies[idx].addr == peer.addr {
-                    self.options.remove(&id);
-                    self.proxies[idx].probe = None;
-                }
-            }
-        }
+        self.txns.transport_failed(|h: &Hop| h.peer == peer);
         self.drain_txn_events(now);
     }
 
@@ -1565,8 +1550,8 @@ impl B2bua {
                 self.proxies[i].probe = Some(id);
             }
         }
-        if self.pbx_health.next_options <= now {
-            self.pbx_health.next_options = now + self.cfg.pbx_options_interval;
+        if let Some(iv) = self.cfg.pbx_options_interval.filter(|_| self.pbx_health.next_options <= now) {
+            self.pbx_health.next_options = now + iv;
             if self.pbx_health.probe.is_none() {
                 let pbx = self.cfg.pbx;
                 let mut req = Request::new(Method::Options, format!("sip:{}", self.cfg.pbx_domain));

@@ -72,7 +72,8 @@ pub struct CoreConfig {
     pub teams_contact_port: u16,
     pub teams_proxies: Vec<TeamsProxy>,
     pub options_interval: Duration,
-    pub pbx_options_interval: Duration,
+    /// None: no OPTIONS toward the PBX.
+    pub pbx_options_interval: Option<Duration>,
     pub failover_timeout: Duration,
     pub failover_codes: Vec<u16>,
     /// The PBX trunk's address and transport.

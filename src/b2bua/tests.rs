@@ -38,7 +38,7 @@ fn cfg() -> CoreConfig {
         teams_contact_port: 5061,
         teams_proxies: proxies(),
         options_interval: Duration::from_secs(60),
-        pbx_options_interval: Duration::from_secs(30),
+        pbx_options_interval: Some(Duration::from_secs(30)),
         failover_timeout: Duration::from_secs(10),
         failover_codes: vec![408, 503, 504],
         pbx: Peer { proto: Proto::Udp, addr: PBX.parse().unwrap() },
