@@ -436,3 +436,88 @@ fn refer_to_a_pbx_extension_routes_to_the_pbx() {
     assert_eq!(hop.peer.addr, PBX.parse().unwrap());
     assert!(inv2.uri.starts_with("sip:4712@"), "{}", inv2.uri);
 }
+
+#[test]
+fn tls_failure_to_a_proxy_fails_over_at_once() {
+    let mut w = World::new();
+    w.from_pbx(&pbx_invite("tf"));
+    let first = w.requests(crate::sip::msg::Method::Invite);
+    w.core.handle_connect_failed(first[0].0.peer, w.now);
+    w.flush();
+    let second = w.requests(crate::sip::msg::Method::Invite);
+    assert_eq!(second[0].0.peer.addr, "52.112.0.2:5061".parse().unwrap());
+    assert_eq!(w.core.proxies_up(), vec![false, true, true]);
+}
+
+fn teams_invite(to: &str) -> Message {
+    let sdp = "v=0\r\no=ms 1 1 IN IP4 52.113.0.1\r\ns=-\r\nc=IN IP4 52.113.0.1\r\nt=0 0\r\nm=audio 50000 RTP/SAVP 0 101\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31\r\n";
+    let text = format!(
+        "INVITE sip:{to}@sbc.example.com:5061;user=phone;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/TLS 52.114.7.7:5061;branch=z9hG4bKms1\r\n\
+Record-Route: <sip:sip.pstnhub.microsoft.com:5061;transport=tls;lr>\r\n\
+Max-Forwards: 69\r\n\
+From: \"Bob\" <sip:+4930555@sip.pstnhub.microsoft.com:5061;user=phone>;tag=msf\r\n\
+To: <sip:{to}@sbc.example.com:5061;user=phone>\r\n\
+Call-ID: ms-call-1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:api-du-b.pstnhub.microsoft.com:443;x-i=abc;transport=tls>\r\n\
+Supported: timer\r\n\
+Session-Expires: 1800;refresher=uac\r\n\
+History-Info: <sip:+4681234700@sip.pstnhub.microsoft.com;user=phone?Reason=SIP%3Bcause%3D302>;index=1\r\n\
+History-Info: <sip:{to}@sip.pstnhub.microsoft.com;user=phone;cause=302>;index=1.1\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    parse_datagram(bytes::Bytes::from(text), &Limits::default()).unwrap()
+}
+
+#[test]
+fn teams_to_pbx_call_with_hold_and_local_refresh() {
+    let mut w = World::new();
+    w.from_teams(teams_invite("+4681234711"), TEAMS_IN);
+    let sent = w.take();
+    let (hop, inv) = find_req(&sent, crate::sip::msg::Method::Invite).expect("INVITE to the PBX");
+    assert_eq!(hop.peer.addr, PBX.parse().unwrap());
+    assert!(inv.uri.starts_with("sip:4711@10.9.9.9:5080"), "{}", inv.uri);
+    assert!(inv.headers.get("From").unwrap().contains("+4930555@10.9.9.1:5060"));
+    assert_eq!(inv.headers.get("Diversion"), Some("<sip:4700@10.9.9.1:5060>;reason=unconditional;counter=1"));
+    let head = String::from_utf8_lossy(&inv.to_bytes()).split("\r\n\r\n").next().unwrap().to_string();
+    assert!(!head.contains("pstnhub") && !head.contains("ms-call-1") && !head.contains("52.11"), "Teams topology leaked: {head}");
+    assert!(head.contains("Max-Forwards: 70") || head.contains("Max-Forwards"));
+
+    let mut ok = inv.response(200, Some("pbxt"));
+    ok.headers.push("Contact", "<sip:4711@10.9.9.9:5080>");
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = bytes::Bytes::from_static(b"v=0\r\no=pbx 1 1 IN IP4 10.9.9.9\r\ns=-\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n");
+    w.from_pbx(&String::from_utf8_lossy(&ok.to_bytes()).replace("\r\n", "\n"));
+    let sent = w.take();
+    let teams_ok = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => Some(r.clone()), _ => None }).unwrap();
+    assert_eq!(teams_ok.headers.get("Contact"), Some("<sip:sbc.example.com:5061;transport=tls>"));
+    assert_eq!(teams_ok.headers.get("Session-Expires"), Some("1800;refresher=uac"));
+    assert_eq!(teams_ok.headers.get("Require"), Some("timer"));
+    assert!(!String::from_utf8_lossy(&teams_ok.to_bytes()).split("\r\n\r\n").next().unwrap().contains("10.9.9"));
+
+    // Hold from Teams: re-INVITE a=sendonly relayed to the PBX.
+    let sdp_hold = "v=0\r\no=ms 1 2 IN IP4 52.113.0.1\r\ns=-\r\nc=IN IP4 52.113.0.1\r\nt=0 0\r\nm=audio 50000 RTP/SAVP 0\r\na=sendonly\r\n";
+    let tag = teams_ok.to_tag().unwrap();
+    let reinv = format!(
+        "INVITE sip:sbc.example.com:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS 52.114.7.7:5061;branch=z9hG4bKms2\r\nMax-Forwards: 70\r\nFrom: \"Bob\" <sip:+4930555@sip.pstnhub.microsoft.com:5061;user=phone>;tag=msf\r\nTo: <sip:+4681234711@sbc.example.com:5061;user=phone>;tag={tag}\r\nCall-ID: ms-call-1\r\nCSeq: 2 INVITE\r\nContact: <sip:api-du-b.pstnhub.microsoft.com:443;transport=tls>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp_hold}",
+        sdp_hold.len()
+    );
+    w.from_teams(parse_datagram(bytes::Bytes::from(reinv), &Limits::default()).unwrap(), TEAMS_IN);
+    let sent = w.take();
+    let (_, pbx_reinv) = find_req(&sent, crate::sip::msg::Method::Invite).expect("re-INVITE to the PBX");
+    assert_eq!(pbx_reinv.call_id(), inv.call_id());
+    assert!(String::from_utf8_lossy(&pbx_reinv.body).contains("a=sendonly"));
+    assert!(w.core.poll_event().is_some());
+
+    // UPDATE without SDP from Teams: a refresh, answered by drbridge, not relayed.
+    let upd = format!(
+        "UPDATE sip:sbc.example.com:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS 52.114.7.7:5061;branch=z9hG4bKms3\r\nMax-Forwards: 70\r\nFrom: <sip:+4930555@sip.pstnhub.microsoft.com>;tag=msf\r\nTo: <sip:+4681234711@sbc.example.com>;tag={tag}\r\nCall-ID: ms-call-1\r\nCSeq: 3 UPDATE\r\nSession-Expires: 1800;refresher=uac\r\nSupported: timer\r\nContent-Length: 0\r\n\r\n"
+    );
+    w.from_teams(parse_datagram(bytes::Bytes::from(upd), &Limits::default()).unwrap(), TEAMS_IN);
+    let sent = w.take();
+    assert_eq!(sent.len(), 1, "answered locally only");
+    assert!(matches!(&sent[0].1, Message::Response(r) if r.status == 200 && r.headers.get("Session-Expires").is_some()));
+}
