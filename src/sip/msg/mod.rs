@@ -11,6 +11,8 @@ mod headers;
 mod parse;
 pub mod sdp;
 mod text;
+#[cfg(test)]
+mod torture;
 mod uri;
 
 pub use headers::{canonical_name, Header, HeaderName, Headers};

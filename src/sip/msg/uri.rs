@@ -388,9 +388,17 @@ pub struct CSeq {
 
 impl CSeq {
     pub fn parse(s: &str) -> Result<CSeq, ParseError> {
+        // CSeq = 1*DIGIT LWS Method (RFC 3261 25.1); the number fits 32 bits.
         let mut it = s.split_whitespace();
-        let seq = it.next().and_then(|n| n.parse().ok()).ok_or(ParseError::BadHeader)?;
+        let n = it.next().ok_or(ParseError::BadHeader)?;
+        if n.len() > 10 || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::BadHeader);
+        }
+        let seq = n.parse().map_err(|_| ParseError::BadHeader)?;
         let m = it.next().ok_or(ParseError::BadHeader)?;
+        if it.next().is_some() || !m.bytes().all(is_token) {
+            return Err(ParseError::BadHeader);
+        }
         Ok(CSeq { seq, method: Method::parse(m) })
     }
 }
