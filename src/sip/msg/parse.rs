@@ -162,6 +162,13 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
     if ls < head_end {
         lines.push((ls, head_end));
     }
+    // A CR that does not end a line is not allowed anywhere in the start line or headers
+    // (RFC 3261 25.1: not even in a quoted-pair); a peer could read it as a line end.
+    for (i, &(s, e)) in lines.iter().enumerate() {
+        if buf[s..e].contains(&b'\r') {
+            return Err(if i == 0 { ParseError::BadStartLine } else { ParseError::BadHeader });
+        }
+    }
     let Some(&(s0, e0)) = lines.first() else { return Err(ParseError::BadStartLine) };
     let start_line = std::str::from_utf8(&buf[s0..e0]).map_err(|_| ParseError::NotUtf8)?;
 
