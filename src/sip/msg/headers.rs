@@ -121,19 +121,23 @@ impl Headers {
     pub fn has_token(&self, name: &str, token: &str) -> bool {
         self.values(name).iter().any(|v| v.eq_ignore_ascii_case(token))
     }
+    /// Appends a header line. Header injection is impossible by construction: CR and LF in
+    /// `value` are replaced by a space, and a name keeps only token characters (any other
+    /// character becomes `-`; an empty name becomes `X`). The same holds for every other
+    /// method that adds or sets a header.
     pub fn push(&mut self, name: &str, value: impl Into<SipStr>) {
-        self.list.push(Header { name: HeaderName::new(SipStr::from(name)), value: value.into() });
+        self.list.push(Header { name: header_name(name), value: sanitize_value(value.into()) });
     }
     pub fn push_header(&mut self, h: Header) {
-        self.list.push(h);
+        self.list.push(sanitize_header(h));
     }
     /// Inserts before every other header (for Via and Record-Route).
     pub fn push_front(&mut self, name: &str, value: impl Into<SipStr>) {
-        self.list.insert(0, Header { name: HeaderName::new(SipStr::from(name)), value: value.into() });
+        self.list.insert(0, Header { name: header_name(name), value: sanitize_value(value.into()) });
     }
     /// Inserts before the first header of the same name, or at the end if there is none.
     pub fn push_first_of_name(&mut self, name: &str, value: impl Into<SipStr>) {
-        let h = Header { name: HeaderName::new(SipStr::from(name)), value: value.into() };
+        let h = Header { name: header_name(name), value: sanitize_value(value.into()) };
         match self.list.iter().position(|x| x.name.is(name)) {
             Some(i) => self.list.insert(i, h),
             None => self.list.push(h),
@@ -147,7 +151,7 @@ impl Headers {
     }
     /// Replaces every line of that name with one line (in the place of the first, or at the end).
     pub fn set(&mut self, name: &str, value: impl Into<SipStr>) {
-        let value = value.into();
+        let value = sanitize_value(value.into());
         match self.list.iter().position(|h| h.name.is(name)) {
             Some(i) => {
                 self.list[i].value = value;
@@ -181,6 +185,34 @@ impl Headers {
     }
 }
 
+/// CR and LF in a header value become a space (no header injection through a value).
+pub(crate) fn sanitize_value(v: SipStr) -> SipStr {
+    if v.as_bytes().iter().any(|&b| b == b'\r' || b == b'\n') {
+        SipStr::from(v.replace(['\r', '\n'], " "))
+    } else {
+        v
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// A header name made of token characters only (others become `-`), never empty.
+fn header_name(name: &str) -> HeaderName {
+    let name = name.trim();
+    if !name.is_empty() && name.bytes().all(is_token_byte) {
+        return HeaderName::new(SipStr::from(name));
+    }
+    let clean: String = name.bytes().map(|b| if is_token_byte(b) { b as char } else { '-' }).collect();
+    HeaderName::new(SipStr::from(if clean.is_empty() { "X".to_string() } else { clean }))
+}
+
+fn sanitize_header(h: Header) -> Header {
+    let name = if !h.name.as_str().is_empty() && h.name.as_str().bytes().all(is_token_byte) { h.name } else { header_name(h.name.as_str()) };
+    Header { name, value: sanitize_value(h.value) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +228,26 @@ mod tests {
         assert_eq!(h.pop_first_value("via").unwrap(), "SIP/2.0/UDP a;branch=z9hG4bK1");
         assert_eq!(h.values("Via").len(), 2);
         assert_eq!(h.iter().next().unwrap().name.as_str(), "Via");
+    }
+
+    #[test]
+    fn no_header_injection() {
+        let mut h = Headers::new();
+        h.push("Subject", "hi\r\nVia: SIP/2.0/UDP evil");
+        h.set("X-A", "a\nb\rc");
+        h.push_front("Bad\r\nName: x", "v");
+        h.push_first_of_name("Route", "<sip:a>\r\n\r\nbody");
+        h.push_header(Header { name: HeaderName::new(SipStr::from("Y")), value: SipStr::from("1\r\n2") });
+        h.push("", "empty name");
+        for x in h.iter() {
+            assert!(!x.value.contains(['\r', '\n']), "{x:?}");
+            assert!(x.name.as_str().bytes().all(is_token_byte), "{x:?}");
+        }
+        assert_eq!(h.get("Subject"), Some("hi  Via: SIP/2.0/UDP evil"));
+        assert_eq!(h.get("X-A"), Some("a b c"));
+        assert_eq!(h.get("Bad--Name--x"), Some("v"));
+        assert_eq!(h.get("X"), Some("empty name"));
+        assert_eq!(h.values("Via").len(), 0);
     }
 
     #[test]

@@ -11,6 +11,8 @@ mod headers;
 mod parse;
 pub mod sdp;
 mod text;
+#[cfg(test)]
+mod torture;
 mod uri;
 
 pub use headers::{canonical_name, Header, HeaderName, Headers};
@@ -87,7 +89,7 @@ impl fmt::Display for Method {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Request {
     pub method: Method,
     pub uri: SipStr,
@@ -95,7 +97,7 @@ pub struct Request {
     pub body: Bytes,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Response {
     pub status: u16,
     pub reason: SipStr,
@@ -107,6 +109,36 @@ pub struct Response {
 pub enum Message {
     Request(Request),
     Response(Response),
+}
+
+/// `Debug` shows the body as text with SDP secrets (SRTP keys, ICE passwords) redacted.
+struct BodyDebug<'a>(&'a Bytes);
+impl fmt::Debug for BodyDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&sdp::redact_secrets(&String::from_utf8_lossy(self.0)), f)
+    }
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("headers", &self.headers)
+            .field("body", &BodyDebug(&self.body))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("reason", &self.reason)
+            .field("headers", &self.headers)
+            .field("body", &BodyDebug(&self.body))
+            .finish()
+    }
 }
 
 /// Standard reason phrase for a status code.
@@ -197,9 +229,9 @@ impl Request {
     /// Writes the request; Content-Length is always written from the actual body.
     pub fn to_bytes(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(512 + self.body.len());
-        b.put_slice(self.method.as_str().as_bytes());
+        put_line_safe(&mut b, self.method.as_str().as_bytes());
         b.put_u8(b' ');
-        b.put_slice(self.uri.as_bytes());
+        put_line_safe(&mut b, self.uri.as_bytes());
         b.put_slice(b" SIP/2.0\r\n");
         write_headers(&mut b, &self.headers, &self.body);
         b.freeze()
@@ -251,7 +283,7 @@ impl Response {
         b.put_slice(b"SIP/2.0 ");
         b.put_slice(self.status.to_string().as_bytes());
         b.put_u8(b' ');
-        b.put_slice(self.reason.as_bytes());
+        put_line_safe(&mut b, self.reason.as_bytes());
         b.put_slice(b"\r\n");
         write_headers(&mut b, &self.headers, &self.body);
         b.freeze()
@@ -285,14 +317,25 @@ impl Message {
     }
 }
 
+/// Writes bytes of a start line or header line; a CR or LF (which the setters never store, but
+/// a value from a received message may hold as a lone CR) is written as a space, so nothing
+/// written here can end the line early (no header injection, no request smuggling).
+fn put_line_safe(b: &mut BytesMut, s: &[u8]) {
+    if s.iter().any(|&c| c == b'\r' || c == b'\n') {
+        b.extend(s.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }));
+    } else {
+        b.put_slice(s);
+    }
+}
+
 fn write_headers(b: &mut BytesMut, headers: &Headers, body: &Bytes) {
     for h in headers.iter() {
         if h.name.is("Content-Length") {
             continue;
         }
-        b.put_slice(h.name.as_str().as_bytes());
+        put_line_safe(b, h.name.as_str().as_bytes());
         b.put_slice(b": ");
-        b.put_slice(h.value.as_bytes());
+        put_line_safe(b, h.value.as_bytes());
         b.put_slice(b"\r\n");
     }
     b.put_slice(b"Content-Length: ");

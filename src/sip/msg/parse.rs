@@ -3,6 +3,7 @@
 
 use super::headers::{Header, HeaderName, Headers};
 use super::text::SipStr;
+use super::uri::{CSeq, NameAddr, Uri, Via};
 use super::{Message, Method, Request, Response};
 use bytes::Bytes;
 
@@ -47,6 +48,10 @@ pub enum ParseError {
     MissingHeader(&'static str),
     #[error("end of headers not found")]
     Incomplete,
+    #[error("bad Request-URI")]
+    BadRequestUri,
+    #[error("bad {0} header")]
+    BadHeaderValue(&'static str),
 }
 
 /// Position just after the blank line ending the headers, and the start of that blank line.
@@ -157,57 +162,75 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
     if ls < head_end {
         lines.push((ls, head_end));
     }
+    // A CR that does not end a line is not allowed anywhere in the start line or headers
+    // (RFC 3261 25.1: not even in a quoted-pair); a peer could read it as a line end.
+    for (i, &(s, e)) in lines.iter().enumerate() {
+        if buf[s..e].contains(&b'\r') {
+            return Err(if i == 0 { ParseError::BadStartLine } else { ParseError::BadHeader });
+        }
+    }
     let Some(&(s0, e0)) = lines.first() else { return Err(ParseError::BadStartLine) };
     let start_line = std::str::from_utf8(&buf[s0..e0]).map_err(|_| ParseError::NotUtf8)?;
 
-    let mut headers = Headers::new();
-    let mut cur: Option<(SipStr, usize, usize, Option<String>)> = None; // name, value span, folded
-    let flush = |headers: &mut Headers, cur: &mut Option<(SipStr, usize, usize, Option<String>)>| -> Result<(), ParseError> {
-        if let Some((name, vs, ve, folded)) = cur.take() {
-            if headers.len() >= limits.max_headers {
-                return Err(ParseError::TooManyHeaders(limits.max_headers));
-            }
-            let value = match folded {
-                Some(s) => SipStr::from(s),
-                None => SipStr::from_utf8(buf.slice(vs..ve)).ok_or(ParseError::NotUtf8)?,
-            };
-            headers.push_header(Header { name: HeaderName::new(name), value });
-        }
-        Ok(())
-    };
+    // Logical header lines: a line starting with SP/HT continues the one before (RFC 3261
+    // 7.3.1), even before the colon ("Call-ID\r\n : x"). Unfolded lines stay zero-copy.
+    let mut logical: Vec<((usize, usize), Option<String>)> = Vec::new();
     for &(s, e) in &lines[1..] {
         let line = &buf[s..e];
         if line.is_empty() {
             continue;
         }
         if line[0] == b' ' || line[0] == b'\t' {
-            // Folded continuation: join with one space.
-            let Some(c) = cur.as_mut() else { return Err(ParseError::BadHeader) };
+            let Some(last) = logical.last_mut() else { return Err(ParseError::BadHeader) };
             let cont = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?.trim();
-            let base = match c.3.take() {
-                Some(s) => s,
-                None => std::str::from_utf8(&buf[c.1..c.2]).map_err(|_| ParseError::NotUtf8)?.to_string(),
+            let base = match last.1.take() {
+                Some(b) => b,
+                None => std::str::from_utf8(&buf[last.0 .0..last.0 .1]).map_err(|_| ParseError::NotUtf8)?.to_string(),
             };
-            c.3 = Some(if cont.is_empty() { base } else if base.is_empty() { cont.to_string() } else { format!("{base} {cont}") });
+            let base = base.trim_end();
+            last.1 = Some(if cont.is_empty() { base.to_string() } else { format!("{base} {cont}") });
             continue;
         }
-        flush(&mut headers, &mut cur)?;
-        let colon = line.iter().position(|&b| b == b':').ok_or(ParseError::BadHeader)?;
-        let name = std::str::from_utf8(&line[..colon]).map_err(|_| ParseError::NotUtf8)?.trim();
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(ParseError::BadHeader);
+        if logical.len() >= limits.max_headers {
+            return Err(ParseError::TooManyHeaders(limits.max_headers));
         }
-        let mut vs = s + colon + 1;
-        let mut ve = e;
-        while vs < ve && (buf[vs] == b' ' || buf[vs] == b'\t') {
-            vs += 1;
-        }
-        while ve > vs && (buf[ve - 1] == b' ' || buf[ve - 1] == b'\t') {
-            ve -= 1;
-        }
-        cur = Some((SipStr::from(name), vs, ve, None));
+        logical.push(((s, e), None));
     }
-    flush(&mut headers, &mut cur)?;
+    let mut headers = Headers::new();
+    for ((s, e), folded) in logical {
+        let header = match folded {
+            Some(text) => {
+                let colon = text.find(':').ok_or(ParseError::BadHeader)?;
+                let name = text[..colon].trim();
+                check_header_name(name)?;
+                Header { name: HeaderName::new(SipStr::from(name)), value: SipStr::from(text[colon + 1..].trim()) }
+            }
+            None => {
+                let line = &buf[s..e];
+                let colon = line.iter().position(|&b| b == b':').ok_or(ParseError::BadHeader)?;
+                let name = std::str::from_utf8(&line[..colon]).map_err(|_| ParseError::NotUtf8)?.trim();
+                check_header_name(name)?;
+                let mut vs = s + colon + 1;
+                let mut ve = e;
+                while vs < ve && (buf[vs] == b' ' || buf[vs] == b'\t') {
+                    vs += 1;
+                }
+                while ve > vs && (buf[ve - 1] == b' ' || buf[ve - 1] == b'\t') {
+                    ve -= 1;
+                }
+                let value = SipStr::from_utf8(buf.slice(vs..ve)).ok_or(ParseError::NotUtf8)?;
+                Header { name: HeaderName::new(SipStr::from(name)), value }
+            }
+        };
+        headers.push_header(header);
+    }
+    // Every Content-Length line (folded ones included) agrees with the framing length.
+    for v in headers.get_all("Content-Length") {
+        let v = v.trim();
+        if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) || v.parse::<usize>().ok() != cl {
+            return Err(ParseError::BadContentLength);
+        }
+    }
 
     let msg = if let Some(rest) = start_line.strip_prefix("SIP/") {
         let mut parts = rest.splitn(3, ' ');
@@ -226,24 +249,77 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
         let reason = parts.next().unwrap_or("").trim();
         Message::Response(Response { status, reason: SipStr::from(reason), headers, body })
     } else {
-        let mut parts = start_line.split(' ').filter(|p| !p.is_empty());
+        // Exactly one SP between the elements (RFC 3261 25.1; RFC 4475 lwsstart, trws, lwsruri).
+        let mut parts = start_line.split(' ');
         let m = parts.next().ok_or(ParseError::BadStartLine)?;
         let uri = parts.next().ok_or(ParseError::BadStartLine)?;
         let ver = parts.next().ok_or(ParseError::BadStartLine)?;
-        if parts.next().is_some() || !m.bytes().all(is_token_byte) || !uri.contains(':') {
+        if parts.next().is_some() || m.is_empty() || !m.bytes().all(is_token_byte) || !uri.contains(':') {
             return Err(ParseError::BadStartLine);
         }
         if !ver.eq_ignore_ascii_case("SIP/2.0") {
             return Err(ParseError::BadVersion);
         }
+        // The Request-URI is a URI (not "<uri>", RFC 4475 ltgtruri); a SIP one carries no
+        // headers (RFC 3261 19.1.1; RFC 4475 escruri).
+        let ruri = Uri::parse(uri).map_err(|_| ParseError::BadRequestUri)?;
+        if (ruri.scheme == "sip" || ruri.scheme == "sips") && ruri.headers.is_some() {
+            return Err(ParseError::BadRequestUri);
+        }
         Message::Request(Request { method: Method::parse(m), uri: SipStr::from(uri), headers, body })
     };
     for (name, label) in [("Via", "Via"), ("Call-ID", "Call-ID"), ("CSeq", "CSeq"), ("From", "From"), ("To", "To")] {
-        if !msg.headers().contains(name) {
-            return Err(ParseError::MissingHeader(label));
+        match msg.headers().get(name) {
+            Some(v) if !v.trim().is_empty() => {}
+            _ => return Err(ParseError::MissingHeader(label)),
         }
     }
+    validate(&msg)?;
     Ok(msg)
+}
+
+/// Checks the headers every layer above relies on, so that a message that parses has them
+/// usable: CSeq (number and method, the request's method), From/To (name-addr), every Via
+/// value, Max-Forwards (0..=255) and a single Call-ID, From, To and CSeq.
+fn validate(msg: &Message) -> Result<(), ParseError> {
+    let h = msg.headers();
+    for name in ["Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Type"] {
+        if h.get_all(name).count() > 1 {
+            return Err(ParseError::BadHeaderValue(canonical(name)));
+        }
+    }
+    let cseq = h.get("CSeq").map(CSeq::parse).transpose().map_err(|_| ParseError::BadHeaderValue("CSeq"))?;
+    if let (Message::Request(r), Some(c)) = (msg, &cseq) {
+        if c.method != r.method {
+            return Err(ParseError::BadHeaderValue("CSeq"));
+        }
+    }
+    for name in ["From", "To"] {
+        if let Some(v) = h.get(name) {
+            NameAddr::parse(v).map_err(|_| ParseError::BadHeaderValue(canonical(name)))?;
+        }
+    }
+    for v in h.values("Via") {
+        Via::parse(v).map_err(|_| ParseError::BadHeaderValue("Via"))?;
+    }
+    if let Some(mf) = h.get("Max-Forwards") {
+        let ok = !mf.is_empty() && mf.len() <= 8 && mf.bytes().all(|b| b.is_ascii_digit()) && mf.parse::<u32>().is_ok_and(|n| n <= 255);
+        if !ok {
+            return Err(ParseError::BadHeaderValue("Max-Forwards"));
+        }
+    }
+    Ok(())
+}
+
+fn canonical(name: &str) -> &'static str {
+    super::headers::canonical_name(name).unwrap_or("header")
+}
+
+fn check_header_name(name: &str) -> Result<(), ParseError> {
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(ParseError::BadHeader);
+    }
+    Ok(())
 }
 
 fn is_token_byte(b: u8) -> bool {

@@ -25,6 +25,20 @@ impl SipStr {
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
+    /// A zero-copy `SipStr` for `sub`, which must be a sub-slice of `self` (as handed out by
+    /// `as_str()`/`Deref`); a string that is not inside `self` is copied instead.
+    pub fn slice_ref(&self, sub: &str) -> SipStr {
+        let base = self.0.as_ptr() as usize;
+        let p = sub.as_ptr() as usize;
+        if sub.is_empty() {
+            return SipStr::default();
+        }
+        if p >= base && p + sub.len() <= base + self.0.len() {
+            SipStr(self.0.slice_ref(sub.as_bytes()))
+        } else {
+            SipStr::from(sub)
+        }
+    }
 }
 
 impl Deref for SipStr {

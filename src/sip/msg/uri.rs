@@ -64,10 +64,15 @@ impl fmt::Display for Params {
 /// Splits at `;` outside quotes.
 fn split_semis(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
-    let mut in_q = false;
+    let (mut in_q, mut esc) = (false, false);
     let mut start = 0;
     for (i, c) in s.char_indices() {
+        if esc {
+            esc = false;
+            continue;
+        }
         match c {
+            '\\' if in_q => esc = true,
             '"' => in_q = !in_q,
             ';' if !in_q => {
                 out.push(&s[start..i]);
@@ -99,27 +104,47 @@ impl Uri {
         if scheme_l.is_empty() || !scheme_l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') {
             return Err(ParseError::BadHeader);
         }
-        let (rest, headers) = match rest.split_once('?') {
-            Some((a, h)) => (a, Some(h.to_string())),
-            None => (rest, None),
-        };
-        if scheme_l == "tel" {
+        if scheme_l != "sip" && scheme_l != "sips" {
+            // tel:, urn:, and any other scheme: opaque part kept in `user`, params after ';'.
+            let (rest, headers) = match rest.split_once('?') {
+                Some((a, h)) => (a, Some(h.to_string())),
+                None => (rest, None),
+            };
             let (num, params) = match rest.split_once(';') {
                 Some((n, p)) => (n, Params::parse(p)),
                 None => (rest, Params::default()),
             };
+            if num.is_empty() || num.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '"') {
+                return Err(ParseError::BadHeader);
+            }
             return Ok(Uri { scheme: scheme_l, user: Some(num.to_string()), host: String::new(), port: None, params, headers });
         }
-        let (userinfo, hostpart) = match rest.rfind('@') {
+        // The user part may hold ';' '?' '/' (RFC 3261 25.1 user-unreserved): split at the '@'
+        // first (the last one before the first '?', else the last one), then params and
+        // headers in the host part.
+        let at = match rest.find('?') {
+            Some(q) => rest[..q].rfind('@').or_else(|| rest.rfind('@')),
+            None => rest.rfind('@'),
+        };
+        let (userinfo, hostpart) = match at {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
             None => (None, rest),
+        };
+        let (hostpart, headers) = match hostpart.split_once('?') {
+            Some((a, h)) => (a, Some(h.to_string())),
+            None => (hostpart, None),
         };
         let (hostport, params) = match hostpart.split_once(';') {
             Some((h, p)) => (h, Params::parse(p)),
             None => (hostpart, Params::default()),
         };
+        if let Some(u) = userinfo {
+            if u.is_empty() || u.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '"') {
+                return Err(ParseError::BadHeader);
+            }
+        }
         let (host, port) = split_host_port(hostport)?;
-        if host.is_empty() {
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '"' || c == ',') {
             return Err(ParseError::BadHeader);
         }
         Ok(Uri {
@@ -160,7 +185,7 @@ pub(crate) fn split_host_port(hp: &str) -> Result<(String, Option<u16>), ParseEr
         return Ok((host, port));
     }
     match hp.split_once(':') {
-        Some((h, p)) => Ok((h.to_string(), Some(p.trim().parse().map_err(|_| ParseError::BadHeader)?))),
+        Some((h, p)) => Ok((h.trim().to_string(), Some(p.trim().parse().map_err(|_| ParseError::BadHeader)?))),
         None => Ok((hp.to_string(), None)),
     }
 }
@@ -168,7 +193,7 @@ pub(crate) fn split_host_port(hp: &str) -> Result<(String, Option<u16>), ParseEr
 impl fmt::Display for Uri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:", self.scheme)?;
-        if self.scheme == "tel" {
+        if self.scheme != "sip" && self.scheme != "sips" {
             write!(f, "{}", self.user.as_deref().unwrap_or(""))?;
         } else {
             if let Some(u) = &self.user {
@@ -198,10 +223,10 @@ impl NameAddr {
         let s = s.trim();
         if let Some(lt) = find_unquoted(s, '<') {
             let gt = s[lt..].find('>').ok_or(ParseError::BadHeader)? + lt;
-            let disp = s[..lt].trim();
-            let display = if disp.is_empty() { None } else { Some(disp.trim_matches('"').to_string()) };
+            let display = parse_display(s[..lt].trim())?;
             let uri = Uri::parse(&s[lt + 1..gt])?;
             let params = Params::parse(&s[gt + 1..]);
+            check_param_names(&params)?;
             Ok(NameAddr { display, uri, params })
         } else {
             // addr-spec form: parameters after ';' belong to the header, not the URI.
@@ -209,6 +234,10 @@ impl NameAddr {
                 Some((u, p)) => (u, Params::parse(p)),
                 None => (s, Params::default()),
             };
+            if u.contains(['"', '<', '>', ',']) || u.trim().contains([' ', '\t']) {
+                return Err(ParseError::BadHeader);
+            }
+            check_param_names(&p)?;
             Ok(NameAddr { display: None, uri: Uri::parse(u)?, params: p })
         }
     }
@@ -224,9 +253,13 @@ impl NameAddr {
 }
 
 fn find_unquoted(s: &str, ch: char) -> Option<usize> {
-    let mut in_q = false;
+    let (mut in_q, mut esc) = (false, false);
     for (i, c) in s.char_indices() {
-        if c == '"' {
+        if esc {
+            esc = false;
+        } else if c == '\\' && in_q {
+            esc = true;
+        } else if c == '"' {
             in_q = !in_q;
         } else if c == ch && !in_q {
             return Some(i);
@@ -235,11 +268,61 @@ fn find_unquoted(s: &str, ch: char) -> Option<usize> {
     None
 }
 
+/// Display name: a quoted string (escapes undone) or tokens separated by whitespace
+/// (RFC 3261 25.1; RFC 4475 baddn, quotbal).
+fn parse_display(d: &str) -> Result<Option<String>, ParseError> {
+    if d.is_empty() {
+        return Ok(None);
+    }
+    if let Some(inner) = d.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        loop {
+            match chars.next() {
+                None => return Err(ParseError::BadHeader),
+                Some('\\') => out.push(chars.next().ok_or(ParseError::BadHeader)?),
+                Some('"') => break,
+                Some(c) => out.push(c),
+            }
+        }
+        if !chars.as_str().trim().is_empty() {
+            return Err(ParseError::BadHeader);
+        }
+        return Ok(Some(out));
+    }
+    if d.bytes().all(|b| b == b' ' || b == b'\t' || is_token(b)) {
+        Ok(Some(d.to_string()))
+    } else {
+        Err(ParseError::BadHeader)
+    }
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// Header parameter names are tokens (RFC 4475 badinv01: `;;,;,,`).
+fn check_param_names(p: &Params) -> Result<(), ParseError> {
+    if p.0.iter().all(|p| !p.name.is_empty() && p.name.bytes().all(is_token)) {
+        Ok(())
+    } else {
+        Err(ParseError::BadHeader)
+    }
+}
+
 impl fmt::Display for NameAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(d) = &self.display {
-            let clean: String = d.chars().filter(|c| *c != '"' && *c != '\\' && *c != '\r' && *c != '\n').collect();
-            write!(f, "\"{clean}\" ")?;
+            // Quoted with escapes; CR/LF cannot appear in a header value.
+            f.write_str("\"")?;
+            for c in d.chars() {
+                match c {
+                    '"' | '\\' => write!(f, "\\{c}")?,
+                    '\r' | '\n' => f.write_str(" ")?,
+                    c => write!(f, "{c}")?,
+                }
+            }
+            f.write_str("\" ")?;
         }
         write!(f, "<{}>{}", self.uri, self.params)
     }
@@ -256,20 +339,28 @@ pub struct Via {
 
 impl Via {
     pub fn parse(s: &str) -> Result<Via, ParseError> {
-        let s = s.trim();
-        let rest = s.get(..4).filter(|p| p.eq_ignore_ascii_case("SIP/")).map(|_| &s[4..]).ok_or(ParseError::BadHeader)?;
-        let rest = rest.trim_start();
-        let rest = rest.strip_prefix("2.0").ok_or(ParseError::BadHeader)?.trim_start();
-        let rest = rest.strip_prefix('/').ok_or(ParseError::BadHeader)?.trim_start();
+        // sent-protocol = name SLASH version SLASH transport, LWS allowed around each SLASH
+        // (RFC 4475 wsinv: "SIP  /   2.0\r\n /UDP").
+        let mut it = s.trim().splitn(3, '/');
+        let name = it.next().ok_or(ParseError::BadHeader)?.trim();
+        let version = it.next().ok_or(ParseError::BadHeader)?.trim();
+        let rest = it.next().ok_or(ParseError::BadHeader)?.trim_start();
+        if !name.eq_ignore_ascii_case("SIP") || version != "2.0" {
+            return Err(ParseError::BadHeader);
+        }
         let ws = rest.find([' ', '\t']).ok_or(ParseError::BadHeader)?;
         let transport = rest[..ws].to_ascii_uppercase();
+        if transport.is_empty() || !transport.bytes().all(is_token) {
+            return Err(ParseError::BadHeader);
+        }
         let sent = rest[ws..].trim_start();
         let (hp, params) = match sent.split_once(';') {
             Some((h, p)) => (h, Params::parse(p)),
             None => (sent, Params::default()),
         };
+        check_param_names(&params)?;
         let (host, port) = split_host_port(hp)?;
-        if host.is_empty() {
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == ',' || c == '"') {
             return Err(ParseError::BadHeader);
         }
         Ok(Via { transport, host, port, params })
@@ -297,9 +388,17 @@ pub struct CSeq {
 
 impl CSeq {
     pub fn parse(s: &str) -> Result<CSeq, ParseError> {
+        // CSeq = 1*DIGIT LWS Method (RFC 3261 25.1); the number fits 32 bits.
         let mut it = s.split_whitespace();
-        let seq = it.next().and_then(|n| n.parse().ok()).ok_or(ParseError::BadHeader)?;
+        let n = it.next().ok_or(ParseError::BadHeader)?;
+        if n.len() > 10 || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::BadHeader);
+        }
+        let seq = n.parse().map_err(|_| ParseError::BadHeader)?;
         let m = it.next().ok_or(ParseError::BadHeader)?;
+        if it.next().is_some() || !m.bytes().all(is_token) {
+            return Err(ParseError::BadHeader);
+        }
         Ok(CSeq { seq, method: Method::parse(m) })
     }
 }
