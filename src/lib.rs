@@ -2,5 +2,6 @@
 //! See ../shared/DESIGN.md for the module layout; lower layers never import higher ones.
 pub mod b2bua;
 pub mod config;
+pub mod media;
 pub mod routing;
 pub mod sip;

@@ -1,0 +1,134 @@
+//! Media anchoring: every call's RTP goes through drbridge. SRTP (SDES) with ICE-lite toward
+//! Teams, plain RTP (or SRTP) toward the PBX, RTCP, RFC 4733 DTMF passed through, inactivity
+//! timeout.
+//!
+//! Two halves with a small interface between them:
+//! - `sdp` (pure): rewrites an offer/answer received on one side into the one sent on the other
+//!   side with drbridge's own address, keys and ICE credentials ([`LocalMedia`]), and extracts
+//!   what the far end told us ([`RemoteMedia`]).
+//! - the engine (sockets, packet path): a port pool per side, one relay per call, SRTP
+//!   protect/unprotect, STUN answers, latching. Controlled through [`MediaControl`] by `b2bua`.
+
+use crate::config::Trunk;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// SRTP crypto suites offered/accepted (RFC 4568 names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SrtpSuite {
+    AesCm128HmacSha1_80,
+    AesCm128HmacSha1_32,
+}
+
+impl SrtpSuite {
+    pub fn sdp_name(self) -> &'static str {
+        match self {
+            SrtpSuite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            SrtpSuite::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+        }
+    }
+    pub fn from_sdp_name(s: &str) -> Option<SrtpSuite> {
+        match s {
+            "AES_CM_128_HMAC_SHA1_80" => Some(SrtpSuite::AesCm128HmacSha1_80),
+            "AES_CM_128_HMAC_SHA1_32" => Some(SrtpSuite::AesCm128HmacSha1_32),
+            _ => None,
+        }
+    }
+}
+
+/// An SDES master key and salt (RFC 4568 inline key = base64(key || salt)). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpKey {
+    pub suite: SrtpSuite,
+    /// The crypto attribute's tag (answer must echo the offer's tag).
+    pub tag: u32,
+    pub key: [u8; 16],
+    pub salt: [u8; 14],
+}
+
+impl fmt::Debug for SrtpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SrtpKey").field("suite", &self.suite).field("tag", &self.tag).field("key", &"<redacted>").finish()
+    }
+}
+
+/// ICE-lite credentials (RFC 8445): ufrag/pwd.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IceCredentials {
+    pub ufrag: String,
+    pub pwd: String,
+}
+
+impl fmt::Debug for IceCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IceCredentials").field("ufrag", &self.ufrag).field("pwd", &"<redacted>").finish()
+    }
+}
+
+/// What drbridge presents on one side of one call's audio stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalMedia {
+    /// RTP address (even port); RTCP is port+1 unless muxed.
+    pub rtp: SocketAddr,
+    pub rtcp: SocketAddr,
+    /// Key drbridge encrypts with toward this side (None: plain RTP).
+    pub srtp: Option<SrtpKey>,
+    /// ICE-lite credentials (Teams side only); stable for the call unless an ICE restart.
+    pub ice: Option<IceCredentials>,
+}
+
+/// What the far end on one side told us in its SDP.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RemoteMedia {
+    /// Where it wants RTP (None: no usable address yet, e.g. c=0.0.0.0 hold).
+    pub rtp: Option<SocketAddr>,
+    pub rtcp: Option<SocketAddr>,
+    pub rtcp_mux: bool,
+    /// Key it encrypts with (we decrypt with it).
+    pub srtp: Option<SrtpKey>,
+    /// Its ICE credentials (for checks it sends us: our answers use OUR pwd; kept for restarts).
+    pub ice: Option<IceCredentials>,
+    /// Payload types on this side -> the same codec's payload type on the other side, when they
+    /// differ (e.g. telephone-event 101 <-> 96).
+    pub pt_map: Vec<(u8, u8)>,
+    /// a=sendrecv / sendonly / recvonly / inactive as seen from the far end.
+    pub sends: bool,
+    pub receives: bool,
+}
+
+/// Identifier of one call's media session in the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MediaSessionId(pub u64);
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MediaError {
+    #[error("no free media ports on the {0} side")]
+    Exhausted(&'static str),
+    #[error("unknown media session")]
+    Unknown,
+    #[error("bad SDP: {0}")]
+    BadSdp(String),
+    #[error("no acceptable codec or crypto: {0}")]
+    NotAcceptable(String),
+}
+
+/// Events from the engine to the call layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// No media received on either side for the configured time: end the call.
+    Inactive(MediaSessionId),
+}
+
+/// The control API `b2bua` uses (synchronous; the engine does its socket work itself).
+pub trait MediaControl: Send {
+    /// Allocates a port pair on each side for a new call; `Exhausted` -> answer 503.
+    fn allocate(&mut self) -> Result<MediaSessionId, MediaError>;
+    /// What drbridge presents on `side` for this session.
+    fn local(&self, id: MediaSessionId, side: Trunk) -> Option<LocalMedia>;
+    /// New ICE credentials on `side` (ICE restart, re-INVITE with new ufrag/pwd from Teams).
+    fn restart_ice(&mut self, id: MediaSessionId, side: Trunk) -> Option<LocalMedia>;
+    /// What the far end on `side` said (offer or answer); the relay applies it at once.
+    fn update(&mut self, id: MediaSessionId, side: Trunk, remote: RemoteMedia) -> Result<(), MediaError>;
+    /// Frees the ports and state; called on every end of a call.
+    fn free(&mut self, id: MediaSessionId);
+}
