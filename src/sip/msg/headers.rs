@@ -157,11 +157,10 @@ impl Headers {
                 self.list[i].value = value;
                 let mut n = 0;
                 self.list.retain(|h| {
-                    let keep = !h.name.is(name) || {
+                    !h.name.is(name) || {
                         n += 1;
                         n == 1
-                    };
-                    keep
+                    }
                 });
             }
             None => self.push(name, value),

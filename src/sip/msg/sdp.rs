@@ -815,10 +815,8 @@ impl Sdp {
             }
             let kind = b[0];
             let value = whole.slice_ref(&l[2..]);
-            if count == 1 {
-                if kind != b'v' || value.trim() != "0" {
-                    return Err(SdpError::BadVersion);
-                }
+            if count == 1 && (kind != b'v' || value.trim() != "0") {
+                return Err(SdpError::BadVersion);
             }
             if kind == b'm' {
                 if sdp.media.len() >= limits.max_media {
