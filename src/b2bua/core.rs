@@ -4,6 +4,7 @@
 use super::build::{self, add_identity, contact, new_call_id, new_tag, number_of, number_of_uri, party_uri, via};
 use super::interwork::{carry_headers, has_token, normalize};
 use super::{CallEvent, CoreConfig, Dialplan, EndReason, Hop, Side, Transmit};
+use crate::routing::{FailoverPlan, ProxySet, TrunkHealth};
 use crate::sip::msg::{Message, Method, NameAddr, Request, Response, SipStr, Uri};
 use crate::sip::transport::{Peer, Proto};
 use crate::sip::txn::{new_branch, ClientTxnId, RequestDisposition, ServerTxnId, Transactions, TxnEvent, TxnTimers};
@@ -51,12 +52,12 @@ struct SessionTimer {
 struct OutInvite {
     ctx: ClientTxnId,
     req: Request,
-    /// Proxies left to try (Teams legs only), in order.
-    remaining: Vec<usize>,
+    /// Proxies to try (Teams legs only), fixed when the INVITE started.
+    plan: Option<FailoverPlan>,
+    /// The proxy this attempt went to.
+    proxy: Option<usize>,
     responded: bool,
     provisional: bool,
-    /// No response by then: fail over (Teams) or give up.
-    deadline: Option<Instant>,
     cancel_pending: bool,
 }
 
@@ -109,7 +110,6 @@ struct ReferState {
 
 #[derive(Clone, Debug)]
 struct Call {
-    id: CallId,
     state: CallState,
     legs: Vec<Leg>,
     /// The two legs talking to each other.
@@ -161,14 +161,15 @@ pub struct B2bua {
     events: VecDeque<CallEvent>,
     next_call: CallId,
     proxies: Vec<ProxyHealth>,
+    proxy_set: ProxySet,
     pbx_health: ProxyHealth,
+    pbx_trunk: TrunkHealth,
     options: HashMap<ClientTxnId, Option<usize>>,
     pub stats: Stats,
 }
 
 #[derive(Clone, Debug)]
 struct ProxyHealth {
-    up: bool,
     next_options: Instant,
     probe: Option<ClientTxnId>,
 }
@@ -183,7 +184,7 @@ impl B2bua {
         let proxies = cfg
             .teams_proxies
             .iter()
-            .map(|_| ProxyHealth { up: true, next_options: now, probe: None })
+            .map(|_| ProxyHealth { next_options: now, probe: None })
             .collect();
         B2bua {
             txns: Transactions::new(timers, cfg.max_transactions),
@@ -197,7 +198,17 @@ impl B2bua {
             events: VecDeque::new(),
             next_call: 1,
             proxies,
-            pbx_health: ProxyHealth { up: true, next_options: now, probe: None },
+            pbx_health: ProxyHealth { next_options: now, probe: None },
+            proxy_set: ProxySet::new(
+                cfg.teams_proxies
+                    .iter()
+                    .map(|p| crate::config::TeamsProxy { host: p.host.clone(), port: p.port, address: Some(p.addr) })
+                    .collect(),
+                &cfg.failover_codes,
+                cfg.failover_timeout,
+                now,
+            ),
+            pbx_trunk: TrunkHealth::new(now),
             options: HashMap::new(),
             stats: Stats::default(),
             cfg,
@@ -210,7 +221,7 @@ impl B2bua {
 
     /// Whether each Teams proxy is up (per OPTIONS and failures).
     pub fn proxies_up(&self) -> Vec<bool> {
-        self.proxies.iter().map(|p| p.up).collect()
+        (0..self.proxies.len()).map(|i| self.proxy_set.health(i).is_some_and(|h| h.is_up())).collect()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -257,7 +268,7 @@ impl B2bua {
     pub fn handle_connect_failed(&mut self, peer: Peer, now: Instant) {
         for (i, p) in self.cfg.teams_proxies.iter().enumerate() {
             if p.addr == peer.addr && peer.proto == Proto::Tls {
-                self.proxies[i].up = false;
+                self.proxy_set.on_invite_failure(i, None, now);
             }
         }
         self.txns.transport_failed(|h: &Hop| h.peer == peer);
@@ -414,7 +425,6 @@ impl B2bua {
         let a = self.uas_leg(&req, peer, side);
         let a_key = (a.call_id.clone(), a.local_tag.clone());
         let mut call = Call {
-            id: cid,
             state: CallState::Calling,
             legs: vec![a],
             pair: (0, 1),
@@ -519,13 +529,11 @@ impl B2bua {
         from_side: Side,
         now: Instant,
     ) -> Option<LegId> {
-        let remaining: Vec<usize> = match dest {
-            Side::Teams => {
-                let mut up: Vec<usize> = (0..self.proxies.len()).filter(|&i| self.proxies[i].up).collect();
-                up.extend((0..self.proxies.len()).filter(|&i| !self.proxies[i].up));
-                up
-            }
-            Side::Pbx => vec![],
+        let mut plan = (dest == Side::Teams).then(|| self.proxy_set.failover_plan(now));
+        let first = match plan.as_mut().map(|p| p.next()) {
+            Some(Some(i)) => Some(i),
+            Some(None) => return None,
+            None => None,
         };
         let our_host = build::local_host(&self.cfg, dest);
         let tag = new_tag();
@@ -538,7 +546,7 @@ impl B2bua {
         let local = format!("{from};tag={tag}");
         let (to_host, hop) = match dest {
             Side::Teams => {
-                let p = &self.cfg.teams_proxies[remaining[0]];
+                let p = &self.cfg.teams_proxies[first.unwrap_or(0)];
                 (p.host.clone(), Hop { peer: Peer { proto: Proto::Tls, addr: p.addr }, tls_name: Some(Arc::from(p.host.as_str())) })
             }
             Side::Pbx => (self.cfg.pbx_domain.clone(), Hop { peer: self.cfg.pbx, tls_name: None }),
@@ -549,7 +557,7 @@ impl B2bua {
             None => {
                 let mut u = party_uri(callee, &to_host, dest);
                 if dest == Side::Teams {
-                    u.port = Some(self.cfg.teams_proxies[remaining[0]].port);
+                    u.port = Some(self.cfg.teams_proxies[first.unwrap_or(0)].port);
                 }
                 u
             }
@@ -597,12 +605,12 @@ impl B2bua {
         call.legs.push(leg);
         let lid = call.legs.len() - 1;
         self.dialogs.insert((call_id, tag), (cid, lid));
-        let remaining = if dest == Side::Teams { remaining[1..].to_vec() } else { vec![] };
-        self.send_open_invite(cid, lid, req, hop, remaining, now);
+        self.send_open_invite(cid, lid, req, hop, plan, first, now);
         Some(lid)
     }
 
-    fn send_open_invite(&mut self, cid: CallId, lid: LegId, req: Request, hop: Hop, remaining: Vec<usize>, now: Instant) {
+    #[allow(clippy::too_many_arguments)]
+    fn send_open_invite(&mut self, cid: CallId, lid: LegId, req: Request, hop: Hop, plan: Option<FailoverPlan>, proxy: Option<usize>, now: Instant) {
         let deadline = (self.calls.get(&cid).map(|c| c.legs[lid].side) == Some(Side::Teams)).then(|| now + self.cfg.failover_timeout);
         let rel = reliable(&hop.peer);
         match self.txns.send_request(req.clone(), hop.clone(), rel, now) {
@@ -612,7 +620,7 @@ impl B2bua {
                 call.ctxs.push(ctx);
                 let leg = &mut call.legs[lid];
                 leg.hop = hop;
-                leg.invite = Some(OutInvite { ctx, req, remaining, responded: false, provisional: false, deadline, cancel_pending: false });
+                leg.invite = Some(OutInvite { ctx, req, plan, proxy, responded: false, provisional: false, cancel_pending: false });
                 if let Some(d) = deadline {
                     self.arm(cid, d, CallTimer::InviteDeadline(lid));
                 }
@@ -854,14 +862,15 @@ impl B2bua {
                 let up = resp.status != 503;
                 match probe {
                     Some(i) => {
-                        if self.proxies[i].up != up {
-                            tracing::info!(proxy = %self.cfg.teams_proxies[i].host, up, "Teams proxy state");
+                        if let Some(h) = self.proxy_set.on_options_result(i, up, now) {
+                            tracing::info!(proxy = %self.cfg.teams_proxies[i].host, health = ?h, "Teams proxy state");
                         }
-                        self.proxies[i].up = up;
                         self.proxies[i].probe = None;
                     }
                     None => {
-                        self.pbx_health.up = up;
+                        if let Some(h) = self.pbx_trunk.on_options_result(up, now) {
+                            tracing::info!(health = ?h, "PBX trunk state");
+                        }
                         self.pbx_health.probe = None;
                     }
                 }
@@ -1073,9 +1082,15 @@ impl B2bua {
         }
         // Final failure: fail over to the next proxy, or give up.
         let side = self.calls[&cid].legs[lid].side;
-        if side == Side::Teams && self.should_fail_over(resp.status) && !inv.remaining.is_empty() {
-            self.fail_over(cid, lid, inv, now);
-            return;
+        if side == Side::Teams {
+            if let Some(idx) = inv.proxy.filter(|_| resp.status == 503) {
+                let ra = resp.headers.get("Retry-After").and_then(|v| v.split(';').next()?.trim().parse().ok()).map(Duration::from_secs);
+                self.proxy_set.on_invite_failure(idx, ra, now);
+            }
+            if inv.plan.as_ref().is_some_and(|p| p.should_fail_over(resp.status) && p.remaining() > 0) {
+                self.fail_over(cid, lid, inv, now);
+                return;
+            }
         }
         if let Some(c) = self.calls.get_mut(&cid) {
             c.legs[lid].invite = Some(inv);
@@ -1083,13 +1098,9 @@ impl B2bua {
         self.invite_failed_with(cid, lid, Some(&resp), resp.status, now);
     }
 
-    fn should_fail_over(&self, status: u16) -> bool {
-        status < 600 && self.cfg.failover_codes.contains(&status)
-    }
-
     fn fail_over(&mut self, cid: CallId, lid: LegId, inv: OutInvite, now: Instant) {
-        let mut remaining = inv.remaining;
-        let next = remaining.remove(0);
+        let mut plan = inv.plan;
+        let Some(next) = plan.as_mut().and_then(|p| p.next()) else { return };
         let p = self.cfg.teams_proxies[next].clone();
         self.stats.failovers += 1;
         tracing::info!(call = cid, proxy = %p.host, "failing over to next Teams proxy");
@@ -1111,14 +1122,19 @@ impl B2bua {
             c.legs[lid].remote_target = req.uri.to_string();
         }
         let hop = Hop { peer: Peer { proto: Proto::Tls, addr: p.addr }, tls_name: Some(Arc::from(p.host.as_str())) };
-        self.send_open_invite(cid, lid, req, hop, remaining, now);
+        self.send_open_invite(cid, lid, req, hop, plan, Some(next), now);
     }
 
     /// The INVITE opening leg `lid` failed without a usable response (timeout, transport).
     fn invite_failed(&mut self, cid: CallId, lid: LegId, status: u16, now: Instant) {
         let Some(call) = self.calls.get_mut(&cid) else { return };
         let Some(inv) = call.legs[lid].invite.clone() else { return };
-        if call.legs[lid].side == Side::Teams && !inv.remaining.is_empty() && !inv.cancel_pending && call.state != CallState::Ended {
+        if let Some(idx) = inv.proxy {
+            self.proxy_set.on_invite_failure(idx, None, now);
+        }
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let more = inv.plan.as_ref().is_some_and(|p| p.remaining() > 0);
+        if call.legs[lid].side == Side::Teams && more && !inv.cancel_pending && call.state != CallState::Ended {
             call.legs[lid].invite = None;
             self.ctx.insert(inv.ctx, (cid, Purpose::Abandoned));
             self.fail_over(cid, lid, inv, now);
@@ -1280,14 +1296,15 @@ impl B2bua {
         if let Some(p) = self.options.remove(&ctx) {
             match p {
                 Some(i) => {
-                    if self.proxies[i].up {
+                    if self.proxy_set.on_options_result(i, false, now).is_some() {
                         tracing::warn!(proxy = %self.cfg.teams_proxies[i].host, "Teams proxy did not answer OPTIONS: marked down");
                     }
-                    self.proxies[i].up = false;
                     self.proxies[i].probe = None;
                 }
                 None => {
-                    self.pbx_health.up = false;
+                    if self.pbx_trunk.on_options_result(false, now).is_some() {
+                        tracing::warn!("PBX trunk did not answer OPTIONS: marked down");
+                    }
                     self.pbx_health.probe = None;
                 }
             }
