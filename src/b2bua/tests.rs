@@ -521,3 +521,41 @@ fn teams_to_pbx_call_with_hold_and_local_refresh() {
     assert_eq!(sent.len(), 1, "answered locally only");
     assert!(matches!(&sent[0].1, Message::Response(r) if r.status == 200 && r.headers.get("Session-Expires").is_some()));
 }
+
+#[test]
+fn invite_with_replaces_takes_over_the_teams_leg() {
+    let mut w = World::new();
+    let (inv, _) = answered_teams_call(&mut w);
+    w.take();
+    let our_tag = inv.from_tag().unwrap();
+    let sdp = "v=0\r\no=ms 9 9 IN IP4 52.113.0.7\r\ns=-\r\nc=IN IP4 52.113.0.7\r\nt=0 0\r\nm=audio 51000 RTP/SAVP 0\r\n";
+    let text = format!(
+        "INVITE sip:+4681234711@sbc.example.com:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS 52.114.7.7:5061;branch=z9hG4bKrep1\r\nMax-Forwards: 70\r\nFrom: <sip:+4930777@sip.pstnhub.microsoft.com>;tag=newms\r\nTo: <sip:+4681234711@sbc.example.com>\r\nCall-ID: ms-new-call\r\nCSeq: 1 INVITE\r\nContact: <sip:c.pstnhub.microsoft.com:5061;transport=tls>\r\nReplaces: {};to-tag={our_tag};from-tag=ms\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        inv.call_id().unwrap(),
+        sdp.len()
+    );
+    w.from_teams(parse_datagram(bytes::Bytes::from(text), &Limits::default()).unwrap(), TEAMS_IN);
+    let sent = w.take();
+    let (hop, reinv) = find_req(&sent, crate::sip::msg::Method::Invite).expect("re-INVITE to the PBX");
+    assert_eq!(hop.peer.addr, PBX.parse().unwrap());
+    assert!(String::from_utf8_lossy(&reinv.body).contains("m=audio 51000"));
+    let mut pok = reinv.response(200, None);
+    pok.headers.push("Contact", "<sip:4711@10.9.9.9:5080>");
+    pok.headers.push("Content-Type", "application/sdp");
+    pok.body = bytes::Bytes::from_static(b"v=0\r\no=pbx 1 3 IN IP4 10.9.9.9\r\ns=-\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n");
+    w.from_pbx(&String::from_utf8_lossy(&pok.to_bytes()).replace("\r\n", "\n"));
+    let sent = w.take();
+    let ok = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 && r.call_id() == Some("ms-new-call") => Some(r.clone()), _ => None }).expect("200 to the replacing INVITE");
+    assert!(String::from_utf8_lossy(&ok.body).contains("m=audio 40000"));
+    let bye = find_req(&sent, crate::sip::msg::Method::Bye).expect("BYE to the replaced leg").1;
+    assert_eq!(bye.call_id(), inv.call_id());
+}
+
+#[test]
+fn replaces_for_an_unknown_dialog_is_481() {
+    let mut w = World::new();
+    let text = "INVITE sip:+4681234711@sbc.example.com SIP/2.0\r\nVia: SIP/2.0/TLS 52.114.7.7:5061;branch=z9hG4bKrep2\r\nMax-Forwards: 70\r\nFrom: <sip:+4930777@sip.pstnhub.microsoft.com>;tag=n\r\nTo: <sip:+4681234711@sbc.example.com>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nReplaces: nope;to-tag=a;from-tag=b\r\nContent-Length: 0\r\n\r\n";
+    w.from_teams(parse_datagram(bytes::Bytes::from(text), &Limits::default()).unwrap(), TEAMS_IN);
+    let sent = w.take();
+    assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 481)));
+}
