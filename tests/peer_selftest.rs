@@ -361,3 +361,40 @@ async fn sipp_uas_options() {
     assert!(r.headers.has_token("Allow", "INVITE"));
     server.wait_async().await.assert_success();
 }
+
+/// uac_call_remote_bye answers re-INVITEs in its call and then a BYE: the far end (the Rust
+/// UDP peer here, drbridge in tests/calls.rs) holds the call and hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_uac_answers_reinvite_and_remote_bye() {
+    if !sipp::require("sipp_uac_answers_reinvite_and_remote_bye") {
+        return;
+    }
+    let far = SipPeer::new("udp-peer");
+    let addr = far.bind_udp(loopback(0)).await;
+    let run = Sipp::uac("uac_call_remote_bye.xml", loopback(free_port()), addr, "+4681234801").start();
+    let sdp = |dir: &str| format!("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na={dir}\r\n");
+    let mut call = far.answer_call_with(&sdp("sendrecv"), STEP).await;
+    let held = far.request(&mut call, Method::Invite, &sdp("sendonly"), &[], STEP).await;
+    assert_eq!(held.status, 200);
+    assert!(String::from_utf8_lossy(&held.body).contains("a=recvonly"));
+    let refreshed = far.request(&mut call, Method::Update, "", &[("Session-Expires", "90;refresher=uas")], STEP).await;
+    assert_eq!(refreshed.status, 200);
+    assert_eq!(far.bye(&mut call, STEP).await.status, 200);
+    run.wait_async().await.assert_success();
+}
+
+/// uac_declined expects a 603 and ACKs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_uac_declined() {
+    if !sipp::require("sipp_uac_declined") {
+        return;
+    }
+    let far = SipPeer::new("udp-peer");
+    let addr = far.bind_udp(loopback(0)).await;
+    let run = Sipp::uac("uac_declined.xml", loopback(free_port()), addr, "+4681234801").start();
+    let (inv, _) = far.expect_request(Method::Invite, STEP).await;
+    far.respond(&inv, 603, "", &[]);
+    let ack = far.expect_ack(&far.accept_call(&inv, &far.udp_to(addr)), STEP).await;
+    assert_eq!(ack.top_via().and_then(|v| v.branch().map(str::to_string)), inv.top_via().and_then(|v| v.branch().map(str::to_string)));
+    run.wait_async().await.assert_success();
+}
