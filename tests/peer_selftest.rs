@@ -398,3 +398,32 @@ async fn sipp_uac_declined() {
     assert_eq!(ack.top_via().and_then(|v| v.branch().map(str::to_string)), inv.top_via().and_then(|v| v.branch().map(str::to_string)));
     run.wait_async().await.assert_success();
 }
+
+// ------------------------------------------------------------------ lab config and process
+
+#[test]
+fn lab_config_is_valid_toml_with_the_brief_schema() {
+    let cfg = common::LabConfig::with_rcgen_certs().with_proxies(&[loopback(15061), loopback(15062)]);
+    let v: toml::Value = toml::from_str(&cfg.to_toml()).unwrap_or_else(|e| panic!("{e}\n{}", cfg.to_toml()));
+    assert_eq!(v["sbc"]["fqdn"].as_str(), Some(SBC_FQDN));
+    assert_eq!(v["teams"]["contact_port"].as_integer(), Some(i64::from(cfg.teams_listen.port())));
+    let proxies = v["teams"]["proxies"].as_array().expect("proxies");
+    assert_eq!(proxies[1]["host"].as_str(), Some("sip2.pstnhub.microsoft.com"));
+    assert_eq!(proxies[1]["address"].as_str(), Some("127.0.0.1:15062"));
+    assert_eq!(v["pbx"]["address"].as_str(), Some(cfg.pbx_address.to_string().as_str()));
+    assert_eq!(v["numbers"]["to_teams"][0]["replace"].as_str(), Some("+468123$1"));
+    assert_eq!(v["routes"][0]["trunk"].as_str(), Some("pbx"));
+    assert!(std::path::Path::new(v["teams"]["tls_cert"].as_str().expect("tls_cert")).exists());
+}
+
+/// A drbridge that cannot start (its certificate is missing) is reported with its log, within
+/// the ready timeout, by the process harness (with the stub binary too: it exits at once).
+#[test]
+fn drbridge_that_cannot_start_is_reported() {
+    let mut cfg = common::LabConfig::with_rcgen_certs();
+    cfg.certs.sbc_cert = cfg.dir.join("certs/missing.crt");
+    let start = std::time::Instant::now();
+    let err = common::Drbridge::try_start(&cfg).err().expect("drbridge started without its certificate");
+    assert!(err.contains("exited"), "{err}");
+    assert!(start.elapsed() < common::drbridge::READY_TIMEOUT);
+}

@@ -33,8 +33,9 @@ if ! command -v sipp >/dev/null 2>&1; then
         echo "tests/run.sh: no apt-get; SIPp tests will be skipped" >&2
     fi
 fi
-# `timeout` (coreutils) wraps every SIPp run; it is part of any Debian base system.
+# `timeout` (coreutils) wraps every SIPp run; a C compiler builds ring. Both are usually there.
 command -v timeout >/dev/null 2>&1 || apt_install coreutils
+command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
 
 cargo build --bins
 exec cargo test --all-targets
