@@ -197,7 +197,7 @@ async fn proxy_modes_silent_reject_and_options() {
     assert_eq!(teams.requests(Some(0), &Method::Invite).len(), 1);
     // topology helpers on what each side received
     hiding::assert_absent("teams", &teams.received_text(), &["127.0.0.1:5080".to_string(), "SIPpTag".to_string()]);
-    hiding::assert_present("teams", &teams.received_text(), &[silent.call_id.clone()]);
+    hiding::assert_present("teams", &teams.received_text(), std::slice::from_ref(&silent.call_id));
 }
 
 // ------------------------------------------------------------------ UDP peer and SIPp

@@ -537,7 +537,7 @@ impl SipPeer {
 
     fn take_queued(&self, pred: &mut (dyn FnMut(&Inbound) -> bool + Send)) -> Option<Inbound> {
         let mut q = lock(&self.inner.queue);
-        let i = q.iter().position(|m| pred(m))?;
+        let i = q.iter().position(pred)?;
         q.remove(i)
     }
 
