@@ -1,0 +1,120 @@
+//! Lab certificates: a lab CA, the SBC certificate (the SBC FQDN) and the "Teams" certificate
+//! (sip.pstnhub.microsoft.com, sip2..., sip3..., *.pstnhub.microsoft.com), both with serverAuth
+//! and clientAuth. Made by `drbridge lab-certs` (what the product ships) or, for the harness
+//! self-test that must run without the binary, with rcgen here.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const TEAMS_CERT_NAMES: [&str; 4] = [
+    "sip.pstnhub.microsoft.com",
+    "sip2.pstnhub.microsoft.com",
+    "sip3.pstnhub.microsoft.com",
+    "*.pstnhub.microsoft.com",
+];
+
+#[derive(Clone, Debug)]
+pub struct LabCerts {
+    pub dir: PathBuf,
+    pub fqdn: String,
+    pub ca_cert: PathBuf,
+    pub sbc_cert: PathBuf,
+    pub sbc_key: PathBuf,
+    pub teams_cert: PathBuf,
+    pub teams_key: PathBuf,
+}
+
+impl LabCerts {
+    fn paths(dir: &Path, fqdn: &str) -> LabCerts {
+        LabCerts {
+            dir: dir.to_path_buf(),
+            fqdn: fqdn.to_string(),
+            ca_cert: dir.join("ca.crt"),
+            sbc_cert: dir.join("sbc.crt"),
+            sbc_key: dir.join("sbc.key"),
+            teams_cert: dir.join("teams.crt"),
+            teams_key: dir.join("teams.key"),
+        }
+    }
+
+    /// Runs `drbridge lab-certs --dir DIR --fqdn FQDN` and returns the paths it wrote.
+    pub fn with_binary(dir: &Path, fqdn: &str) -> LabCerts {
+        let out = Command::new(crate::common::drbridge::binary())
+            .args(["lab-certs", "--dir"])
+            .arg(dir)
+            .args(["--fqdn", fqdn])
+            .output()
+            .expect("run drbridge lab-certs");
+        assert!(
+            out.status.success(),
+            "drbridge lab-certs failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = LabCerts::paths(dir, fqdn);
+        for p in [&c.ca_cert, &c.sbc_cert, &c.sbc_key, &c.teams_cert, &c.teams_key] {
+            assert!(p.exists(), "drbridge lab-certs did not write {}", p.display());
+        }
+        c
+    }
+
+    /// Generates the same set with rcgen (no binary needed).
+    pub fn generate(dir: &Path, fqdn: &str) -> LabCerts {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir).expect("cert dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.distinguished_name.push(DnType::CommonName, "drbridge lab CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = Issuer::new(ca_params, &ca_key);
+
+        let leaf = |names: Vec<String>, cn: &str| {
+            let mut p = CertificateParams::new(names).expect("leaf params");
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate().expect("leaf key");
+            let cert = p.signed_by(&key, &issuer).expect("sign leaf");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (sbc_pem, sbc_key) = leaf(vec![fqdn.to_string()], fqdn);
+        let (teams_pem, teams_key) =
+            leaf(TEAMS_CERT_NAMES.iter().map(|s| s.to_string()).collect(), TEAMS_CERT_NAMES[0]);
+
+        let c = LabCerts::paths(dir, fqdn);
+        std::fs::write(&c.ca_cert, ca_cert.pem()).expect("write ca");
+        std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).expect("write ca key");
+        std::fs::write(&c.sbc_cert, sbc_pem).expect("write sbc cert");
+        std::fs::write(&c.sbc_key, sbc_key).expect("write sbc key");
+        std::fs::write(&c.teams_cert, teams_pem).expect("write teams cert");
+        std::fs::write(&c.teams_key, teams_key).expect("write teams key");
+        c
+    }
+}
+
+pub fn load_certs(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+pub fn load_key(path: &Path) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_file(path).unwrap_or_else(|e| panic!("read key {}: {e}", path.display()))
+}
+
+pub fn root_store(ca: &Path) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca) {
+        roots.add(c).expect("add lab CA");
+    }
+    roots
+}

@@ -1,0 +1,183 @@
+//! The lab: a temporary directory with certificates and the free ports of one drbridge run, and
+//! the TOML configuration written from it (schema: the brief's "Configuration" section).
+
+use super::certs::LabCerts;
+use super::util::{free_port, loopback, TempDir};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub const SBC_FQDN: &str = "sbc.lab.drbridge.test";
+
+/// One `[[teams.proxies]]` entry.
+#[derive(Clone, Debug)]
+pub struct ProxySpec {
+    pub host: String,
+    pub port: u16,
+    pub address: Option<SocketAddr>,
+}
+
+/// What a test wants of drbridge. Ports are chosen free at `new()`; the test starts its peers
+/// (SIPp on `pbx_address`, `TeamsPeer` proxies) and then `Drbridge::start(&cfg)`.
+#[derive(Clone)]
+pub struct LabConfig {
+    pub dir: Arc<TempDir>,
+    pub certs: LabCerts,
+    pub fqdn: String,
+    pub user_agent: String,
+    pub max_calls: u32,
+    /// drbridge's TLS listener for the Teams proxies; `contact_port` is the same port.
+    pub teams_listen: SocketAddr,
+    pub proxies: Vec<ProxySpec>,
+    pub teams_options_interval_secs: u64,
+    pub failover_timeout_secs: u64,
+    pub failover_codes: Vec<u16>,
+    /// drbridge's UDP/TCP address toward the PBX.
+    pub pbx_listen: SocketAddr,
+    /// The PBX trunk: where SIPp (or a UDP `SipPeer`) listens.
+    pub pbx_address: SocketAddr,
+    pub pbx_options_interval_secs: u64,
+    pub to_teams: Vec<(String, String)>,
+    pub to_pbx: Vec<(String, String)>,
+    pub routes: Vec<(String, String)>,
+    pub session_expires_secs: u32,
+    pub min_se_secs: u32,
+    /// Raw TOML appended at the end (extra sections).
+    pub extra_toml: String,
+}
+
+impl LabConfig {
+    /// A lab whose certificates come from `drbridge lab-certs` (the binary must exist).
+    pub fn new() -> LabConfig {
+        let dir = TempDir::new("drbridge-lab");
+        let certs = LabCerts::with_binary(&dir.join("certs"), SBC_FQDN);
+        LabConfig::with_certs(dir, certs)
+    }
+
+    /// A lab whose certificates are made with rcgen (no binary needed).
+    pub fn with_rcgen_certs() -> LabConfig {
+        let dir = TempDir::new("drbridge-lab");
+        let certs = LabCerts::generate(&dir.join("certs"), SBC_FQDN);
+        LabConfig::with_certs(dir, certs)
+    }
+
+    fn with_certs(dir: TempDir, certs: LabCerts) -> LabConfig {
+        LabConfig {
+            dir: Arc::new(dir),
+            certs,
+            fqdn: SBC_FQDN.to_string(),
+            user_agent: "drbridge".to_string(),
+            max_calls: 100,
+            teams_listen: loopback(free_port()),
+            proxies: Vec::new(),
+            teams_options_interval_secs: 60,
+            failover_timeout_secs: 2,
+            failover_codes: vec![408, 503, 504],
+            pbx_listen: loopback(free_port()),
+            pbx_address: loopback(free_port()),
+            pbx_options_interval_secs: 3600,
+            to_teams: vec![(r"^(47\d\d)$".into(), "+468123$1".into())],
+            to_pbx: vec![(r"^\+468123(47\d\d)$".into(), "$1".into())],
+            routes: vec![(r"^\+46812347\d\d$".into(), "pbx".into())],
+            session_expires_secs: 1800,
+            min_se_secs: 90,
+            extra_toml: String::new(),
+        }
+    }
+
+    /// Sets the Teams proxies to the given listener addresses, with the Microsoft host names in
+    /// order (sip, sip2, sip3, then sip4... which the wildcard certificate covers).
+    pub fn with_proxies(mut self, addrs: &[SocketAddr]) -> LabConfig {
+        self.proxies = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| ProxySpec { host: proxy_host(i), port: 5061, address: Some(*a) })
+            .collect();
+        self
+    }
+
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.join("drbridge.toml")
+    }
+
+    /// The configuration file's text.
+    pub fn to_toml(&self) -> String {
+        let q = |s: &str| toml_str(s);
+        let p = |p: &std::path::Path| toml_str(&p.display().to_string());
+        let mut t = String::new();
+        let _ = writeln!(t, "[sbc]");
+        let _ = writeln!(t, "fqdn = {}", q(&self.fqdn));
+        let _ = writeln!(t, "user_agent = {}", q(&self.user_agent));
+        let _ = writeln!(t, "max_calls = {}", self.max_calls);
+        let _ = writeln!(t, "data_dir = {}", p(&self.dir.join("var")));
+        let _ = writeln!(t, "\n[teams]");
+        let _ = writeln!(t, "listen = {}", q(&self.teams_listen.to_string()));
+        let _ = writeln!(t, "contact_port = {}", self.teams_listen.port());
+        let _ = writeln!(t, "options_interval_secs = {}", self.teams_options_interval_secs);
+        let _ = writeln!(t, "failover_timeout_secs = {}", self.failover_timeout_secs);
+        let codes: Vec<String> = self.failover_codes.iter().map(|c| c.to_string()).collect();
+        let _ = writeln!(t, "failover_codes = [{}]", codes.join(", "));
+        let _ = writeln!(t, "tls_cert = {}", p(&self.certs.sbc_cert));
+        let _ = writeln!(t, "tls_key = {}", p(&self.certs.sbc_key));
+        let _ = writeln!(t, "tls_ca = {}", p(&self.certs.ca_cert));
+        let names: Vec<String> = super::certs::TEAMS_CERT_NAMES.iter().map(|n| q(n)).collect();
+        let _ = writeln!(t, "peer_names = [{}]", names.join(", "));
+        let _ = writeln!(t, "lab_certs = false");
+        for pr in &self.proxies {
+            let _ = writeln!(t, "\n[[teams.proxies]]");
+            let _ = writeln!(t, "host = {}", q(&pr.host));
+            let _ = writeln!(t, "port = {}", pr.port);
+            if let Some(a) = pr.address {
+                let _ = writeln!(t, "address = {}", q(&a.to_string()));
+            }
+        }
+        let _ = writeln!(t, "\n[pbx]");
+        let _ = writeln!(t, "name = \"mx-one\"");
+        let _ = writeln!(t, "listen = {}", q(&self.pbx_listen.to_string()));
+        let _ = writeln!(t, "address = {}", q(&self.pbx_address.to_string()));
+        let _ = writeln!(t, "transport = \"udp\"");
+        let _ = writeln!(t, "options_interval_secs = {}", self.pbx_options_interval_secs);
+        let _ = writeln!(t, "\n[numbers]");
+        for (m, r) in &self.to_teams {
+            let _ = writeln!(t, "[[numbers.to_teams]]\nmatch = {}\nreplace = {}", q(m), q(r));
+        }
+        for (m, r) in &self.to_pbx {
+            let _ = writeln!(t, "[[numbers.to_pbx]]\nmatch = {}\nreplace = {}", q(m), q(r));
+        }
+        for (m, trunk) in &self.routes {
+            let _ = writeln!(t, "\n[[routes]]\nmatch = {}\ntrunk = {}", q(m), q(trunk));
+        }
+        let _ = writeln!(t, "\n[timers]");
+        let _ = writeln!(t, "t1_ms = 500\nt2_ms = 4000\nt4_ms = 5000");
+        let _ = writeln!(t, "session_expires_secs = {}", self.session_expires_secs);
+        let _ = writeln!(t, "min_se_secs = {}", self.min_se_secs);
+        if !self.extra_toml.is_empty() {
+            let _ = writeln!(t, "\n{}", self.extra_toml);
+        }
+        t
+    }
+}
+
+/// `sip.pstnhub.microsoft.com`, `sip2...`, `sip3...`, `sip4...`
+pub fn proxy_host(i: usize) -> String {
+    if i == 0 {
+        "sip.pstnhub.microsoft.com".to_string()
+    } else {
+        format!("sip{}.pstnhub.microsoft.com", i + 1)
+    }
+}
+
+/// A TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
