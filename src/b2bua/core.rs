@@ -1673,11 +1673,17 @@ impl B2bua {
         self.send_in_dialog(cid, req, hop, Purpose::Notify, now);
     }
 
-    /// The transfer target answered: connect the remaining party to it with a re-INVITE.
+    /// The transfer target answered: report it to the transferor (NOTIFY 200, its leg ends)
+    /// and connect the remaining party to the target with a re-INVITE.
     fn transfer_target_answered(&mut self, cid: CallId, new_leg: LegId, resp: &Response, now: Instant) {
-        let Some(call) = self.calls.get(&cid) else { return };
-        let Some(refer) = call.refer.clone() else { return };
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let Some(refer) = call.refer.take() else { return };
         let Some(remaining) = Self::other_leg(call, refer.transferor) else { return };
+        call.pair = (remaining, new_leg);
+        self.notify_sipfrag(cid, refer.transferor, "SIP/2.0 200 OK", true, now);
+        self.bye_leg(cid, refer.transferor, now);
+        tracing::info!(call = cid, target = %refer.target, "transfer answered; reconnecting the remaining party");
+        self.events.push_back(CallEvent::Transferred { call: cid, target: refer.target });
         let Some((mut req, hop)) = self.dialog_request(cid, remaining, Method::Invite) else { return };
         req.headers.push("Supported", build::SUPPORTED);
         if !resp.body.is_empty() {
@@ -1698,7 +1704,7 @@ impl B2bua {
             c.legs[to_leg].offer_pending = false;
         }
         let Some(call) = self.calls.get(&cid) else { return };
-        if resp.is_success() && call.legs[to_leg].last_ack.is_some() && call.pair == (to_leg, new_leg) {
+        if resp.is_success() && call.legs[to_leg].last_ack.is_some() && call.pair == (to_leg, new_leg) && answer.is_some() {
             // Retransmitted 2xx.
             if let Some(data) = call.legs[to_leg].last_ack.clone() {
                 let hop = call.legs[to_leg].hop.clone();
@@ -1715,9 +1721,8 @@ impl B2bua {
                     }
                 }
                 None => {
-                    // The remaining party refused the new media: hang up the new leg.
-                    self.bye_leg(cid, new_leg, now);
-                    self.transfer_failed(cid, resp.status, now);
+                    // The remaining party refused the new media: the call cannot go on.
+                    self.end_call(cid, None, EndReason::Rejected(resp.status), now);
                 }
             }
             return;
@@ -1757,13 +1762,7 @@ impl B2bua {
                 }
                 self.events.push_back(CallEvent::Transferred { call: cid, target: String::from("replaces") });
             }
-            None => {
-                let Some(refer) = self.calls.get_mut(&cid).and_then(|c| c.refer.take()) else { return };
-                self.notify_sipfrag(cid, refer.transferor, "SIP/2.0 200 OK", true, now);
-                self.bye_leg(cid, refer.transferor, now);
-                tracing::info!(call = cid, target = %refer.target, "transfer completed");
-                self.events.push_back(CallEvent::Transferred { call: cid, target: refer.target });
-            }
+            None => tracing::info!(call = cid, "transfer completed"),
         }
     }
 

@@ -99,7 +99,9 @@ impl ConnHandle {
         }
         match &self.tx {
             Sender::Stream(tx) => tx.send(data).map_err(|_| PeerError::Closed),
-            Sender::Udp(sock) => sock.try_send_to(&data, self.remote).map(|_| ()).map_err(PeerError::Io),
+            // A direct send on the socket: tokio's try_send_to reports WouldBlock until the reactor
+            // has seen the socket writable once, which a fresh socket has not.
+            Sender::Udp(sock) => socket2::SockRef::from(&**sock).send_to(&data, &self.remote.into()).map(|_| ()).map_err(PeerError::Io),
         }
     }
     pub fn send_msg(&self, m: &Message) -> Result<(), PeerError> {
