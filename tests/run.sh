@@ -28,7 +28,10 @@ apt_install() {
 if ! command -v sipp >/dev/null 2>&1; then
     echo "tests/run.sh: installing SIPp (sip-tester)" >&2
     if command -v apt-get >/dev/null 2>&1; then
-        apt_install sip-tester || echo "tests/run.sh: could not install sip-tester; SIPp tests will be skipped" >&2
+        if ! apt_install sip-tester; then
+            echo "tests/run.sh: could not install sip-tester" >&2
+            [ -z "${CI:-}" ] || exit 1
+        fi
     else
         echo "tests/run.sh: no apt-get; SIPp tests will be skipped" >&2
     fi
