@@ -232,7 +232,8 @@ pub fn rewrite_offer(
     profile_to: &CodecProfile,
     session: &mut SdpSession,
 ) -> Result<(Sdp, RemoteMedia), MediaError> {
-    let idx = audio_index(offer).ok_or_else(|| MediaError::NotAcceptable(format!("no audio stream in the offer from {from}")))?;
+    let idx = audio_index(offer)
+        .ok_or_else(|| MediaError::NotAcceptable(format!("no audio stream in the offer from {from}")))?;
     let m = &offer.media[idx];
     let remote = offer_remote_media(offer)?;
 
@@ -280,8 +281,10 @@ pub fn rewrite_answer(
     original_offer: &Sdp,
     session: &mut SdpSession,
 ) -> Result<(Sdp, RemoteMedia), MediaError> {
-    let sent_idx = audio_index(offer_sent_to_from).ok_or_else(|| MediaError::BadSdp("our offer has no audio stream".into()))?;
-    let orig_idx = audio_index(original_offer).ok_or_else(|| MediaError::BadSdp("the original offer has no audio stream".into()))?;
+    let sent_idx =
+        audio_index(offer_sent_to_from).ok_or_else(|| MediaError::BadSdp("our offer has no audio stream".into()))?;
+    let orig_idx = audio_index(original_offer)
+        .ok_or_else(|| MediaError::BadSdp("the original offer has no audio stream".into()))?;
     let sent = &offer_sent_to_from.media[sent_idx];
     let orig = &original_offer.media[orig_idx];
     let am = answer
@@ -328,7 +331,9 @@ pub fn rewrite_answer(
         });
     }
     if !codecs.iter().any(|c| !c.is_dtmf() && !c.is_cn()) {
-        return Err(MediaError::NotAcceptable(format!("no codec of the answer from {from} maps to the offer from {to}")));
+        return Err(MediaError::NotAcceptable(format!(
+            "no codec of the answer from {from} maps to the offer from {to}"
+        )));
     }
 
     // Our key toward the offerer, under the tag and suite of the crypto line we accepted.
@@ -345,7 +350,12 @@ pub fn rewrite_answer(
     };
 
     let hold = is_unspecified(answer.media_connection(sent_idx).as_ref());
-    let direction = effective_direction(answer.media_direction(sent_idx), hold);
+    // RFC 3264 6.1: what the answer allows, within what the original offer allowed.
+    let offered = effective_direction(
+        original_offer.media_direction(orig_idx),
+        is_unspecified(original_offer.media_connection(orig_idx).as_ref()),
+    );
+    let direction = intersect(effective_direction(answer.media_direction(sent_idx), hold), offered.answer());
     let offered_ice = orig.ice_ufrag().or(original_offer.ice_ufrag()).is_some();
     let ice = to_local.ice.as_ref().filter(|_| offered_ice);
 
@@ -386,7 +396,9 @@ impl Codec {
         self.encoding.eq_ignore_ascii_case("CN")
     }
     fn same_codec(&self, r: &RtpMap) -> bool {
-        self.encoding.eq_ignore_ascii_case(&r.encoding) && self.clock_rate == r.clock_rate && self.channels == r.channels.unwrap_or(1)
+        self.encoding.eq_ignore_ascii_case(&r.encoding)
+            && self.clock_rate == r.clock_rate
+            && self.channels == r.channels.unwrap_or(1)
     }
 }
 
@@ -503,6 +515,16 @@ fn effective_direction(d: Direction, unspecified_addr: bool) -> Direction {
     }
 }
 
+/// The direction allowing only what both allow.
+fn intersect(a: Direction, b: Direction) -> Direction {
+    match (a.sends() && b.sends(), a.receives() && b.receives()) {
+        (true, true) => Direction::SendRecv,
+        (true, false) => Direction::SendOnly,
+        (false, true) => Direction::RecvOnly,
+        (false, false) => Direction::Inactive,
+    }
+}
+
 /// What the sender of `sdp` told us about media section `idx`.
 fn remote_of(sdp: &Sdp, idx: usize, rtcp_mux: bool, srtp: Option<SrtpKey>) -> Result<RemoteMedia, MediaError> {
     let m = sdp.media.get(idx).ok_or_else(|| MediaError::BadSdp("no such media section".into()))?;
@@ -528,7 +550,9 @@ fn remote_of(sdp: &Sdp, idx: usize, rtcp_mux: bool, srtp: Option<SrtpKey>) -> Re
     let ufrag = m.ice_ufrag().or(sdp.ice_ufrag());
     let pwd = m.ice_pwd().or(sdp.ice_pwd());
     let ice = match (ufrag, pwd) {
-        (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => Some(IceCredentials { ufrag: u.to_string(), pwd: p.to_string() }),
+        (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => {
+            Some(IceCredentials { ufrag: u.to_string(), pwd: p.to_string() })
+        }
         _ => None,
     };
     Ok(RemoteMedia {
@@ -571,7 +595,12 @@ fn audio_section(
     let mut m = Media::new("audio", local.rtp.port(), proto, &pts);
     for c in codecs {
         let channels = (c.channels != 1).then_some(c.channels);
-        m.set_rtpmap(&RtpMap { payload_type: c.pt, encoding: SipStr::from(c.encoding.as_str()), clock_rate: c.clock_rate, channels });
+        m.set_rtpmap(&RtpMap {
+            payload_type: c.pt,
+            encoding: SipStr::from(c.encoding.as_str()),
+            clock_rate: c.clock_rate,
+            channels,
+        });
         if let Some(f) = c.fmtp.as_deref().filter(|f| !f.is_empty()) {
             m.set_fmtp(c.pt, f);
         }
@@ -583,10 +612,11 @@ fn audio_section(
         m.set_attr("maxptime", p);
     }
     m.set_direction(direction);
-    let rtcp_port = if rtcp_mux && !offer { local.rtp.port() } else { local.rtcp.port() };
+    let muxed_answer = rtcp_mux && !offer;
+    let rtcp_port = if muxed_answer { local.rtp.port() } else { local.rtcp.port() };
     // A component 2 candidate for a separate RTCP port: in offers (fallback if mux is
     // refused) and in answers that do not mux.
-    let separate_rtcp = local.rtcp != local.rtp && !(rtcp_mux && !offer);
+    let separate_rtcp = !muxed_answer && local.rtcp != local.rtp;
     if rtcp_mux {
         // RFC 5761 5.1.3: in an offer a=rtcp names the fallback port; in an answer that
         // accepts mux, the RTP port.

@@ -147,10 +147,38 @@ fn g711_g722_profile() -> CodecProfile {
 #[ignore]
 fn print_samples() {
     let offer = sdp(TEAMS_OFFER);
-    let (sent, _) = rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1)).unwrap();
-    let (back, _) = rewrite_answer(&sdp(PBX_ANSWER), Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut SdpSession::new(2)).unwrap();
-    let (o2, _) = rewrite_offer(&sdp(PBX_OFFER), Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut SdpSession::new(3)).unwrap();
-    let (a2, _) = rewrite_answer(&sdp(TEAMS_ANSWER), Trunk::Teams, &pbx_local(), Trunk::Pbx, &o2, &sdp(PBX_OFFER), &mut SdpSession::new(4)).unwrap();
+    let (sent, _) =
+        rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1))
+            .unwrap();
+    let (back, _) = rewrite_answer(
+        &sdp(PBX_ANSWER),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &sent,
+        &offer,
+        &mut SdpSession::new(2),
+    )
+    .unwrap();
+    let (o2, _) = rewrite_offer(
+        &sdp(PBX_OFFER),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut SdpSession::new(3),
+    )
+    .unwrap();
+    let (a2, _) = rewrite_answer(
+        &sdp(TEAMS_ANSWER),
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &o2,
+        &sdp(PBX_OFFER),
+        &mut SdpSession::new(4),
+    )
+    .unwrap();
     for s in [&sent, &back, &o2, &a2] {
         println!("{}---- {} bytes", text(s), encoded_len(s));
     }
@@ -190,7 +218,22 @@ fn teams_offer_to_pbx_is_plain_small_and_ours() {
     assert_eq!(m.direction(), Some(Direction::SendRecv));
 
     // Nothing of SRTP, ICE, mux, Teams extensions; RTCP on port+1 (no a=rtcp needed).
-    for gone in ["crypto", "ice-", "candidate", "rtcp-mux", "x-ssrc-range", "label", "rtcp-fb", "extmap", "rtcp-rsize", "SILK", "SIREN", "RED", "CN/", "b=CT"] {
+    for gone in [
+        "crypto",
+        "ice-",
+        "candidate",
+        "rtcp-mux",
+        "x-ssrc-range",
+        "label",
+        "rtcp-fb",
+        "extmap",
+        "rtcp-rsize",
+        "SILK",
+        "SIREN",
+        "RED",
+        "CN/",
+        "b=CT",
+    ] {
         assert!(!t.contains(gone), "{gone} left in {t}");
     }
     assert!(m.rtcp().is_none());
@@ -216,15 +259,22 @@ fn teams_offer_to_pbx_is_plain_small_and_ours() {
 #[test]
 fn pbx_default_profile_caps_codecs() {
     let offer = sdp(TEAMS_OFFER);
-    let (out, _) =
-        rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &CodecProfile::pbx_default(), &mut SdpSession::new(1))
-            .unwrap();
+    let (out, _) = rewrite_offer(
+        &offer,
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &CodecProfile::pbx_default(),
+        &mut SdpSession::new(1),
+    )
+    .unwrap();
     // G722, G729 (with its fmtp), PCMU, PCMA: four codecs, then telephone-event.
     let m = &out.media[0];
     assert_eq!(m.formats.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["9", "18", "0", "8", "101"]);
     assert_eq!(m.fmtp(18), Some("annexb=no"));
     let limited = CodecProfile { max_codecs: Some(1), ..CodecProfile::pbx_default() };
-    let (out, _) = rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &limited, &mut SdpSession::new(1)).unwrap();
+    let (out, _) =
+        rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &limited, &mut SdpSession::new(1)).unwrap();
     assert_eq!(out.media[0].formats.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["9", "101"]);
 }
 
@@ -292,8 +342,10 @@ fn answer_183_and_200_are_identical() {
     let (sent, _) =
         rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut pbx_session).unwrap();
     let answer = sdp(PBX_ANSWER);
-    let (a183, _) = rewrite_answer(&answer, Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut teams_session).unwrap();
-    let (a200, _) = rewrite_answer(&answer, Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut teams_session).unwrap();
+    let (a183, _) =
+        rewrite_answer(&answer, Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut teams_session).unwrap();
+    let (a200, _) =
+        rewrite_answer(&answer, Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut teams_session).unwrap();
     let ice_lines = |s: &Sdp| -> Vec<String> {
         text(s).lines().filter(|l| l.starts_with("a=ice") || l.starts_with("a=candidate")).map(String::from).collect()
     };
@@ -315,11 +367,26 @@ fn answer_keeps_offer_m_line_count_and_rejects_others() {
     );
     for (src, audio_at) in [(with_video.as_str(), 0), (video_first.as_str(), 1)] {
         let offer = sdp(src);
-        let (sent, _) =
-            rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1)).unwrap();
+        let (sent, _) = rewrite_offer(
+            &offer,
+            Trunk::Teams,
+            &pbx_local(),
+            Trunk::Pbx,
+            &g711_g722_profile(),
+            &mut SdpSession::new(1),
+        )
+        .unwrap();
         assert_eq!(sent.media.len(), 1, "only audio is offered on");
-        let (out, _) =
-            rewrite_answer(&sdp(PBX_ANSWER), Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut SdpSession::new(2)).unwrap();
+        let (out, _) = rewrite_answer(
+            &sdp(PBX_ANSWER),
+            Trunk::Pbx,
+            &teams_local(),
+            Trunk::Teams,
+            &sent,
+            &offer,
+            &mut SdpSession::new(2),
+        )
+        .unwrap();
         assert_eq!(out.media.len(), 2);
         let video = &out.media[1 - audio_at];
         assert_eq!(&*video.media, "video");
@@ -339,7 +406,8 @@ fn pbx_offer_to_teams_has_srtp_ice_lite_and_mux() {
     let offer = sdp(PBX_OFFER);
     let mut teams_session = SdpSession::new(77);
     let (out, pbx_remote) =
-        rewrite_offer(&offer, Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut teams_session).unwrap();
+        rewrite_offer(&offer, Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut teams_session)
+            .unwrap();
     let t = text(&out);
     assert!(out.ice_lite());
     let m = &out.media[0];
@@ -375,7 +443,8 @@ fn teams_answer_back_to_pbx() {
     let mut teams_session = SdpSession::new(77);
     let mut pbx_session = SdpSession::new(78);
     let (sent, _) =
-        rewrite_offer(&offer, Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut teams_session).unwrap();
+        rewrite_offer(&offer, Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut teams_session)
+            .unwrap();
     let answer = sdp(TEAMS_ANSWER);
     let (out, teams_remote) =
         rewrite_answer(&answer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &sent, &offer, &mut pbx_session).unwrap();
@@ -403,16 +472,26 @@ fn teams_answer_back_to_pbx() {
 #[test]
 fn teams_answer_without_usable_crypto_is_refused() {
     let offer = sdp(PBX_OFFER);
-    let (sent, _) =
-        rewrite_offer(&offer, Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut SdpSession::new(1)).unwrap();
+    let (sent, _) = rewrite_offer(
+        &offer,
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut SdpSession::new(1),
+    )
+    .unwrap();
     let plain = TEAMS_ANSWER.replace("RTP/SAVP", "RTP/AVP");
-    let r = rewrite_answer(&sdp(&plain), Trunk::Teams, &pbx_local(), Trunk::Pbx, &sent, &offer, &mut SdpSession::new(2));
+    let r =
+        rewrite_answer(&sdp(&plain), Trunk::Teams, &pbx_local(), Trunk::Pbx, &sent, &offer, &mut SdpSession::new(2));
     assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
     let bad_key = TEAMS_ANSWER.replace("inline:WVNf", "inline:!!!!");
-    let r = rewrite_answer(&sdp(&bad_key), Trunk::Teams, &pbx_local(), Trunk::Pbx, &sent, &offer, &mut SdpSession::new(2));
+    let r =
+        rewrite_answer(&sdp(&bad_key), Trunk::Teams, &pbx_local(), Trunk::Pbx, &sent, &offer, &mut SdpSession::new(2));
     assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
     let rejected = TEAMS_ANSWER.replace("m=audio 52000", "m=audio 0");
-    let r = rewrite_answer(&sdp(&rejected), Trunk::Teams, &pbx_local(), Trunk::Pbx, &sent, &offer, &mut SdpSession::new(2));
+    let r =
+        rewrite_answer(&sdp(&rejected), Trunk::Teams, &pbx_local(), Trunk::Pbx, &sent, &offer, &mut SdpSession::new(2));
     assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
 }
 
@@ -422,14 +501,28 @@ fn teams_answer_without_usable_crypto_is_refused() {
 #[test]
 fn pbx_hold_with_zero_address_becomes_sendonly_toward_teams() {
     let mut teams_session = SdpSession::new(5);
-    let (first, _) =
-        rewrite_offer(&sdp(PBX_OFFER), Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut teams_session).unwrap();
+    let (first, _) = rewrite_offer(
+        &sdp(PBX_OFFER),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut teams_session,
+    )
+    .unwrap();
     assert_eq!(first.origin().unwrap().session_version, 1);
 
     // RFC 2543 hold: c=0.0.0.0 with sendrecv.
     let hold = PBX_OFFER.replace("c=IN IP4 10.10.20.6", "c=IN IP4 0.0.0.0");
-    let (out, remote) =
-        rewrite_offer(&sdp(&hold), Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut teams_session).unwrap();
+    let (out, remote) = rewrite_offer(
+        &sdp(&hold),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut teams_session,
+    )
+    .unwrap();
     let t = text(&out);
     assert!(!t.contains("0.0.0.0"), "{t}");
     assert_eq!(out.connection().unwrap().ip(), Some("127.0.0.2".parse().unwrap()));
@@ -444,15 +537,29 @@ fn pbx_hold_with_zero_address_becomes_sendonly_toward_teams() {
 
     // c=0.0.0.0 with a=inactive (or recvonly): inactive.
     let inactive = hold.replace("a=sendrecv", "a=inactive");
-    let (out, remote) =
-        rewrite_offer(&sdp(&inactive), Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut teams_session).unwrap();
+    let (out, remote) = rewrite_offer(
+        &sdp(&inactive),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut teams_session,
+    )
+    .unwrap();
     assert_eq!(out.media[0].direction(), Some(Direction::Inactive));
     assert!(!remote.sends && !remote.receives);
     assert_eq!(out.origin().unwrap().session_version, 3);
 
     // Resume: back to sendrecv, version 4, same id.
-    let (out, remote) =
-        rewrite_offer(&sdp(PBX_OFFER), Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut teams_session).unwrap();
+    let (out, remote) = rewrite_offer(
+        &sdp(PBX_OFFER),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut teams_session,
+    )
+    .unwrap();
     assert_eq!(out.media[0].direction(), Some(Direction::SendRecv));
     assert!(remote.sends && remote.receives);
     let o = out.origin().unwrap();
@@ -465,8 +572,15 @@ fn pbx_hold_with_zero_address_becomes_sendonly_toward_teams() {
 #[test]
 fn teams_hold_keeps_direction_toward_pbx() {
     let hold = TEAMS_OFFER.replace("a=ptime:20\r\n", "a=ptime:20\r\na=sendonly\r\n");
-    let (out, remote) =
-        rewrite_offer(&sdp(&hold), Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1)).unwrap();
+    let (out, remote) = rewrite_offer(
+        &sdp(&hold),
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &g711_g722_profile(),
+        &mut SdpSession::new(1),
+    )
+    .unwrap();
     assert_eq!(out.media[0].direction(), Some(Direction::SendOnly));
     assert_eq!(out.connection().unwrap().ip(), Some("127.0.0.1".parse().unwrap()));
     assert!(remote.sends && !remote.receives);
@@ -475,9 +589,31 @@ fn teams_hold_keeps_direction_toward_pbx() {
     // The PBX answers recvonly: the answer to Teams says recvonly.
     let (sent, _) = (out.clone(), ());
     let ans = PBX_ANSWER.replace("a=sendrecv", "a=recvonly");
-    let (back, pbx_remote) = rewrite_answer(&sdp(&ans), Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &sdp(&hold), &mut SdpSession::new(2)).unwrap();
+    let (back, pbx_remote) = rewrite_answer(
+        &sdp(&ans),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &sent,
+        &sdp(&hold),
+        &mut SdpSession::new(2),
+    )
+    .unwrap();
     assert_eq!(back.media[0].direction(), Some(Direction::RecvOnly));
     assert!(!pbx_remote.sends && pbx_remote.receives);
+
+    // A careless answerer saying sendrecv to a sendonly offer: Teams gets recvonly.
+    let (back, _) = rewrite_answer(
+        &sdp(PBX_ANSWER),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &sent,
+        &sdp(&hold),
+        &mut SdpSession::new(2),
+    )
+    .unwrap();
+    assert_eq!(back.media[0].direction(), Some(Direction::RecvOnly));
 }
 
 #[test]
@@ -496,8 +632,11 @@ fn version_increments_only_on_change_and_session_id_is_stable() {
     moved.rtp = addr("127.0.0.2:30010");
     moved.rtcp = addr("127.0.0.2:30011");
     let (d, _) = rewrite_offer(&sdp(&fewer), Trunk::Pbx, &moved, Trunk::Teams, &p, &mut s).unwrap();
-    let v: Vec<(String, u64)> =
-        [&a, &b, &c, &d].iter().map(|x| x.origin().unwrap()).map(|o| (o.session_id.to_string(), o.session_version)).collect();
+    let v: Vec<(String, u64)> = [&a, &b, &c, &d]
+        .iter()
+        .map(|x| x.origin().unwrap())
+        .map(|o| (o.session_id.to_string(), o.session_version))
+        .collect();
     assert_eq!(v, [("900".into(), 1), ("900".into(), 1), ("900".into(), 2), ("900".into(), 3)]);
     assert_eq!(s.version(), 3);
     assert_eq!(s.session_id(), 900);
@@ -509,37 +648,80 @@ fn version_increments_only_on_change_and_session_id_is_stable() {
 
 #[test]
 fn no_common_codec_is_not_acceptable() {
-    let silk_only = TEAMS_OFFER.replace(
-        "RTP/SAVP 104 9 103 111 18 0 8 97 101 13 118",
-        "RTP/SAVP 104 103 101 13",
+    let silk_only = TEAMS_OFFER.replace("RTP/SAVP 104 9 103 111 18 0 8 97 101 13 118", "RTP/SAVP 104 103 101 13");
+    let r = rewrite_offer(
+        &sdp(&silk_only),
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &g711_g722_profile(),
+        &mut SdpSession::new(1),
     );
-    let r = rewrite_offer(&sdp(&silk_only), Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1));
     assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
 
     // A format without rtpmap and without a static meaning is unknown, not a codec.
     let unknown = PBX_OFFER.replace("RTP/AVP 8 0 9 96", "RTP/AVP 98 96");
-    let r = rewrite_offer(&sdp(&unknown), Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut SdpSession::new(1));
+    let r = rewrite_offer(
+        &sdp(&unknown),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut SdpSession::new(1),
+    );
     assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
 
     // No audio at all.
     let no_audio = "v=0\r\no=x 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=image 4000 udptl t38\r\n";
-    let r = rewrite_offer(&sdp(no_audio), Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut SdpSession::new(1));
+    let r = rewrite_offer(
+        &sdp(no_audio),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut SdpSession::new(1),
+    );
     assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
 }
 
 #[test]
 fn srtp_offer_without_usable_crypto_is_not_acceptable() {
     // Only the MKI line left.
-    let mki_only: String = TEAMS_OFFER.lines().filter(|l| !l.starts_with("a=crypto:3") && !l.starts_with("a=crypto:4")).map(|l| format!("{l}\r\n")).collect();
-    let r = rewrite_offer(&sdp(&mki_only), Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1));
+    let mki_only: String = TEAMS_OFFER
+        .lines()
+        .filter(|l| !l.starts_with("a=crypto:3") && !l.starts_with("a=crypto:4"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let r = rewrite_offer(
+        &sdp(&mki_only),
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &g711_g722_profile(),
+        &mut SdpSession::new(1),
+    );
     assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
     // Only an AES_CM_128_HMAC_SHA1_32 line: accepted, and the answer echoes its suite.
-    let only32: String = TEAMS_OFFER.lines().filter(|l| !l.starts_with("a=crypto:2") && !l.starts_with("a=crypto:3")).map(|l| format!("{l}\r\n")).collect();
+    let only32: String = TEAMS_OFFER
+        .lines()
+        .filter(|l| !l.starts_with("a=crypto:2") && !l.starts_with("a=crypto:3"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
     let offer = sdp(&only32);
     let (sent, remote) =
-        rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1)).unwrap();
+        rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1))
+            .unwrap();
     assert_eq!(remote.srtp.as_ref().map(|k| (k.tag, k.suite)), Some((4, SrtpSuite::AesCm128HmacSha1_32)));
-    let (back, _) = rewrite_answer(&sdp(PBX_ANSWER), Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut SdpSession::new(2)).unwrap();
+    let (back, _) = rewrite_answer(
+        &sdp(PBX_ANSWER),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &sent,
+        &offer,
+        &mut SdpSession::new(2),
+    )
+    .unwrap();
     let c = back.media[0].cryptos();
     assert_eq!((c[0].tag, c[0].suite.as_str()), (4, "AES_CM_128_HMAC_SHA1_32"));
     // An SRTP offer and no local key toward that side: refused.
@@ -554,7 +736,8 @@ fn ice_restart_is_detected_from_new_credentials() {
     let first = offer_remote_media(&sdp(TEAMS_OFFER)).unwrap();
     let same = offer_remote_media(&sdp(TEAMS_OFFER)).unwrap();
     assert!(!ice_restart_requested(&first, &same));
-    let restarted = TEAMS_OFFER.replace("ice-ufrag:mQbN", "ice-ufrag:nEw1").replace(TEAMS_PWD, "NewPasswordNewPassword00");
+    let restarted =
+        TEAMS_OFFER.replace("ice-ufrag:mQbN", "ice-ufrag:nEw1").replace(TEAMS_PWD, "NewPasswordNewPassword00");
     let new = offer_remote_media(&sdp(&restarted)).unwrap();
     assert!(ice_restart_requested(&first, &new));
     let no_ice = offer_remote_media(&sdp(PBX_OFFER)).unwrap();
@@ -566,9 +749,12 @@ fn ice_restart_is_detected_from_new_credentials() {
 fn keys_never_in_debug_output() {
     let offer = sdp(TEAMS_OFFER);
     let (sent, teams_remote) =
-        rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1)).unwrap();
+        rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1))
+            .unwrap();
     let mut teams_session = SdpSession::new(2);
-    let (back, _) = rewrite_answer(&sdp(PBX_ANSWER), Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut teams_session).unwrap();
+    let (back, _) =
+        rewrite_answer(&sdp(PBX_ANSWER), Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut teams_session)
+            .unwrap();
     let ours = our_key_b64();
     let local = teams_local();
     let dumps = [
@@ -599,7 +785,15 @@ fn profile_matching() {
     assert!(p.allows("PCMA", 8000));
     assert!(!p.allows("PCMU", 8000));
     let t = CodecProfile::teams();
-    for (e, r) in [("PCMU", 8000), ("PCMA", 8000), ("G722", 8000), ("G729", 8000), ("SILK", 16000), ("telephone-event", 8000), ("CN", 8000)] {
+    for (e, r) in [
+        ("PCMU", 8000),
+        ("PCMA", 8000),
+        ("G722", 8000),
+        ("G729", 8000),
+        ("SILK", 16000),
+        ("telephone-event", 8000),
+        ("CN", 8000),
+    ] {
         assert!(t.allows(e, r), "{e}");
     }
     assert!(!t.allows("SIREN", 16000));
@@ -613,15 +807,29 @@ fn profile_matching() {
 fn static_payload_types_without_rtpmap_and_cn_toward_teams() {
     // A bare PBX offer: static PTs only, CN 13, no rtpmap lines.
     let bare = "v=0\r\no=PBX 1 1 IN IP4 10.10.20.5\r\ns=-\r\nc=IN IP4 10.10.20.6\r\nt=0 0\r\nm=audio 40000 RTP/AVP 18 8 13 101\r\na=rtpmap:101 telephone-event/8000\r\n";
-    let (out, _) =
-        rewrite_offer(&sdp(bare), Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut SdpSession::new(1)).unwrap();
+    let (out, _) = rewrite_offer(
+        &sdp(bare),
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut SdpSession::new(1),
+    )
+    .unwrap();
     let m = &out.media[0];
     assert_eq!(m.formats.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["18", "8", "13", "101"]);
     assert_eq!(m.rtpmaps().len(), 4, "rtpmap written for every format");
     assert_eq!(m.rtpmap(13).unwrap().encoding.as_str(), "CN");
     // Toward the PBX, CN is dropped by the default profile.
-    let (out, _) =
-        rewrite_offer(&sdp(bare), Trunk::Teams, &pbx_local(), Trunk::Pbx, &CodecProfile::pbx_default(), &mut SdpSession::new(1)).unwrap();
+    let (out, _) = rewrite_offer(
+        &sdp(bare),
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &CodecProfile::pbx_default(),
+        &mut SdpSession::new(1),
+    )
+    .unwrap();
     assert_eq!(out.media[0].formats.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["18", "8", "101"]);
 }
 
@@ -641,7 +849,150 @@ fn media_level_connection_wins_and_rtcp_attribute_is_read() {
 fn teams_local_with_muxed_rtcp_only_has_one_candidate() {
     let mut local = teams_local();
     local.rtcp = local.rtp;
-    let (out, _) = rewrite_offer(&sdp(PBX_OFFER), Trunk::Pbx, &local, Trunk::Teams, &CodecProfile::teams(), &mut SdpSession::new(1)).unwrap();
+    let (out, _) = rewrite_offer(
+        &sdp(PBX_OFFER),
+        Trunk::Pbx,
+        &local,
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut SdpSession::new(1),
+    )
+    .unwrap();
     assert_eq!(out.media[0].candidates().len(), 1);
     assert_eq!(out.media[0].rtcp().unwrap().port, 30000);
+}
+
+#[test]
+fn telephone_event_follows_kept_clock_rates() {
+    let two_te = TEAMS_OFFER.replace("RTP/SAVP 104 9 103 111 18 0 8 97 101 13 118", "RTP/SAVP 104 0 102 101").replace(
+        "a=rtpmap:101 telephone-event/8000\r\n",
+        "a=rtpmap:102 telephone-event/16000\r\na=rtpmap:101 telephone-event/8000\r\n",
+    );
+    let (out, _) = rewrite_offer(
+        &sdp(&two_te),
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &g711_g722_profile(),
+        &mut SdpSession::new(1),
+    )
+    .unwrap();
+    assert_eq!(out.media[0].formats.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["0", "101"]);
+    let wide = CodecProfile { allowed: vec!["SILK".into(), "PCMU".into()], strip_ice: false, max_codecs: None };
+    let (out, _) =
+        rewrite_offer(&sdp(&two_te), Trunk::Teams, &pbx_local(), Trunk::Pbx, &wide, &mut SdpSession::new(1)).unwrap();
+    assert_eq!(out.media[0].formats.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["104", "0", "102", "101"]);
+    assert_eq!(out.media[0].fmtp(104), Some("useinbandfec=1; usedtx=0"));
+    // A telephone-event at a rate no kept codec has is still kept (DTMF must pass).
+    let only16 = two_te.replace("RTP/SAVP 104 0 102 101", "RTP/SAVP 0 102");
+    let (out, _) = rewrite_offer(
+        &sdp(&only16),
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &g711_g722_profile(),
+        &mut SdpSession::new(1),
+    )
+    .unwrap();
+    assert_eq!(out.media[0].formats.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["0", "102"]);
+}
+
+#[test]
+fn answer_codecs_mapped_by_name_and_unknown_ones_dropped() {
+    let offer = sdp(TEAMS_OFFER);
+    let (sent, _) =
+        rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &g711_g722_profile(), &mut SdpSession::new(1))
+            .unwrap();
+    // The PBX renumbers G722 to 100, adds a codec never offered, omits the rtpmap of 101.
+    let odd = "v=0\r\no=P 1 1 IN IP4 10.10.20.5\r\ns=-\r\nc=IN IP4 10.10.20.6\r\nt=0 0\r\nm=audio 40002 RTP/AVP 100 4 101\r\na=rtpmap:100 g722/8000\r\n";
+    let (out, r) =
+        rewrite_answer(&sdp(odd), Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut SdpSession::new(2))
+            .unwrap();
+    assert_eq!(out.media[0].formats.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["9", "101"]);
+    assert_eq!(out.media[0].rtpmap(9).unwrap().encoding.as_str(), "G722", "the offerer's spelling");
+    assert_eq!(r.pt_map, vec![(100, 9)]);
+    // Only a codec never offered: nothing to map.
+    let none = odd.replace("RTP/AVP 100 4 101", "RTP/AVP 4");
+    let e =
+        rewrite_answer(&sdp(&none), Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut SdpSession::new(2));
+    assert!(matches!(e, Err(MediaError::NotAcceptable(_))), "{e:?}");
+    // No audio section in the answer.
+    let empty = "v=0\r\no=P 1 1 IN IP4 10.10.20.5\r\ns=-\r\nt=0 0\r\n";
+    let e =
+        rewrite_answer(&sdp(empty), Trunk::Pbx, &teams_local(), Trunk::Teams, &sent, &offer, &mut SdpSession::new(2));
+    assert!(matches!(e, Err(MediaError::BadSdp(_))), "{e:?}");
+}
+
+#[test]
+fn pbx_offering_rtcp_mux_gets_it() {
+    let offer = sdp(&PBX_OFFER.replace("a=sendrecv\r\n", "a=sendrecv\r\na=rtcp-mux\r\n"));
+    let (sent, pbx_remote) = rewrite_offer(
+        &offer,
+        Trunk::Pbx,
+        &teams_local(),
+        Trunk::Teams,
+        &CodecProfile::teams(),
+        &mut SdpSession::new(1),
+    )
+    .unwrap();
+    assert!(pbx_remote.rtcp_mux);
+    assert_eq!(pbx_remote.rtcp, pbx_remote.rtp);
+    let (out, _) = rewrite_answer(
+        &sdp(TEAMS_ANSWER),
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &sent,
+        &offer,
+        &mut SdpSession::new(2),
+    )
+    .unwrap();
+    assert!(out.media[0].rtcp_mux());
+    assert_eq!(out.media[0].rtcp().unwrap().port, 20000);
+    // Toward the PBX drbridge itself never offers mux.
+    let (o, _) = rewrite_offer(
+        &sdp(TEAMS_OFFER),
+        Trunk::Teams,
+        &pbx_local(),
+        Trunk::Pbx,
+        &CodecProfile::pbx_default(),
+        &mut SdpSession::new(3),
+    )
+    .unwrap();
+    assert!(!o.media[0].rtcp_mux());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    /// Whatever a parseable SDP says, the rewrite returns a value or an error, never panics.
+    #[test]
+    fn rewrite_never_panics(lines in proptest::collection::vec(
+        proptest::prop_oneof![
+            proptest::strategy::Just("m=audio 4000 RTP/SAVP 0 8 96 101".to_string()),
+            proptest::strategy::Just("m=audio 0 RTP/AVP 0".to_string()),
+            proptest::strategy::Just("m=video 5000 RTP/AVP 99".to_string()),
+            proptest::strategy::Just("c=IN IP4 0.0.0.0".to_string()),
+            proptest::strategy::Just("c=IN IP6 ::1".to_string()),
+            proptest::strategy::Just("a=rtcp-mux".to_string()),
+            proptest::strategy::Just("a=inactive".to_string()),
+            "a=rtpmap:[0-9]{1,3} [A-Za-z-]{1,8}/[0-9]{1,6}",
+            "a=rtcp:[0-9]{1,6}( IN IP4 [0-9.]{1,15})?",
+            "a=crypto:[0-9]{1,3} AES_CM_128_HMAC_SHA1_(80|32) inline:[A-Za-z0-9+/=|:^]{0,50}",
+            "a=ice-(ufrag|pwd):[a-z]{0,4}",
+            "c=IN IP4 [0-9.]{1,15}",
+        ], 0..12)) {
+        let mut text = String::from("v=0\r\no=x 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\n");
+        for l in &lines {
+            text.push_str(l);
+            text.push_str("\r\n");
+        }
+        if let Ok(offer) = Sdp::parse(Bytes::from(text.clone())) {
+            let _ = offer_remote_media(&offer);
+            if let Ok((sent, _)) = rewrite_offer(&offer, Trunk::Pbx, &teams_local(), Trunk::Teams, &CodecProfile::teams(), &mut SdpSession::new(1)) {
+                let _ = rewrite_answer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &sent, &offer, &mut SdpSession::new(2));
+                let _ = rewrite_answer(&sent, Trunk::Teams, &pbx_local(), Trunk::Pbx, &sent, &offer, &mut SdpSession::new(2));
+            }
+            let _ = rewrite_offer(&offer, Trunk::Teams, &pbx_local(), Trunk::Pbx, &CodecProfile::pbx_default(), &mut SdpSession::new(1));
+        }
+    }
 }
