@@ -9,6 +9,8 @@
 //! - the engine (sockets, packet path): a port pool per side, one relay per call, SRTP
 //!   protect/unprotect, STUN answers, latching. Controlled through [`MediaControl`] by `b2bua`.
 
+pub mod sdp;
+
 use crate::config::Trunk;
 use std::fmt;
 use std::net::SocketAddr;
