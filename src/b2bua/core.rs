@@ -1684,16 +1684,22 @@ impl B2bua {
         self.bye_leg(cid, refer.transferor, now);
         tracing::info!(call = cid, target = %refer.target, "transfer answered; reconnecting the remaining party");
         self.events.push_back(CallEvent::Transferred { call: cid, target: refer.target });
-        let Some((mut req, hop)) = self.dialog_request(cid, remaining, Method::Invite) else { return };
+        self.send_reconnect(cid, remaining, new_leg, resp.body.clone(), None, now);
+    }
+
+    /// A re-INVITE to the remaining party `to_leg` with the SDP of the leg that takes over
+    /// (transfer target, or the INVITE with Replaces answered on `answer`).
+    fn send_reconnect(&mut self, cid: CallId, to_leg: LegId, new_leg: LegId, sdp: Bytes, answer: Option<(ServerTxnId, Request)>, now: Instant) {
+        let Some((mut req, hop)) = self.dialog_request(cid, to_leg, Method::Invite) else { return };
         req.headers.push("Supported", build::SUPPORTED);
-        if !resp.body.is_empty() {
+        if !sdp.is_empty() {
             req.headers.push("Content-Type", "application/sdp");
-            req.body = resp.body.clone();
+            req.body = sdp;
         }
         if let Some(c) = self.calls.get_mut(&cid) {
-            c.legs[remaining].offer_pending = true;
+            c.legs[to_leg].offer_pending = true;
         }
-        self.send_in_dialog(cid, req, hop, Purpose::Reconnect { to_leg: remaining, new_leg, answer: None }, now);
+        self.send_in_dialog(cid, req, hop, Purpose::Reconnect { to_leg, new_leg, answer }, now);
     }
 
     fn reconnect_response(&mut self, cid: CallId, to_leg: LegId, new_leg: LegId, answer: Option<(ServerTxnId, Request)>, resp: Response, now: Instant) {
@@ -1803,17 +1809,9 @@ impl B2bua {
         let new_leg = call.legs.len() - 1;
         call.open_stx.push((stx, req.clone()));
         self.dialogs.insert(key, (cid, new_leg));
-        let Some((mut out, hop)) = self.dialog_request(cid, remaining, Method::Invite) else { return };
-        out.headers.push("Supported", build::SUPPORTED);
-        if !req.body.is_empty() {
-            out.headers.push("Content-Type", "application/sdp");
-            out.body = req.body.clone();
-        }
-        if let Some(c) = self.calls.get_mut(&cid) {
-            c.legs[remaining].offer_pending = true;
-        }
         tracing::info!(call = cid, "INVITE with Replaces: reconnecting");
-        self.send_in_dialog(cid, out, hop, Purpose::Reconnect { to_leg: remaining, new_leg, answer: Some((stx, req)) }, now);
+        let sdp = req.body.clone();
+        self.send_reconnect(cid, remaining, new_leg, sdp, Some((stx, req)), now);
     }
 }
 
