@@ -112,6 +112,8 @@ pub enum EndReason {
     SessionExpired,
     Transferred,
     Replaced,
+    /// No RTP/RTCP on either leg for the configured time.
+    MediaTimeout,
 }
 
 /// One write for the transport.
