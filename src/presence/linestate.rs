@@ -666,7 +666,7 @@ numbers = ["+4681234801"]
         tb.on_call_event(&CallEvent::Resumed { call: 7, by: Side::Teams }, t(3));
         tb.on_call_event(&CallEvent::Ended { call: 7, caller: a, callee: c, reason: EndReason::Bye(Side::Pbx) }, t(4));
         let mut got = changes(&mut tb);
-        got.sort();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(got, [ch("anna@lab.test", None), ch("carl@lab.test", None)]);
         assert_eq!(tb.view(&id("anna@lab.test")).unwrap().devices.len(), 0);
         assert!(tb.users.is_empty() && tb.calls.is_empty() && tb.expiries.is_empty());

@@ -55,3 +55,49 @@ pub enum PresenceError {
     #[error("presence store {path}: {reason}")]
     Store { path: String, reason: String },
 }
+
+#[cfg(test)]
+mod tests {
+    //! The cores together, as the edges will drive them.
+    use super::*;
+    use crate::b2bua::{CallEvent, EndReason, Side};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, UNIX_EPOCH};
+
+    #[test]
+    fn notify_to_change_to_store() {
+        let dir = UserDirectory::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/users.toml")).unwrap();
+        let dir = Arc::new(dir);
+        let mut table = PresenceTable::new(dir.clone(), Mapping::default(), linestate::TableLimits::default());
+        let mut subs = SubscriptionSet::new(subscription::SubscriptionConfig::default());
+        let store = MemoryStore::new();
+        let (t0, w0) = (Instant::now(), UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        subs.sync(dir.extensions().map(|(e, _)| e), t0);
+        subs.handle_timeout(t0);
+        let actions: Vec<SubscribeAction> = std::iter::from_fn(|| subs.poll_action()).collect();
+        assert_eq!(actions.len(), 4, "4711 and 4712, dialog and presence");
+        let pres = actions.iter().find(|a| a.extension == "4711" && a.package == EventPackage::Presence).unwrap();
+        subs.on_response(pres.id, 200, Some(3600), t0);
+        // A PIDF NOTIFY with DND from the PBX makes DoNotDisturb/Presenting.
+        let body = br#"<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" entity="sip:4711@pbx"><tuple id="t"><status><basic>open</basic></status></tuple><dm:person id="p"><dm:note>Do Not Disturb</dm:note></dm:person></presence>"#;
+        let up = subs.on_notify(pres.id, "active;expires=3600", body, t0).unwrap().unwrap();
+        table.on_line_update(&up, w0);
+        // A call through drbridge between two other users.
+        table.on_call_event(&CallEvent::Answered { call: 1, caller: "+4681234712".into(), callee: "+4681234801".into() }, w0);
+        let mut pending = Vec::new();
+        while let Some(c) = table.poll_change() {
+            pending.push((c.user, c.new));
+        }
+        store.set_pending(&pending, w0).unwrap();
+        let anna = UserId::new("anna.andersson@lab.drbridge.test");
+        assert_eq!(store.get(&anna).unwrap().unwrap().pending.unwrap().presence, Some(TeamsPresence::DO_NOT_DISTURB));
+        assert_eq!(store.all().unwrap().len(), 3);
+        table.on_call_event(
+            &CallEvent::Ended { call: 1, caller: "+4681234712".into(), callee: "+4681234801".into(), reason: EndReason::Bye(Side::Teams) },
+            w0 + Duration::from_secs(5),
+        );
+        let after: Vec<_> = std::iter::from_fn(|| table.poll_change()).map(|c| (c.user.to_string(), c.new, c.at)).collect();
+        assert_eq!(after.len(), 2);
+        assert!(after.iter().all(|(_, new, at)| new.is_none() && *at == w0 + Duration::from_secs(5)));
+    }
+}

@@ -190,6 +190,9 @@ struct Sub {
     expires_at: Option<Instant>,
     /// The timer of this subscription.
     due: Option<Instant>,
+    /// When what this subscription last reported stops being trustworthy (the granted expiry
+    /// of the last good subscription); a new subscription's first NOTIFY replaces it before.
+    lapse_at: Option<Instant>,
     failures: u32,
 }
 
@@ -200,6 +203,7 @@ pub struct SubscriptionSet {
     subs: BTreeMap<SubId, Sub>,
     by_key: HashMap<(String, EventPackage), SubId>,
     timers: BTreeSet<(Instant, SubId)>,
+    lapses: BTreeSet<(Instant, SubId)>,
     actions: VecDeque<SubscribeAction>,
     updates: VecDeque<LineUpdate>,
     next_id: u64,
@@ -214,6 +218,7 @@ impl SubscriptionSet {
             subs: BTreeMap::new(),
             by_key: HashMap::new(),
             timers: BTreeSet::new(),
+            lapses: BTreeSet::new(),
             actions: VecDeque::new(),
             updates: VecDeque::new(),
             next_id: 1,
@@ -253,6 +258,7 @@ impl SubscriptionSet {
                 expires_req: self.cfg.expires,
                 expires_at: None,
                 due: None,
+                lapse_at: None,
                 failures: 0,
             };
             self.subs.insert(id, sub);
@@ -265,6 +271,7 @@ impl SubscriptionSet {
         for &package in self.cfg.packages {
             let Some(id) = self.by_key.remove(&(extension.to_string(), package)) else { continue };
             self.disarm(id);
+            self.lapse_now(id);
             if let Some(s) = self.subs.remove(&id) {
                 if s.dialog {
                     self.actions.push_back(SubscribeAction {
@@ -308,10 +315,25 @@ impl SubscriptionSet {
     // ---- time -------------------------------------------------------------------------------
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(t, _)| *t)
+        let a = self.timers.first().map(|(t, _)| *t);
+        let b = self.lapses.first().map(|(t, _)| *t);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(t, id)) = self.lapses.first() {
+            if t > now {
+                break;
+            }
+            self.lapses.pop_first();
+            if let Some(s) = self.subs.get_mut(&id) {
+                s.lapse_at = None;
+                self.updates.push_back(LineUpdate::Lapsed { extension: s.extension.clone(), package: s.package });
+            }
+        }
         while let Some(&(t, id)) = self.timers.first() {
             if t > now {
                 break;
@@ -326,14 +348,7 @@ impl SubscriptionSet {
                     let kind = s.sent;
                     self.failed(id, kind == Some(SubscribeKind::Refresh), now);
                 }
-                Phase::Active => {
-                    if s.expires_at.is_some_and(|e| e <= now) {
-                        // Expired without a successful refresh.
-                        self.lapse(id, now);
-                    } else {
-                        self.send(id, SubscribeKind::Refresh, now);
-                    }
-                }
+                Phase::Active => self.send(id, SubscribeKind::Refresh, now),
             }
         }
     }
@@ -364,7 +379,8 @@ impl SubscriptionSet {
             200..=299 => {
                 let granted = expires.unwrap_or(s.expires_req).min(s.expires_req.max(1));
                 if granted == 0 {
-                    self.lapse(id, now);
+                    self.lapse_now(id);
+                    self.failed(id, refresh, now);
                     return;
                 }
                 s.dialog = true;
@@ -440,9 +456,11 @@ impl SubscriptionSet {
                             Self::backoff(&self.cfg, id, s.failures)
                         }
                     },
-                    // rejected, noresource, invariant, unknown: do not hammer.
+                    // rejected, noresource, invariant, unknown: do not hammer, and what the
+                    // subscription said is no longer maintained.
                     Some(_) => {
                         s.failures += 1;
+                        self.lapse_now(id);
                         self.cfg.backoff_max
                     }
                 };
@@ -521,44 +539,34 @@ impl SubscriptionSet {
         s.phase = Phase::Active;
         let g = Duration::from_secs(u64::from(granted));
         s.expires_at = Some(now + g);
+        if let Some(old) = s.lapse_at.replace(now + g) {
+            self.lapses.remove(&(old, id));
+        }
+        self.lapses.insert((now + g, id));
         let refresh = now + g * pct / 100;
         self.arm(id, refresh);
     }
 
-    /// A SUBSCRIBE failed (error response or timeout). A failed refresh while the subscription
-    /// still runs is retried as a new subscription; the subscription lapses only at its expiry.
+    /// A SUBSCRIBE failed (error response or timeout): a new subscription, at once the first
+    /// time, then with backoff. What the old one said stays valid until its lapse time.
     fn failed(&mut self, id: SubId, _refresh: bool, now: Instant) {
         let Some(s) = self.subs.get_mut(&id) else { return };
         s.failures += 1;
         s.dialog = false;
         s.sent = None;
-        let still = s.expires_at.filter(|e| *e > now);
-        let delay = if s.failures <= 1 { Duration::ZERO } else { Self::backoff(&self.cfg, id, s.failures - 1) };
-        let Some(s) = self.subs.get_mut(&id) else { return };
-        s.phase = Phase::Waiting;
-        match still {
-            // The old subscription may still be valid at the PBX; keep its state until expiry
-            // but start a new one now / after backoff. If the expiry comes first, it lapses.
-            Some(exp) if now + delay >= exp => {
-                s.expires_at = None;
-                self.updates.push_back(LineUpdate::Lapsed { extension: s.extension.clone(), package: s.package });
-                self.arm(id, now + delay);
-            }
-            _ => self.arm(id, now + delay),
-        }
-    }
-
-    /// The subscription ended without a replacement: forget its state and start anew.
-    fn lapse(&mut self, id: SubId, now: Instant) {
-        let Some(s) = self.subs.get_mut(&id) else { return };
-        self.updates.push_back(LineUpdate::Lapsed { extension: s.extension.clone(), package: s.package });
-        s.phase = Phase::Waiting;
-        s.dialog = false;
-        s.sent = None;
         s.expires_at = None;
-        s.failures += 1;
+        s.phase = Phase::Waiting;
         let delay = if s.failures <= 1 { Duration::ZERO } else { Self::backoff(&self.cfg, id, s.failures - 1) };
         self.arm(id, now + delay);
+    }
+
+    /// What the subscription said is void now.
+    fn lapse_now(&mut self, id: SubId) {
+        let Some(s) = self.subs.get_mut(&id) else { return };
+        if let Some(t) = s.lapse_at.take() {
+            self.lapses.remove(&(t, id));
+            self.updates.push_back(LineUpdate::Lapsed { extension: s.extension.clone(), package: s.package });
+        }
     }
 
     /// Exponential backoff for the `n`th retry (n >= 1), capped, with 0..25 % jitter derived
@@ -657,6 +665,8 @@ mod tests {
         assert_eq!(s.views(n2).iter().find(|v| v.id == d).unwrap().failures, 0);
         // terminated;reason=rejected: wait the cap.
         s.on_notify(d, "terminated;reason=rejected", b"", n2).unwrap();
+        // Rejected: what it said is void at once.
+        assert_eq!(s.poll_update(), Some(LineUpdate::Lapsed { extension: "4711".into(), package: EventPackage::Dialog }));
         assert_eq!(s.views(n2).iter().find(|v| v.id == d).unwrap().next_in_secs, Some(300));
         // probation with retry-after.
         s.handle_timeout(n2 + secs(300));
