@@ -130,6 +130,38 @@ pub fn aggregate<I: IntoIterator<Item = Signal>>(signals: I, m: &Mapping) -> Agg
     Aggregate { level, teams }
 }
 
+/// Teams -> PBX (bi-directional sync): the PBX user presence to set for a user's Teams presence
+/// as Graph reports it (`availability`, `activity` strings of a presence notification), or
+/// `None` for "leave the PBX as it is".
+///
+/// The MiCollab seed lists the Teams statuses the PBX side shows: "Available, Busy, Do Not
+/// Disturb, Away, Be Right Back, Offline". Mapped onto the PBX's five statuses: Available ->
+/// Available; Busy -> Busy (in a meeting / conference: Meeting); Do not disturb -> Not
+/// available (the inverse of [`Mapping::not_available`]'s default); Away, Be right back, Out of
+/// office -> Absent; Offline / unknown -> no change (a Teams client being closed says nothing
+/// about the desk phone user).
+///
+/// Echo: Graph reports the user's combined presence, which includes drbridge's own application
+/// session. When the reported availability is what drbridge itself publishes (`ours`), it is
+/// (most likely) the echo of the PBX's own state and is not sent back, or a PBX call would latch
+/// the PBX user status at Busy. The caller must also never feed what it sets on the PBX back in
+/// as a PBX user presence source of the same user (tag it and skip it).
+pub fn teams_to_pbx(availability: &str, activity: &str, ours: Option<TeamsPresence>) -> Option<PbxUserPresence> {
+    if ours.is_some_and(|p| p.availability().as_str().eq_ignore_ascii_case(availability)) {
+        return None;
+    }
+    let act = activity.to_ascii_lowercase();
+    Some(match availability.to_ascii_lowercase().as_str() {
+        "available" | "availableidle" => PbxUserPresence::Available,
+        "busy" | "busyidle" if act == "inameeting" || act == "inaconferencecall" => PbxUserPresence::Meeting,
+        "busy" | "busyidle" => PbxUserPresence::Busy,
+        "donotdisturb" => PbxUserPresence::NotAvailable,
+        "away" | "berightback" => PbxUserPresence::Absent,
+        _ if act == "outofoffice" => PbxUserPresence::Absent,
+        _ => return None,
+    })
+}
+
 /// A model of how Teams combines presence sessions, as the seeds and Graph's documentation
 /// describe it ("User-configured > app-configured"; "Among app-configured: Do not disturb > Busy
 /// > Available > Away"; no session: Offline). Used to check the seed's "what others see" column.
@@ -353,6 +385,24 @@ Available | Busy | Busy | Focus/Presenting | Do not disturb |";
         assert_eq!(agg(&[user("Not available")]).teams, Some(TeamsPresence::DO_NOT_DISTURB));
         let m = Mapping { not_available: PresenceLevel::Away, ..Mapping::default() };
         assert_eq!(aggregate([user("Not available")], &m).teams, Some(TeamsPresence::AWAY));
+    }
+
+    #[test]
+    fn teams_to_pbx_direction() {
+        use PbxUserPresence as U;
+        assert_eq!(teams_to_pbx("Available", "Available", None), Some(U::Available));
+        assert_eq!(teams_to_pbx("Busy", "InACall", None), Some(U::Busy));
+        assert_eq!(teams_to_pbx("Busy", "InAMeeting", None), Some(U::Meeting));
+        assert_eq!(teams_to_pbx("DoNotDisturb", "Presenting", None), Some(U::NotAvailable));
+        assert_eq!(teams_to_pbx("BeRightBack", "BeRightBack", None), Some(U::Absent));
+        assert_eq!(teams_to_pbx("Away", "Away", None), Some(U::Absent));
+        assert_eq!(teams_to_pbx("Offline", "OutOfOffice", None), Some(U::Absent));
+        assert_eq!(teams_to_pbx("Offline", "OffWork", None), None);
+        assert_eq!(teams_to_pbx("PresenceUnknown", "PresenceUnknown", None), None);
+        // The echo of drbridge's own Busy (a PBX call) is not sent back to the PBX.
+        assert_eq!(teams_to_pbx("Busy", "InACall", Some(TeamsPresence::IN_A_CALL)), None);
+        // But a Teams DND over drbridge's Busy is news.
+        assert_eq!(teams_to_pbx("DoNotDisturb", "Presenting", Some(TeamsPresence::IN_A_CALL)), Some(U::NotAvailable));
     }
 
     #[test]

@@ -302,6 +302,32 @@ impl PresenceTable {
         }
     }
 
+    /// Replaces the directory (reload). Users no longer listed lose every entry, and PBX
+    /// entries of an extension that moved to another user are dropped (the next NOTIFY
+    /// restores them under the new owner); their changes are queued as usual.
+    pub fn set_directory(&mut self, dir: Arc<UserDirectory>, now: SystemTime) {
+        self.dir = dir;
+        let mut stale: Vec<(UserId, DeviceKey)> = Vec::new();
+        for (u, st) in &self.users {
+            let listed = self.dir.get(u).is_some();
+            for k in st.devices.keys() {
+                let pbx = k.source == SOURCE_PBX_DIALOG || k.source == SOURCE_PBX_PRESENCE;
+                if !listed || (pbx && self.dir.by_extension(&k.device).map(|o| &o.id) != Some(u)) {
+                    stale.push((u.clone(), k.clone()));
+                }
+            }
+        }
+        for (u, k) in stale {
+            self.remove_device(&u, &k, now);
+        }
+        let dir = self.dir.clone();
+        self.dialogs.retain(|ext, _| dir.by_extension(ext).is_some());
+        for c in self.calls.values_mut() {
+            c.parties.retain(|p| dir.get(p).is_some());
+        }
+        self.calls.retain(|_, c| !c.parties.is_empty());
+    }
+
     // ---- sources ----------------------------------------------------------------------------
 
     /// Calls through drbridge.
@@ -823,6 +849,28 @@ numbers = ["+4681234801"]
         tb.assume_published(&id("carl@lab.test"), None, t(0));
         tb.assume_published(&id("nobody@lab.test"), Some(TeamsPresence::AWAY), t(0));
         assert!(changes(&mut tb).is_empty());
+    }
+
+    #[test]
+    fn directory_reload() {
+        let mut tb = table();
+        tb.on_line_update(&presence("4711", P_DND), t(0));
+        tb.on_call_event(&CallEvent::Answered { call: 1, caller: "4712".into(), callee: "+4681234801".into() }, t(0));
+        assert_eq!(changes(&mut tb).len(), 3);
+        // bo is gone, 4711 moved from anna to carl.
+        let d = UserDirectory::parse(
+            "[[user]]\nupn = \"anna@lab.test\"\n[[user]]\nupn = \"carl@lab.test\"\nextensions = [\"4711\"]\nnumbers = [\"+4681234801\"]\n",
+            "users.toml",
+        )
+        .unwrap();
+        tb.set_directory(Arc::new(d), t(1));
+        let mut got = changes(&mut tb);
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, [ch("anna@lab.test", None), ch("bo@lab.test", None)]);
+        // carl's call through drbridge stays.
+        assert_eq!(tb.aggregate_of(&id("carl@lab.test")).teams, Some(TeamsPresence::IN_A_CALL));
+        tb.on_line_update(&presence("4711", P_DND), t(2));
+        assert_eq!(changes(&mut tb), [ch("carl@lab.test", Some(TeamsPresence::DO_NOT_DISTURB))]);
     }
 
     #[test]

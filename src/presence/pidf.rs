@@ -136,12 +136,8 @@ pub fn interpret(p: &Pidf) -> PresenceReading {
         match meaning(&key(t)) {
             Some(Meaning::Dnd) => dnd = true,
             Some(Meaning::Phone) => phone = true,
-            Some(Meaning::User(u)) => {
-                if user.is_none_or(|v| rank(u) > rank(v)) {
-                    user = Some(u);
-                }
-            }
-            None => {}
+            Some(Meaning::User(u)) if user.is_none_or(|v| rank(u) > rank(v)) => user = Some(u),
+            Some(Meaning::User(_)) | None => {}
         }
     }
     let line = if dnd {
