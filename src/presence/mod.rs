@@ -100,4 +100,21 @@ mod tests {
         assert_eq!(after.len(), 2);
         assert!(after.iter().all(|(_, new, at)| new.is_none() && *at == w0 + Duration::from_secs(5)));
     }
+
+    proptest::proptest! {
+        /// Network input never panics: NOTIFY bodies, Subscription-State values, ingest JSON.
+        #[test]
+        fn parsers_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512), s in ".{0,64}") {
+            let _ = dialoginfo::parse(&body);
+            let _ = pidf::parse(&body);
+            let _ = IngestEvent::from_json(&body);
+            let _ = subscription::SubscriptionState::parse(&s);
+            let xml = format!(r#"<dialog-info version="1" state="partial"><dialog id="{s}"><state>{s}</state></dialog></dialog-info>"#);
+            let _ = dialoginfo::parse(xml.as_bytes());
+            let xml = format!(r#"<presence><tuple id="a"><status><basic>open</basic></status><note>{s}</note></tuple></presence>"#);
+            if let Ok(p) = pidf::parse(xml.as_bytes()) {
+                let _ = pidf::interpret(&p);
+            }
+        }
+    }
 }
