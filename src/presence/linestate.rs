@@ -243,7 +243,7 @@ impl UserState {
 }
 
 struct CallParties {
-    /// (user, role) where role is the device state key of the party.
+    /// The directory users that are parties of this call.
     parties: Vec<UserId>,
 }
 
