@@ -9,6 +9,14 @@
 //! - the engine (sockets, packet path): a port pool per side, one relay per call, SRTP
 //!   protect/unprotect, STUN answers, latching. Controlled through [`MediaControl`] by `b2bua`.
 
+pub mod engine;
+pub mod pool;
+pub mod relay;
+pub mod srtp;
+pub mod stun;
+
+pub use engine::{EngineStats, MediaEngine, MediaEngineConfig};
+
 use crate::config::Trunk;
 use std::fmt;
 use std::net::SocketAddr;
