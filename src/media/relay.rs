@@ -451,3 +451,165 @@ impl OtherSide for Trunk {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::stun::{build_check, verify_success};
+    use crate::media::SrtpSuite;
+
+    fn key(b: u8) -> SrtpKey {
+        SrtpKey { suite: SrtpSuite::AesCm128HmacSha1_80, tag: 1, key: [b; 16], salt: [b ^ 0x55; 14] }
+    }
+    fn ours_ice() -> IceCredentials {
+        IceCredentials { ufrag: "lite".into(), pwd: "0123456789abcdefghijklmn".into() }
+    }
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+    fn rtp(pt: u8, seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, pt, (seq >> 8) as u8, seq as u8, 0, 0, 0, 160, 1, 2, 3, 4];
+        p.extend_from_slice(&[0xd5; 160]);
+        p
+    }
+    fn relay() -> Relay {
+        Relay::new(
+            LegSetup { key: Some(key(1)), ice: Some(ours_ice()), rtcp_mux: true },
+            LegSetup { key: None, ice: None, rtcp_mux: false },
+        )
+    }
+    fn teams_remote() -> RemoteMedia {
+        RemoteMedia {
+            rtp: Some(addr(50000)),
+            rtcp: Some(addr(50000)),
+            rtcp_mux: true,
+            srtp: Some(key(2)),
+            pt_map: vec![(101, 96)],
+            sends: true,
+            receives: true,
+            ..Default::default()
+        }
+    }
+    fn pbx_remote() -> RemoteMedia {
+        RemoteMedia { rtp: Some(addr(6000)), pt_map: vec![(96, 101)], sends: true, receives: true, ..Default::default() }
+    }
+    fn send(a: Action<'_>) -> Option<(Port, SocketAddr, Vec<u8>)> {
+        match a {
+            Action::Send { via, to, data } => Some((via, to, data.as_ref().to_vec())),
+            Action::Nothing => None,
+        }
+    }
+
+    #[test]
+    fn pbx_to_teams_encrypts_remaps_and_latches_symmetrically() {
+        let mut r = relay();
+        let st = SessionStats::default();
+        r.apply(Pending { teams: Some(teams_remote()), pbx: Some(pbx_remote()), ..Default::default() });
+        assert_eq!(r.destination(Trunk::Pbx), Some(addr(6000)));
+        let mut p = rtp(96 | 0x80, 7);
+        let (via, to, out) = send(r.on_packet(Port::PbxRtp, addr(7000), &mut p, 5, &st)).unwrap();
+        assert_eq!((via, to), (Port::TeamsRtp, addr(50000)));
+        let mut teams_rx = SrtpStream::receiver(&key(1)).unwrap();
+        let plain = teams_rx.unprotect_rtp(&out).unwrap();
+        assert_eq!(plain[1], 0x80 | 101, "marker kept, PT remapped 96 -> 101");
+        assert_eq!(&plain[2..], &rtp(96, 7)[2..]);
+        // NAT: the PBX's packets came from 7000, so media goes there, not to the SDP's 6000
+        assert_eq!(r.destination(Trunk::Pbx), Some(addr(7000)));
+        // another source on the latched port is dropped and counted
+        let mut p = rtp(0, 8);
+        assert!(send(r.on_packet(Port::PbxRtp, addr(7001), &mut p, 6, &st)).is_none());
+        assert_eq!(st.snapshot().dropped_unknown_source, 1);
+        assert_eq!(st.last_rx_ms.load(Relaxed), 5);
+        // a re-INVITE with a new address un-latches
+        let mut moved = pbx_remote();
+        moved.rtp = Some(addr(6100));
+        r.apply(Pending { pbx: Some(moved), ..Default::default() });
+        assert_eq!(r.destination(Trunk::Pbx), Some(addr(6100)));
+    }
+
+    #[test]
+    fn teams_srtp_waits_for_key_then_first_streamer_wins() {
+        let mut r = relay();
+        let st = SessionStats::default();
+        let mut tx = SrtpStream::sender(&key(2)).unwrap();
+        let mut p = tx.protect_rtp(&rtp(0, 1)).unwrap().to_vec();
+        assert!(send(r.on_packet(Port::TeamsRtp, addr(50000), &mut p, 1, &st)).is_none(), "no key yet");
+        r.apply(Pending { teams: Some(teams_remote()), pbx: Some(pbx_remote()), ..Default::default() });
+        // a forged packet does not latch
+        let mut forged = SrtpStream::sender(&key(9)).unwrap().protect_rtp(&rtp(0, 2)).unwrap().to_vec();
+        assert!(send(r.on_packet(Port::TeamsRtp, addr(50002), &mut forged, 2, &st)).is_none());
+        assert_eq!(st.snapshot().dropped_auth, 1);
+        // first authenticated stream (fork B at 50004) wins
+        let mut p = tx.protect_rtp(&rtp(101, 3)).unwrap().to_vec();
+        let (via, to, out) = send(r.on_packet(Port::TeamsRtp, addr(50004), &mut p, 3, &st)).unwrap();
+        assert_eq!((via, to), (Port::PbxRtp, addr(6000)));
+        assert_eq!(out[1], 96, "telephone-event 101 -> 96");
+        assert_eq!(r.destination(Trunk::Teams), Some(addr(50004)));
+        let mut p = tx.protect_rtp(&rtp(0, 4)).unwrap().to_vec();
+        assert!(send(r.on_packet(Port::TeamsRtp, addr(50000), &mut p, 4, &st)).is_none());
+        assert_eq!(st.snapshot().dropped_unknown_source, 1);
+        // replay of an accepted packet
+        let mut p = tx.protect_rtp(&rtp(0, 5)).unwrap().to_vec();
+        let mut again = p.clone();
+        assert!(send(r.on_packet(Port::TeamsRtp, addr(50004), &mut p, 5, &st)).is_some());
+        assert!(send(r.on_packet(Port::TeamsRtp, addr(50004), &mut again, 5, &st)).is_none());
+        assert_eq!(st.snapshot().dropped_replay, 1);
+    }
+
+    #[test]
+    fn nomination_relatches_and_muxed_rtcp_goes_to_pbx_rtcp() {
+        let mut r = relay();
+        let st = SessionStats::default();
+        r.apply(Pending { teams: Some(teams_remote()), pbx: Some(pbx_remote()), ..Default::default() });
+        let them = IceCredentials { ufrag: "full".into(), pwd: "x".repeat(22) };
+        let mut chk = build_check(&them.ufrag, &ours_ice(), true);
+        let (via, to, out) = send(r.on_packet(Port::TeamsRtp, addr(50100), &mut chk, 1, &st)).unwrap();
+        assert_eq!((via, to), (Port::TeamsRtp, addr(50100)));
+        assert_eq!(verify_success(&out, &ours_ice().pwd), Some(addr(50100)));
+        assert_eq!(r.destination(Trunk::Teams), Some(addr(50100)));
+        // a check alone is not media: the inactivity clock does not move
+        assert_eq!(st.last_rx_ms.load(Relaxed), 0);
+        // SRTCP from the nominated address, muxed, goes out of the PBX RTCP port to rtp+1
+        let mut tx = SrtpStream::sender(&key(2)).unwrap();
+        let mut rtcp = vec![0x81, 0xc9, 0x00, 0x01, 9, 9, 9, 9];
+        let mut c = tx.protect_rtcp(&rtcp).unwrap().to_vec();
+        let (via, to, out) = send(r.on_packet(Port::TeamsRtp, addr(50100), &mut c, 2, &st)).unwrap();
+        assert_eq!((via, to), (Port::PbxRtcp, addr(6001)));
+        assert_eq!(out, rtcp);
+        // RTCP from the PBX goes to Teams on the muxed RTP port, SRTCP-protected
+        rtcp[1] = 0xc8;
+        let (via, to, out) = send(r.on_packet(Port::PbxRtcp, addr(6001), &mut rtcp, 3, &st)).unwrap();
+        assert_eq!((via, to), (Port::TeamsRtp, addr(50100)));
+        let mut rx = SrtpStream::receiver(&key(1)).unwrap();
+        assert_eq!(rx.unprotect_rtcp(&out).unwrap()[1], 0xc8);
+        // RTP on an RTCP port is dropped
+        let mut p = rtp(0, 1);
+        assert!(send(r.on_packet(Port::PbxRtcp, addr(6001), &mut p, 4, &st)).is_none());
+    }
+
+    #[test]
+    fn garbage_on_every_port_never_panics() {
+        let mut r = relay();
+        let st = SessionStats::default();
+        r.apply(Pending { teams: Some(teams_remote()), pbx: Some(pbx_remote()), ..Default::default() });
+        let mut seed = 0x1234_5678u32;
+        for i in 0..5000usize {
+            let len = i % 200;
+            let mut p: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as u8
+                })
+                .collect();
+            if let Some(b) = p.first_mut() {
+                *b = [0x00, 0x01, 0x80, 0x90, 0xbf][i % 5];
+            }
+            for port in [Port::TeamsRtp, Port::TeamsRtcp, Port::PbxRtp, Port::PbxRtcp] {
+                let mut q = p.clone();
+                let _ = send(r.on_packet(port, addr(1), &mut q, 0, &st));
+            }
+        }
+    }
+}
