@@ -122,6 +122,9 @@ pub struct MediaEngine {
     stats: EngineStats,
     inactive_count: Arc<AtomicU64>,
     sweeper: JoinHandle<()>,
+    /// Port pairs whose sockets are closed (sent by ending relay tasks).
+    released_tx: std::sync::mpsc::Sender<(u16, u16)>,
+    released_rx: std::sync::mpsc::Receiver<(u16, u16)>,
 }
 
 impl std::fmt::Debug for MediaEngine {
@@ -149,6 +152,7 @@ impl MediaEngine {
             period,
             inactive_count.clone(),
         ));
+        let (released_tx, released_rx) = std::sync::mpsc::channel();
         let engine = MediaEngine {
             teams_pool: PortPool::new(cfg.teams_ports.clone()),
             pbx_pool: PortPool::new(cfg.pbx_ports.clone()),
@@ -161,6 +165,8 @@ impl MediaEngine {
             stats: EngineStats::default(),
             inactive_count,
             sweeper,
+            released_tx,
+            released_rx,
         };
         (engine, rx)
     }
@@ -170,6 +176,21 @@ impl MediaEngine {
         s.sessions = self.sessions.len();
         s.inactive = self.inactive_count.load(Relaxed);
         s
+    }
+
+    /// Returns to the pools the ports of sessions whose sockets are closed. `allocate` does this
+    /// itself; `stats` reports pools after it.
+    pub fn reclaim(&mut self) {
+        while let Ok((t, p)) = self.released_rx.try_recv() {
+            self.teams_pool.release(t);
+            self.pbx_pool.release(p);
+        }
+    }
+
+    /// Free port pairs per side (Teams, PBX).
+    pub fn available_ports(&mut self) -> (usize, usize) {
+        self.reclaim();
+        (self.teams_pool.available(), self.pbx_pool.available())
     }
 
     /// Packet counters of a live session.
@@ -233,6 +254,7 @@ fn new_ice() -> IceCredentials {
 
 impl MediaControl for MediaEngine {
     fn allocate(&mut self) -> Result<MediaSessionId, MediaError> {
+        self.reclaim();
         if self.sessions.len() >= self.cfg.max_sessions {
             self.stats.exhausted_sessions += 1;
             return Err(MediaError::Exhausted("max_sessions"));
@@ -260,6 +282,7 @@ impl MediaControl for MediaEngine {
                     teams_rtcp: trtcp.map(conv).transpose()?,
                     pbx_rtp: conv(prtp)?,
                     pbx_rtcp: prtcp.map(conv).transpose()?,
+                    _release: PortsBack { tx: self.released_tx.clone(), teams: tport, pbx: pport },
                 })
             })();
             match r {
@@ -374,8 +397,7 @@ impl MediaControl for MediaEngine {
             r.remove(&id);
         }
         self.stats.freed.add(&e.shared.stats.snapshot());
-        self.teams_pool.release(e.teams.port);
-        self.pbx_pool.release(e.pbx.port);
+        // The ports go back to the pools when the task has closed its sockets (PortsBack).
         tracing::debug!(session = id.0, "media session freed");
     }
 }
@@ -394,6 +416,22 @@ struct Sockets {
     teams_rtcp: Option<UdpSocket>,
     pbx_rtp: UdpSocket,
     pbx_rtcp: Option<UdpSocket>,
+    /// Last field: dropped after the sockets are closed.
+    _release: PortsBack,
+}
+
+/// Hands a session's port pairs back to the engine once its sockets are closed (the relay task
+/// ended or was aborted), so a freed port is never handed out while still bound.
+struct PortsBack {
+    tx: std::sync::mpsc::Sender<(u16, u16)>,
+    teams: u16,
+    pbx: u16,
+}
+
+impl Drop for PortsBack {
+    fn drop(&mut self) {
+        let _ = self.tx.send((self.teams, self.pbx));
+    }
 }
 
 impl Sockets {
