@@ -97,7 +97,6 @@ struct SessionShared {
 }
 
 struct SideState {
-    port: u16,
     local: LocalMedia,
 }
 
@@ -331,8 +330,8 @@ impl MediaControl for MediaEngine {
             id,
             SessionEntry {
                 shared,
-                teams: SideState { port: tport, local: teams_local },
-                pbx: SideState { port: pport, local: pbx_local },
+                teams: SideState { local: teams_local },
+                pbx: SideState { local: pbx_local },
                 task,
             },
         );
