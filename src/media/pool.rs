@@ -79,7 +79,7 @@ mod tests {
         let mut got = vec![];
         while let Some(x) = p.allocate() {
             assert_eq!(x % 2, 0);
-            assert!(x >= 20001 && x < 20010);
+            assert!((20001..20010).contains(&x));
             got.push(x);
         }
         assert_eq!(got, vec![20002, 20004, 20006, 20008]);
