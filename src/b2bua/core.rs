@@ -162,8 +162,10 @@ struct Call {
     open_stx: Vec<(ServerTxnId, Request)>,
     /// The media session relaying the two legs of `pair`.
     media: Option<MediaBinding>,
-    /// A session being set up for a new pair (transfer, Replaces), active once connected.
-    media_next: Option<MediaBinding>,
+    /// The media of a new pair being connected (transfer, Replaces), active once connected:
+    /// `Some(None)` when the new pair is on one side (a PBX caller transferred to a PBX
+    /// extension): two parties on the same side talk directly, their SDP passes unchanged.
+    media_next: Option<Option<MediaBinding>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1275,8 +1277,11 @@ impl B2bua {
 
     fn invite_failed_with(&mut self, cid: CallId, lid: LegId, resp: Option<&Response>, status: u16, now: Instant) {
         let Some(call) = self.calls.get_mut(&cid) else { return };
-        call.legs[lid].invite = None;
-        call.legs[lid].ended = true;
+        // The leg may not exist when it could not even be opened.
+        if let Some(leg) = call.legs.get_mut(lid) {
+            leg.invite = None;
+            leg.ended = true;
+        }
         let is_transfer = call.refer.as_ref().and_then(|r| r.target_leg) == Some(lid);
         if is_transfer {
             self.transfer_failed(cid, status, now);
@@ -1576,7 +1581,7 @@ impl B2bua {
 
     fn free_media(&mut self, cid: CallId) {
         let Some(call) = self.calls.get_mut(&cid) else { return };
-        for b in [call.media.take(), call.media_next.take()].into_iter().flatten() {
+        for b in [call.media.take(), call.media_next.take().flatten()].into_iter().flatten() {
             self.media_calls.remove(&b.id);
             if let Some(m) = self.media.as_mut() {
                 m.free(b.id);
@@ -1585,15 +1590,21 @@ impl B2bua {
     }
 
     /// Allocates a session joining legs `a` and `b` for a new pair (transfer, Replaces).
-    fn bind_next_media(&mut self, cid: CallId, a: LegId, b: LegId) -> Result<(), u16> {
-        let Some(call) = self.calls.get(&cid) else { return Err(481) };
-        let (sa, sb) = (call.legs[a].side, call.legs[b].side);
+    /// `b` may be a leg about to be opened (the transfer target), so its side is given.
+    fn bind_next_media(&mut self, cid: CallId, a: LegId, b: LegId, sb: Side) -> Result<(), u16> {
+        let Some(sa) = self.calls.get(&cid).and_then(|c| c.legs.get(a)).map(|l| l.side) else { return Err(481) };
         let Some(m) = self.media.as_mut() else { return Ok(()) };
+        if sa == sb {
+            if let Some(call) = self.calls.get_mut(&cid) {
+                call.media_next = Some(None);
+            }
+            return Ok(());
+        }
         match m.allocate(trunk(sa), trunk(sb)) {
             Ok(id) => {
                 self.media_calls.insert(id, cid);
                 if let Some(call) = self.calls.get_mut(&cid) {
-                    call.media_next = Some(MediaBinding { id, a, b });
+                    call.media_next = Some(Some(MediaBinding { id, a, b }));
                 }
                 Ok(())
             }
@@ -1608,7 +1619,7 @@ impl B2bua {
     fn switch_media(&mut self, cid: CallId) {
         let Some(call) = self.calls.get_mut(&cid) else { return };
         let Some(next) = call.media_next.take() else { return };
-        if let Some(old) = call.media.replace(next) {
+        if let Some(old) = std::mem::replace(&mut call.media, next) {
             self.media_calls.remove(&old.id);
             if let Some(m) = self.media.as_mut() {
                 m.free(old.id);
@@ -1619,7 +1630,7 @@ impl B2bua {
     /// The session (current or being set up) that joins legs `x` and `y`, with their ends.
     fn media_ends(&self, cid: CallId, x: LegId, y: LegId) -> Option<(MediaSessionId, MediaEnd, MediaEnd)> {
         let call = self.calls.get(&cid)?;
-        [call.media_next, call.media].into_iter().flatten().find_map(|b| Some((b.id, b.end_of(x)?, b.end_of(y)?)))
+        [call.media_next.flatten(), call.media].into_iter().flatten().find_map(|b| Some((b.id, b.end_of(x)?, b.end_of(y)?)))
     }
 
     fn profile(&self, side: Side) -> &CodecProfile {
@@ -1960,7 +1971,7 @@ impl B2bua {
         // party's last SDP is the offer made to the target.
         let c_idx = call.legs.len();
         if self.media.is_some() {
-            if self.bind_next_media(cid, remaining, c_idx).is_err() {
+            if self.bind_next_media(cid, remaining, c_idx, dest).is_err() {
                 self.transfer_failed(cid, 503, now);
                 return;
             }
@@ -2160,7 +2171,7 @@ impl B2bua {
         call.open_stx.push((stx, req.clone()));
         self.dialogs.insert(key, (cid, new_leg));
         tracing::info!(call = cid, "INVITE with Replaces: reconnecting");
-        if let Err(code) = self.bind_next_media(cid, remaining, new_leg) {
+        if let Err(code) = self.bind_next_media(cid, remaining, new_leg, side) {
             return self.respond(stx, &req, code, side, now);
         }
         let sdp = match self.media_offer(cid, new_leg, remaining, &req.body) {

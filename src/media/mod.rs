@@ -10,6 +10,13 @@
 //!   protect/unprotect, STUN answers, latching. Controlled through [`MediaControl`] by `b2bua`.
 
 pub mod sdp;
+pub mod engine;
+pub mod pool;
+pub mod relay;
+pub mod srtp;
+pub mod stun;
+
+pub use engine::{EngineStats, MediaEngine, MediaEngineConfig};
 
 use crate::config::Trunk;
 use std::fmt;
