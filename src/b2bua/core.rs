@@ -2015,7 +2015,8 @@ impl B2bua {
         self.notify_sipfrag(cid, refer.transferor, "SIP/2.0 200 OK", true, now);
         self.bye_leg(cid, refer.transferor, now);
         tracing::info!(call = cid, target = %refer.target, "transfer answered; reconnecting the remaining party");
-        self.events.push_back(CallEvent::Transferred { call: cid, target: refer.target });
+        let transferor = self.calls.get(&cid).map(|c| self.plan.to_teams(&c.legs[refer.transferor].party)).unwrap_or_default();
+        self.events.push_back(CallEvent::Transferred { call: cid, target: refer.target, transferor });
         let sdp = match self.media_answer(cid, new_leg, remaining, &resp.body) {
             Ok(b) => b,
             Err(code) => {
@@ -2124,10 +2125,15 @@ impl B2bua {
                     }
                 }
                 let _ = self.txns.send_response(stx, &r, now);
+                let (mut target, mut transferor) = (String::new(), String::new());
+                if let Some(c) = self.calls.get(&cid) {
+                    target = self.plan.to_teams(&c.legs[new_leg].party);
+                    transferor = old.map(|o| self.plan.to_teams(&c.legs[o].party)).unwrap_or_default();
+                }
                 if let Some(o) = old {
                     self.bye_leg(cid, o, now);
                 }
-                self.events.push_back(CallEvent::Transferred { call: cid, target: String::from("replaces") });
+                self.events.push_back(CallEvent::Transferred { call: cid, target, transferor });
             }
             None => tracing::info!(call = cid, "transfer completed"),
         }

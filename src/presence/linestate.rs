@@ -344,11 +344,19 @@ impl PresenceTable {
             }
             CallEvent::Held { call, .. } => self.call_all(*call, LineState::Held, now),
             CallEvent::Resumed { call, .. } => self.call_all(*call, LineState::InCall, now),
-            CallEvent::Transferred { call, target } => {
-                // The target answered and is now a party. Who transferred is not in the event;
-                // the transferor stays a party until the call ends.
+            CallEvent::Transferred { call, target, transferor } => {
+                // The target answered and is now a party; the transferor has left the call.
                 if self.calls.contains_key(call) {
                     self.call_party(*call, target, LineState::InCall, now);
+                    if let Some(user) = self.dir.by_party(transferor).map(|u| u.id.clone()) {
+                        if Some(&user) != self.dir.by_party(target).map(|u| &u.id) {
+                            if let Some(c) = self.calls.get_mut(call) {
+                                c.parties.retain(|p| *p != user);
+                            }
+                            let key = DeviceKey::new(SOURCE_CALLS, &format!("call-{call}"));
+                            self.remove_device(&user, &key, now);
+                        }
+                    }
                 }
             }
             CallEvent::Ended { call, .. } => {
@@ -720,15 +728,27 @@ numbers = ["+4681234801"]
         let mut tb = table();
         tb.on_call_event(&CallEvent::Answered { call: 5, caller: "+4681234801".into(), callee: "+4681234711".into() }, t(0));
         changes(&mut tb);
-        tb.on_call_event(&CallEvent::Transferred { call: 5, target: "+4681234712".into() }, t(1));
+        tb.on_call_event(&CallEvent::Transferred { call: 5, target: "+4681234712".into(), transferor: String::new() }, t(1));
         assert_eq!(changes(&mut tb), [ch("bo@lab.test", Some(TeamsPresence::IN_A_CALL))]);
         tb.on_call_event(&CallEvent::Ended { call: 5, caller: "+4681234801".into(), callee: "+4681234711".into(), reason: EndReason::Transferred }, t(2));
         assert_eq!(changes(&mut tb).len(), 3);
         // Unknown numbers and "replaces" are ignored.
-        tb.on_call_event(&CallEvent::Transferred { call: 6, target: "replaces".into() }, t(3));
+        tb.on_call_event(&CallEvent::Transferred { call: 6, target: "replaces".into(), transferor: String::new() }, t(3));
         tb.on_call_event(&CallEvent::Answered { call: 8, caller: "+1555".into(), callee: "".into() }, t(3));
         assert!(changes(&mut tb).is_empty());
         assert_eq!(tb.stats().call_parties_unknown, 1);
+    }
+
+    #[test]
+    fn transferor_leaves_the_call_when_the_target_answers() {
+        let mut tb = table();
+        // PBX anna (4711) calls Teams carl (+4681234801); carl transfers her to bo (4712).
+        tb.on_call_event(&CallEvent::Answered { call: 7, caller: "+4681234711".into(), callee: "+4681234801".into() }, t(0));
+        changes(&mut tb);
+        tb.on_call_event(&CallEvent::Transferred { call: 7, target: "+4681234712".into(), transferor: "+4681234801".into() }, t(1));
+        let got = changes(&mut tb);
+        assert!(got.contains(&ch("bo@lab.test", Some(TeamsPresence::IN_A_CALL))), "{got:?}");
+        assert!(got.iter().any(|c| c.0.starts_with("carl") && c.1.is_none()), "carl is free again: {got:?}");
     }
 
     #[test]
