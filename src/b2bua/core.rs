@@ -3,6 +3,7 @@
 
 use super::build::{self, add_identity, contact, new_call_id, new_tag, number_of, number_of_uri, party_uri, via};
 use super::interwork::{carry_headers, has_token, normalize};
+use super::subscribe::{response_expires, SubscriptionDialog, SubscriptionEvent};
 use super::{CallEvent, CoreConfig, Dialplan, EndReason, Hop, Side, Transmit};
 use crate::config::Trunk;
 use crate::media::sdp::{ice_restart_requested, offer_remote_media, rewrite_answer, rewrite_offer, CodecProfile, SdpSession};
@@ -187,6 +188,8 @@ enum Purpose {
     Bye,
     Cancel,
     Notify,
+    /// A SUBSCRIBE of subscription `id` (see `subscribe`).
+    Subscribe(u64),
     Refresh(LegId),
     Abandoned,
 }
@@ -211,6 +214,9 @@ pub struct B2bua {
     /// The media relay; None: SDP passes through unchanged (signalling-only tests).
     media: Option<Box<dyn MediaControl>>,
     media_calls: HashMap<MediaSessionId, CallId>,
+    subs: HashMap<u64, SubscriptionDialog>,
+    subs_by_dialog: HashMap<(String, String), u64>,
+    sub_events: VecDeque<SubscriptionEvent>,
     teams_profile: CodecProfile,
     pbx_profile: CodecProfile,
     pub stats: Stats,
@@ -267,6 +273,9 @@ impl B2bua {
             options: HashMap::new(),
             media: None,
             media_calls: HashMap::new(),
+            subs: HashMap::new(),
+            subs_by_dialog: HashMap::new(),
+            sub_events: VecDeque::new(),
             teams_profile: CodecProfile::teams(),
             pbx_profile: CodecProfile::pbx_default(),
             stats: Stats::default(),
@@ -294,6 +303,82 @@ impl B2bua {
             }
         }
         self.drain_txn_events(now);
+    }
+
+    /// Sends a SUBSCRIBE for `user` (an extension on the PBX) to event package `event`:
+    /// out of dialog when `initial` (a new dialog replaces any previous one of this id), else
+    /// in the existing dialog; `expires` 0 ends the subscription. Results come back as
+    /// [`SubscriptionEvent`]s with the same `id`.
+    pub fn subscribe(&mut self, id: u64, user: &str, event: &str, accept: &str, expires: u32, initial: bool, now: Instant) {
+        if initial || !self.subs.contains_key(&id) {
+            if let Some(old) = self.subs.remove(&id) {
+                self.subs_by_dialog.remove(&(old.call_id, old.local_tag));
+            }
+            let d = SubscriptionDialog::new(user, &self.cfg, event, accept);
+            self.subs_by_dialog.insert((d.call_id.clone(), d.local_tag.clone()), id);
+            self.subs.insert(id, d);
+        }
+        let Some(d) = self.subs.get_mut(&id) else { return };
+        let req = d.request(&self.cfg, expires);
+        if expires == 0 {
+            // Unsubscribed: the final NOTIFY is still answered while the dialog lingers.
+            d.established = false;
+        }
+        let pbx = self.cfg.pbx;
+        match self.txns.send_request(req, Hop { peer: pbx, tls_name: None }, reliable(&pbx), now) {
+            Ok(ctx) => {
+                self.ctx.insert(ctx, (0, Purpose::Subscribe(id)));
+            }
+            Err(_) => self.sub_events.push_back(SubscriptionEvent::Response { id, status: 503, expires: None }),
+        }
+    }
+
+    /// The next subscription event for the presence core.
+    pub fn poll_subscription_event(&mut self) -> Option<SubscriptionEvent> {
+        self.sub_events.pop_front()
+    }
+
+    fn subscription_response(&mut self, id: u64, resp: &Response) {
+        if resp.status < 200 {
+            return;
+        }
+        if let Some(d) = self.subs.get_mut(&id) {
+            if resp.is_success() {
+                let rr: Vec<String> = resp.headers.values("Record-Route").iter().rev().map(|s| s.to_string()).collect();
+                d.learn(resp.headers.get("To"), resp.headers.values("Contact").first().copied(), rr);
+            }
+        }
+        self.sub_events.push_back(SubscriptionEvent::Response { id, status: resp.status, expires: response_expires(resp) });
+    }
+
+    /// A NOTIFY in a subscription dialog: 200, then its state and body to the presence core.
+    /// Returns false when the request belongs to no subscription.
+    fn subscription_notify(&mut self, stx: ServerTxnId, req: &Request, now: Instant) -> bool {
+        let Some(tag) = req.to_tag() else { return false };
+        let key = (req.call_id().unwrap_or("").to_string(), tag);
+        let Some(id) = self.subs_by_dialog.get(&key).copied() else { return false };
+        if req.method != Method::Notify {
+            self.respond(stx, req, 405, Side::Pbx, now);
+            return true;
+        }
+        let rr: Vec<String> = req.headers.values("Record-Route").iter().map(|s| s.to_string()).collect();
+        if let Some(d) = self.subs.get_mut(&id) {
+            d.learn(req.headers.get("From"), req.headers.values("Contact").first().copied(), rr);
+        }
+        self.respond(stx, req, 200, Side::Pbx, now);
+        let state = req.headers.get("Subscription-State").unwrap_or("").to_string();
+        if state.trim_start().to_ascii_lowercase().starts_with("terminated") {
+            if let Some(d) = self.subs.remove(&id) {
+                self.subs_by_dialog.remove(&(d.call_id, d.local_tag));
+            }
+        }
+        self.sub_events.push_back(SubscriptionEvent::Notify {
+            id,
+            state,
+            content_type: req.content_type().unwrap_or("").to_string(),
+            body: req.body.clone(),
+        });
+        true
     }
 
     pub fn active_calls(&self) -> usize {
@@ -433,6 +518,7 @@ impl B2bua {
             let key = (req.call_id().unwrap_or("").to_string(), tag);
             match self.dialogs.get(&key).copied() {
                 Some((cid, lid)) => self.in_dialog(cid, lid, stx, req, now),
+                None if side == Side::Pbx && self.subscription_notify(stx, &req, now) => {}
                 None => self.respond(stx, &req, 481, side, now),
             }
             return;
@@ -1009,6 +1095,13 @@ impl B2bua {
             }
             return;
         }
+        if let Some((_, Purpose::Subscribe(id))) = self.ctx.get(&ctx).cloned() {
+            if resp.status >= 200 {
+                self.ctx.remove(&ctx);
+            }
+            self.subscription_response(id, &resp);
+            return;
+        }
         let Some((cid, purpose)) = self.ctx.get(&ctx).cloned() else { return };
         if resp.status >= 200 && !(resp.is_success() && matches!(purpose, Purpose::OpenLeg(_) | Purpose::Reconnect { .. } | Purpose::Relay { .. } | Purpose::Abandoned)) {
             self.ctx.remove(&ctx);
@@ -1044,7 +1137,7 @@ impl B2bua {
                     self.ack_and_bye_stray(cid, &resp, now);
                 }
             }
-            Purpose::Bye | Purpose::Cancel | Purpose::Notify => {}
+            Purpose::Bye | Purpose::Cancel | Purpose::Notify | Purpose::Subscribe(_) => {}
         }
     }
 
@@ -1500,6 +1593,7 @@ impl B2bua {
                 self.stats.session_expired += 1;
                 self.end_call(cid, None, EndReason::SessionExpired, now);
             }
+            Purpose::Subscribe(id) => self.sub_events.push_back(SubscriptionEvent::Response { id, status: 408, expires: None }),
             Purpose::Reconnect { answer, new_leg, .. } => {
                 if let Some((stx, req)) = answer {
                     self.respond(stx, &req, 408, Side::Teams, now);

@@ -12,8 +12,10 @@
 mod build;
 mod core;
 mod interwork;
+mod subscribe;
 
 pub use self::core::{B2bua, Stats};
+pub use self::subscribe::SubscriptionEvent;
 
 use crate::sip::transport::Peer;
 use std::net::SocketAddr;

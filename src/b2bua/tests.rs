@@ -696,3 +696,59 @@ fn an_offer_without_a_common_codec_is_488() {
     let sent = w.take();
     assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 488)), "{:?}", sent.iter().map(|(_, m)| match m { Message::Response(r) => r.status, _ => 0 }).collect::<Vec<_>>());
 }
+
+// ---------------------------------------------------------------------------------- SUBSCRIBE
+
+#[test]
+fn subscriptions_to_the_pbx_send_subscribe_and_answer_notifies() {
+    use crate::b2bua::SubscriptionEvent;
+    let mut w = World::new();
+    w.core.subscribe(7, "4711", "dialog", "application/dialog-info+xml", 3600, true, w.now);
+    w.flush();
+    let (hop, sub) = w.requests(crate::sip::msg::Method::Subscribe).remove(0);
+    assert_eq!(hop.peer.addr, PBX.parse().unwrap());
+    assert_eq!(&*sub.uri, "sip:4711@10.9.9.9:5080");
+    assert_eq!(sub.headers.get("Event"), Some("dialog"));
+    assert_eq!(sub.headers.get("Expires"), Some("3600"));
+    let mut ok = sub.response(200, Some("pbxsub"));
+    ok.headers.push("Expires", "1800");
+    ok.headers.push("Contact", "<sip:4711@10.9.9.9:5080>");
+    w.from_pbx(&String::from_utf8_lossy(&ok.to_bytes()).replace("\r\n", "\n"));
+    assert_eq!(w.core.poll_subscription_event(), Some(SubscriptionEvent::Response { id: 7, status: 200, expires: Some(1800) }));
+
+    let body = "<?xml version=\"1.0\"?><dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"1\" state=\"full\" entity=\"sip:4711@pbx\"/>";
+    let notify = format!(
+        "NOTIFY sip:drbridge@10.9.9.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-n1\nMax-Forwards: 70\nFrom: <sip:4711@10.9.9.9:5080>;tag=pbxsub\nTo: {}\nCall-ID: {}\nCSeq: 1 NOTIFY\nEvent: dialog\nSubscription-State: active;expires=1800\nContent-Type: application/dialog-info+xml\nContent-Length: {}\n\n{body}",
+        sub.headers.get("From").unwrap(),
+        sub.call_id().unwrap(),
+        body.len()
+    );
+    w.from_pbx(&notify);
+    let sent = w.take();
+    assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 200 && r.cseq().unwrap().method == crate::sip::msg::Method::Notify)));
+    match w.core.poll_subscription_event() {
+        Some(SubscriptionEvent::Notify { id: 7, state, body: b, .. }) => {
+            assert_eq!(state, "active;expires=1800");
+            assert_eq!(&b[..], body.as_bytes());
+        }
+        other => panic!("{other:?}"),
+    }
+    // A refresh goes in the dialog: the PBX's tag and Contact.
+    w.core.subscribe(7, "4711", "dialog", "application/dialog-info+xml", 3600, false, w.now);
+    w.flush();
+    let (_, refresh) = w.requests(crate::sip::msg::Method::Subscribe).remove(0);
+    assert_eq!(refresh.call_id(), sub.call_id());
+    assert_eq!(refresh.to_tag().as_deref(), Some("pbxsub"));
+    assert_eq!(refresh.cseq().unwrap().seq, 2);
+    // No answer at all: 408 to the presence core.
+    w.advance(Duration::from_secs(40));
+    assert_eq!(w.core.poll_subscription_event(), Some(SubscriptionEvent::Response { id: 7, status: 408, expires: None }));
+}
+
+#[test]
+fn a_notify_for_no_subscription_is_481() {
+    let mut w = World::new();
+    w.from_pbx("NOTIFY sip:drbridge@10.9.9.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-n2\nMax-Forwards: 70\nFrom: <sip:4711@10.9.9.9>;tag=a\nTo: <sip:drbridge@10.9.9.1>;tag=nope\nCall-ID: none\nCSeq: 1 NOTIFY\nEvent: dialog\nSubscription-State: active\nContent-Length: 0\n\n");
+    let sent = w.take();
+    assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 481)));
+}
