@@ -143,6 +143,9 @@ struct Leg {
     nominated: bool,
     /// Payload type received on this leg -> payload type sent on the other leg.
     pt_map: [u8; 128],
+    /// Payload type arriving from the other leg -> payload type sent on this leg: the reverse
+    /// of `pt_map` (the map is negotiated once, on the answerer's leg, and holds both ways).
+    pt_out: [u8; 128],
     local_mux: bool,
 }
 
@@ -166,6 +169,7 @@ impl Leg {
             latched_rtcp: None,
             nominated: false,
             pt_map: identity_map(),
+            pt_out: identity_map(),
             local_mux: s.rtcp_mux,
         }
     }
@@ -196,9 +200,11 @@ impl Leg {
             }
         }
         self.pt_map = identity_map();
+        self.pt_out = identity_map();
         for &(from, to) in &remote.pt_map {
             if from < 128 && to < 128 {
                 self.pt_map[from as usize] = to;
+                self.pt_out[to as usize] = from;
             }
         }
         let moved = old.as_ref().map(|o| (o.rtp, o.rtcp)) != Some((remote.rtp, remote.rtcp));
@@ -398,7 +404,7 @@ impl Relay {
                 };
                 if !rtcp {
                     let pt = plain[1] & 0x7f;
-                    let mapped = from.pt_map[pt as usize];
+                    let mapped = to.pt_out[from.pt_map[pt as usize] as usize];
                     if mapped != pt {
                         plain[1] = (plain[1] & 0x80) | mapped;
                     }
