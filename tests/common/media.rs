@@ -22,7 +22,7 @@ use tokio::time::timeout;
 /// SIPp's sample files (Debian package sip-tester).
 pub const SIPP_PCAP_DIR: &str = "/usr/share/sip-tester";
 
-/// G.711 A-law audio, 236 packets of 20 ms, PT 8.
+/// G.711 A-law audio, 236 packets of 30 ms (240 bytes) over 7.05 s, PT 8.
 pub fn g711a_pcap() -> PathBuf {
     Path::new(SIPP_PCAP_DIR).join("g711a.pcap")
 }
@@ -361,9 +361,14 @@ pub fn body_of(message: &str) -> String {
 /// A PBX-style SDP (plain RTP, PCMA, PCMU, telephone-event 101) for `addr` (which may be
 /// 0.0.0.0 for an RFC 2543 hold).
 pub fn pbx_sdp(addr: SocketAddr, direction: &str) -> String {
+    pbx_sdp_te(addr, direction, 101)
+}
+
+/// The same with telephone-event as `te_pt`.
+pub fn pbx_sdp_te(addr: SocketAddr, direction: &str, te_pt: u8) -> String {
     format!(
-        "v=0\r\no=PBX 1 {v} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8 0 101\r\n\
-a=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na={direction}\r\n",
+        "v=0\r\no=PBX 1 {v} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8 0 {te_pt}\r\n\
+a=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:{te_pt} telephone-event/8000\r\na=fmtp:{te_pt} 0-15\r\na=ptime:20\r\na={direction}\r\n",
         v = rand::random::<u16>(),
         ip = addr.ip(),
         port = addr.port(),
