@@ -574,6 +574,62 @@ async fn media_port_exhaustion_503_then_ports_freed() {
     again.teams_hangs_up(&lab).await;
 }
 
+/// With room for one call, each of these calls only gets ports if the previous one returned
+/// them: a call refused by Teams (486), a call cancelled by the PBX while ringing, a call ended
+/// by the media timeout, and finally a call with media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_ports_freed_after_busy_cancel_and_timeout() {
+    let lab = lab(|c| {
+        c.teams_media_ports = (30021, 30024);
+        c.pbx_media_ports = (30031, 30034);
+        c.media_timeout_secs = 2;
+    })
+    .await;
+    let pbx = SipPeer::new("pbx");
+    pbx.bind_udp(lab.cfg.pbx_address).await;
+    let rtp = RtpEndpoint::bind().await;
+
+    // busy
+    let mut c = pbx_invite(&lab, &pbx, &rtp);
+    let (inv, conn) = lab.teams.expect_request(Method::Invite, STEP).await;
+    lab.teams.respond(&inv, 486, "", &[]);
+    lab.teams.expect_ack(&lab.teams.accept_call(&inv, &conn), STEP).await;
+    assert_eq!(pbx.await_answer(&mut c, STEP).await.status, 486);
+
+    // cancelled while ringing
+    let mut c = pbx_invite(&lab, &pbx, &rtp);
+    let (inv, conn) = lab.teams.expect_request(Method::Invite, STEP).await;
+    assert_eq!(SdpMedia::parse(&String::from_utf8_lossy(&inv.body)).port, 30022, "ports back after 486");
+    lab.teams.respond(&inv, 180, "", &[]);
+    pbx.expect_response(&c.call_id, Method::Invite, STEP).await; // 100 or 180
+    let (cancel_resp, _) = tokio::join!(pbx.cancel(&c, STEP), async {
+        let (cancel, _) = lab.teams.expect_request(Method::Cancel, STEP).await;
+        lab.teams.respond(&cancel, 200, "", &[]);
+        lab.teams.respond(&inv, 487, "", &[]);
+        lab.teams.expect_ack(&lab.teams.accept_call(&inv, &conn), STEP).await;
+    });
+    assert_eq!(cancel_resp.status, 200);
+    assert_eq!(pbx.await_answer(&mut c, STEP).await.status, 487);
+
+    // answered, no media: the media timeout ends it
+    let mut c = pbx_invite(&lab, &pbx, &rtp);
+    let (inv, conn) = lab.teams.expect_request(Method::Invite, STEP).await;
+    assert_eq!(SdpMedia::parse(&String::from_utf8_lossy(&inv.body)).port, 30022, "ports back after CANCEL");
+    let ep = SrtpEndpoint::bind().await;
+    lab.teams.respond(&inv, 200, &ep.sdp("sendrecv", 101, 1), &[]);
+    let tcall = lab.teams.accept_call(&inv, &conn);
+    lab.teams.expect_ack(&tcall, STEP).await;
+    assert_eq!(pbx.await_answer(&mut c, STEP).await.status, 200);
+    pbx.ack(&mut c).await;
+    tokio::join!(lab.teams.expect_bye(&tcall, Duration::from_secs(8)), pbx.expect_bye(&c, Duration::from_secs(8)));
+
+    // and a call with media on the same pair
+    let mut mc = pbx_calls_teams_with(&lab, pbx.clone(), 101).await;
+    assert_eq!((mc.dr_teams.port, mc.dr_pbx.port), (30022, 30032), "ports back after the media timeout");
+    mc.assert_media_both_ways(5, 1).await;
+    mc.teams_hangs_up(&lab).await;
+}
+
 fn assert_retry_503(r: &Response, what: &str) {
     assert_eq!(r.status, 503, "{what}");
     let ra = r.headers.get("Retry-After").unwrap_or_else(|| panic!("{what}: 503 without Retry-After"));
