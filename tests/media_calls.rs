@@ -19,7 +19,8 @@ use common::teams::TeamsPeer;
 use common::util::STEP;
 use common::{Drbridge, LabConfig};
 use drbridge::media::srtp::SrtpError;
-use drbridge::media::SrtpSuite;
+use drbridge::media::stun::{build_check, error_code};
+use drbridge::media::{IceCredentials, SrtpSuite};
 use drbridge::sip::msg::{Method, Response};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -310,6 +311,14 @@ async fn teams_to_pbx_srtp_relayed_as_plain_rtp_both_ways() {
     ep.set_remote_key(&k);
     ep.ice_check(answer.candidates[0], &answer.ice(), true).await;
 
+    // a check with a wrong password, from elsewhere, gets 401 and does not move the nomination
+    let stranger = RtpEndpoint::bind().await;
+    let bad = IceCredentials { ufrag: answer.ice().ufrag, pwd: "not-the-password-of-drbridge".into() };
+    stranger.sock.send_to(&build_check("evil", &bad, true), answer.candidates[0]).await.expect("send");
+    let mut b = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(STEP, stranger.sock.recv_from(&mut b)).await.expect("no answer to a bad check").expect("recv");
+    assert_eq!(error_code(&b[..n]), Some(401), "a check with a wrong password gets 401");
+
     let mut mc = MediaCall { pbx, pbx_call: pcall, pbx_rtp, dr_pbx, teams_call: call, ep, dr_teams: answer };
     mc.assert_media_both_ways(50, 100).await;
 
@@ -403,6 +412,55 @@ async fn dtmf_payload_types_mapped_both_ways() {
     mc.ep.send(&from_teams, mc.dr_teams.addr()).await;
     let (got, _) = mc.pbx_rtp.recv(MEDIA_WAIT).await.expect("DTMF at the PBX");
     assert_eq!(got, Rtp { pt: 96, ..from_teams }, "Teams 101 -> PBX 96");
+    mc.teams_hangs_up(&lab).await;
+}
+
+/// Early media: the PBX answers 183 with SDP and streams at once; Teams gets drbridge's answer in
+/// the 183, checks ICE and decrypts the early media; the 200 that follows carries the same ICE
+/// credentials, key and address (RFC 8445: the credentials do not change within a session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_183_then_200_with_stable_ice_and_key() {
+    let lab = lab(|_| {}).await;
+    let pbx = SipPeer::new("pbx");
+    pbx.bind_udp(lab.cfg.pbx_address).await;
+    let pbx_rtp = RtpEndpoint::bind().await;
+    let mut ep = SrtpEndpoint::bind().await;
+    let conn = lab.teams.connect_sbc(lab.cfg.teams_listen, 0).await;
+    let inv = lab.teams.teams_invite(TEAMS_CALLER, PBX_EXT_E164, conn.remote.port(), 0, &ep.sdp("sendrecv", 101, 1));
+    let mut call = lab.teams.send_invite(&conn, inv);
+    let (pinv, pconn) = pbx.expect_request(Method::Invite, STEP).await;
+    let dr_pbx = assert_pbx_side_sdp(&lab, &String::from_utf8_lossy(&pinv.body), &[ep.addr().port()], "INVITE toward the PBX");
+    let sdp = pbx_sdp(pbx_rtp.addr(), "sendrecv");
+    pbx.respond(&pinv, 183, &sdp, &[]);
+    let early = loop {
+        let r = lab.teams.expect_response(&call.call_id, Method::Invite, STEP).await;
+        assert!(r.status < 200, "final response {} before the 183", r.status);
+        if r.status == 183 {
+            break r;
+        }
+    };
+    let early = SdpMedia::parse(&String::from_utf8_lossy(&early.body));
+    assert_teams_side_sdp(&lab, &early, &[pbx_rtp.addr().port()], "183 toward Teams");
+    ep.set_remote_key(&early.key());
+    ep.ice_check(early.candidates[0], &early.ice(), true).await;
+    let pkts = audio_packets(10, 0x183, 1);
+    let dst = dr_pbx.addr();
+    let sock = &pbx_rtp;
+    paced(&pkts, |p| async move { sock.send(&p, dst).await }).await;
+    assert_eq!(decrypted(&ep.collect(pkts.len(), MEDIA_WAIT).await), pkts, "early media decrypted");
+
+    pbx.respond(&pinv, 200, &sdp, &[]);
+    let pcall = pbx.accept_call(&pinv, &pconn);
+    let ok = lab.teams.await_answer(&mut call, STEP).await;
+    assert_eq!(ok.status, 200);
+    lab.teams.ack(&mut call).await;
+    pbx.expect_ack(&pcall, STEP).await;
+    let answer = SdpMedia::parse(&String::from_utf8_lossy(&ok.body));
+    assert_eq!(answer.ice(), early.ice(), "ICE credentials of the 200 = those of the 183");
+    assert_eq!(answer.key(), early.key(), "SDES key of the 200 = that of the 183");
+    assert_eq!(answer.addr(), early.addr(), "address of the 200 = that of the 183");
+    let mut mc = MediaCall { pbx, pbx_call: pcall, pbx_rtp, dr_pbx, teams_call: call, ep, dr_teams: answer };
+    mc.assert_media_both_ways(10, 100).await;
     mc.teams_hangs_up(&lab).await;
 }
 
