@@ -130,7 +130,10 @@ async fn pbx_calls_teams(lab: &Lab, te_pt: u8) -> MediaCall {
 }
 
 async fn pbx_calls_teams_with(lab: &Lab, pbx: SipPeer, te_pt: u8) -> MediaCall {
-    let pbx_rtp = RtpEndpoint::bind().await;
+    pbx_calls_teams_from(lab, pbx, RtpEndpoint::bind().await, te_pt).await
+}
+
+async fn pbx_calls_teams_from(lab: &Lab, pbx: SipPeer, pbx_rtp: RtpEndpoint, te_pt: u8) -> MediaCall {
     let mut ep = SrtpEndpoint::bind().await;
     let mut pbx_call = pbx_invite(lab, &pbx, &pbx_rtp);
     let (teams_call, dr_teams) = teams_answers(&lab.teams, &ep, te_pt).await;
@@ -464,6 +467,37 @@ async fn early_media_183_then_200_with_stable_ice_and_key() {
     mc.teams_hangs_up(&lab).await;
 }
 
+/// RTCP: a sender report from the PBX's RTCP port (RTP port + 1) reaches Teams as SRTCP on the
+/// muxed port and decrypts equal; a receiver report from Teams (SRTCP, muxed) reaches the PBX's
+/// RTCP port as plain RTCP from drbridge's PBX-side RTCP port (its RTP port + 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtcp_relayed_both_ways() {
+    let lab = lab(|_| {}).await;
+    let pbx = SipPeer::new("pbx");
+    pbx.bind_udp(lab.cfg.pbx_address).await;
+    let (pbx_rtp, pbx_rtcp) = RtpEndpoint::bind_pair().await;
+    let mut mc = pbx_calls_teams_from(&lab, pbx, pbx_rtp, 101).await;
+    mc.assert_media_both_ways(3, 1).await;
+    let dr_pbx_rtcp = SocketAddr::new(mc.dr_pbx.addr().ip(), mc.dr_pbx.port + 1);
+
+    let mut sr = vec![0x80u8, 200, 0x00, 0x06, 0x00, 0x00, 0x47, 0x11];
+    sr.extend(1..=20u8);
+    pbx_rtcp.send_to(&sr, dr_pbx_rtcp).await.expect("send RTCP");
+    let (raw, from) = mc.ep.recv_raw(MEDIA_WAIT).await.expect("SRTCP at Teams");
+    assert_eq!(from, mc.dr_teams.addr(), "SRTCP on the muxed port");
+    assert_eq!(mc.ep.unprotect_rtcp(&raw).expect("SRTCP decrypts with drbridge's key"), sr);
+
+    let mut rr = vec![0x81u8, 201, 0x00, 0x07, 0x7e, 0xa3, 0x50, 0x00];
+    rr.extend(0..24u8);
+    let srtcp = mc.ep.protect_rtcp(&rr);
+    mc.ep.sock.send_to(&srtcp, mc.dr_teams.addr()).await.expect("send SRTCP");
+    let mut b = [0u8; 1500];
+    let (n, from) = tokio::time::timeout(MEDIA_WAIT, pbx_rtcp.recv_from(&mut b)).await.expect("RTCP at the PBX").expect("recv");
+    assert_eq!(from, dr_pbx_rtcp, "from drbridge's PBX-side RTCP port");
+    assert_eq!(&b[..n], &rr[..], "plain RTCP at the PBX");
+    mc.teams_hangs_up(&lab).await;
+}
+
 // ------------------------------------------------------------------ 3. hold and resume
 
 /// The PBX holds with an RFC 2543 hold (c=0.0.0.0, a=sendonly): Teams is offered a=sendonly
@@ -537,6 +571,34 @@ async fn teams_hold_inactive_and_resume() {
             mc.assert_media_both_ways(10, seq0).await;
         }
     }
+    mc.teams_hangs_up(&lab).await;
+}
+
+/// ICE restart: Teams re-INVITEs with new ufrag/pwd; drbridge answers with new credentials of
+/// its own (same address and key), checks with them succeed, media flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_ice_restart_by_reinvite() {
+    let lab = lab(|_| {}).await;
+    let mut mc = pbx_calls_teams(&lab, 101).await;
+    mc.assert_media_both_ways(3, 1).await;
+    mc.ep.ice = IceCredentials { ufrag: "rst1".into(), pwd: "restartedrestartedrestarted".into() };
+    let body = mc.ep.sdp("sendrecv", 101, 1);
+    let (resp, _) = tokio::join!(
+        lab.teams.request(&mut mc.teams_call, Method::Invite, &body, &[], STEP),
+        pbx_answers_reinvite(&mc.pbx, &mc.pbx_call, &mc.pbx_rtp)
+    );
+    assert_eq!(resp.status, 200);
+    let answer = SdpMedia::parse(&String::from_utf8_lossy(&resp.body));
+    assert_teams_side_sdp(&lab, &answer, &[mc.pbx_rtp.addr().port()], "ICE restart answer");
+    assert_ne!(answer.ice().ufrag, mc.dr_teams.ice().ufrag, "new ufrag after an ICE restart");
+    assert_ne!(answer.ice().pwd, mc.dr_teams.ice().pwd, "new pwd after an ICE restart");
+    assert_eq!(answer.addr(), mc.dr_teams.addr());
+    if answer.key() != mc.dr_teams.key() {
+        mc.ep.set_remote_key(&answer.key());
+    }
+    mc.ep.ice_check(answer.candidates[0], &answer.ice(), true).await;
+    mc.dr_teams = answer;
+    mc.assert_media_both_ways(5, 100).await;
     mc.teams_hangs_up(&lab).await;
 }
 

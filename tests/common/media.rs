@@ -466,6 +466,31 @@ a={direction}\r\n",
         self.rx = Some(SrtpStream::receiver(key).expect("SRTP receiver"));
     }
 
+    /// SRTCP with our key (RTCP is muxed on the RTP socket toward drbridge).
+    pub fn protect_rtcp(&mut self, rtcp: &[u8]) -> Vec<u8> {
+        self.tx.protect_rtcp(rtcp).expect("protect RTCP").to_vec()
+    }
+
+    /// Decrypts an SRTCP datagram received (with drbridge's key).
+    pub fn unprotect_rtcp(&mut self, raw: &[u8]) -> Result<Vec<u8>, SrtpError> {
+        self.rx.as_mut().expect("set_remote_key first").unprotect_rtcp(raw).map(|b| b.to_vec())
+    }
+
+    /// The next datagram that is not STUN, undecoded (None after `wait`).
+    pub async fn recv_raw(&mut self, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+        if let Some(e) = self.early.pop_front() {
+            return Some(e);
+        }
+        let mut b = vec![0u8; 2048];
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (n, from) = tokio::time::timeout_at(deadline, self.sock.recv_from(&mut b)).await.ok()?.expect("recv");
+            if classify(&b[..n]) != PacketKind::Stun {
+                return Some((b[..n].to_vec(), from));
+            }
+        }
+    }
+
     pub fn protect(&mut self, rtp: &Rtp) -> Vec<u8> {
         self.tx.protect_rtp(&rtp.to_bytes()).expect("protect").to_vec()
     }
@@ -562,6 +587,21 @@ impl RtpEndpoint {
 
     pub fn addr(&self) -> SocketAddr {
         self.sock.local_addr().expect("local addr")
+    }
+
+    /// An RTP socket on an even port and an RTCP socket on the next one (bounded attempts).
+    pub async fn bind_pair() -> (RtpEndpoint, UdpSocket) {
+        for _ in 0..50 {
+            let rtp = UdpSocket::bind(loopback(0)).await.expect("bind");
+            let port = rtp.local_addr().expect("addr").port();
+            if port % 2 != 0 || port == u16::MAX {
+                continue;
+            }
+            if let Ok(rtcp) = UdpSocket::bind(loopback(port + 1)).await {
+                return (RtpEndpoint { sock: rtp }, rtcp);
+            }
+        }
+        panic!("no free RTP/RTCP port pair on loopback");
     }
 
     pub async fn send(&self, rtp: &Rtp, to: SocketAddr) {
