@@ -830,7 +830,7 @@ async fn media_addresses_hidden_both_ways() {
         let body = body_of(&text);
         let tokens: Vec<&str> = body.split(|c: char| c.is_whitespace() || c == ':' || c == '/').collect();
         assert!(!tokens.contains(&teams_port.as_str()), "Teams media port {teams_port} toward the PBX:\n{body}");
-        for secret in [teams_key.as_str(), ice.ufrag.as_str(), ice.pwd.as_str(), "a=crypto", "a=candidate", "ice-"] {
+        for secret in [teams_key.as_str(), ice.ufrag.as_str(), ice.pwd.as_str(), "a=crypto", "a=candidate", "a=ice-"] {
             assert!(!text.contains(secret), "{secret} toward the PBX:\n{text}");
         }
     }
