@@ -46,6 +46,10 @@ pub struct LabConfig {
     pub extra_toml: String,
     /// `[media] inactivity_timeout_secs`.
     pub media_timeout_secs: u64,
+    /// `[media] teams_port_min`, `teams_port_max` (even RTP ports; RTCP muxed toward Teams).
+    pub teams_media_ports: (u16, u16),
+    /// `[media] pbx_port_min`, `pbx_port_max` (even RTP ports, RTCP on port+1).
+    pub pbx_media_ports: (u16, u16),
 }
 
 impl LabConfig {
@@ -85,6 +89,9 @@ impl LabConfig {
             min_se_secs: 90,
             extra_toml: String::new(),
             media_timeout_secs: 60,
+            // Media ports below the ephemeral range the tests pick SIP ports from.
+            teams_media_ports: (20000, 24999),
+            pbx_media_ports: (25000, 29999),
         }
     }
 
@@ -154,8 +161,10 @@ impl LabConfig {
         let _ = writeln!(t, "t1_ms = 500\nt2_ms = 4000\nt4_ms = 5000");
         let _ = writeln!(t, "session_expires_secs = {}", self.session_expires_secs);
         let _ = writeln!(t, "min_se_secs = {}", self.min_se_secs);
-        // Media ports below the ephemeral range the tests pick SIP ports from.
-        let _ = writeln!(t, "\n[media]\nteams_port_min = 20000\nteams_port_max = 24999\npbx_port_min = 25000\npbx_port_max = 29999\ninactivity_timeout_secs = {}", self.media_timeout_secs);
+        let _ = writeln!(t, "\n[media]");
+        let _ = writeln!(t, "teams_port_min = {}\nteams_port_max = {}", self.teams_media_ports.0, self.teams_media_ports.1);
+        let _ = writeln!(t, "pbx_port_min = {}\npbx_port_max = {}", self.pbx_media_ports.0, self.pbx_media_ports.1);
+        let _ = writeln!(t, "inactivity_timeout_secs = {}", self.media_timeout_secs);
         if !self.extra_toml.is_empty() {
             let _ = writeln!(t, "\n{}", self.extra_toml);
         }

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod config;
 pub mod drbridge;
 pub mod hiding;
+pub mod media;
 pub mod peer;
 pub mod sipp;
 pub mod teams;
