@@ -210,9 +210,6 @@ async fn pbx_to_teams_pcap_audio_and_dtmf_arrive_decrypted() {
 /// The same with Teams answering telephone-event as PT 96 (RFC 3264 allows the answerer its own
 /// numbers; the PBX sends 101): DTMF must reach Teams as 96.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: PT map one way only (src/media/relay.rs Relay::apply/Leg::apply): the answerer's RemoteMedia::pt_map \
-            (96->101) is applied to packets *from* the answerer only; packets toward it keep the offerer's PT (101), \
-            so Teams gets telephone-event as 101 although it answered 96"]
 async fn pbx_to_teams_pcap_dtmf_gets_teams_payload_type() {
     if !sipp::require("pbx_to_teams_pcap_dtmf_gets_teams_payload_type") {
         return;
@@ -379,8 +376,6 @@ async fn teams_to_pbx_sipp_rtp_echo_round_trip() {
 /// Teams offers telephone-event as 101, the PBX answers it as 96: each side must receive DTMF
 /// with its own number (PBX 96 -> Teams 101, Teams 101 -> PBX 96), everything else unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: PT map one way only (src/media/relay.rs Relay::apply/Leg::apply): the PBX answer's pt_map (96->101) \
-            maps PBX->Teams, but Teams->PBX telephone-event keeps 101 although the PBX answered 96"]
 async fn dtmf_payload_types_mapped_both_ways() {
     let lab = lab(|_| {}).await;
     let pbx = SipPeer::new("pbx");
