@@ -38,6 +38,7 @@ async fn lab(proxies: usize, tweak: impl FnOnce(&mut LabConfig)) -> Lab {
     let mut cfg = cfg.with_proxies(&teams.proxy_addrs);
     tweak(&mut cfg);
     let dr = tokio::task::block_in_place(|| Drbridge::start(&cfg));
+    let cfg = dr.cfg.clone();
     Lab { cfg, teams, dr }
 }
 

@@ -45,6 +45,7 @@ async fn lab(tweak: impl FnOnce(&mut LabConfig)) -> Lab {
     let mut cfg = cfg.with_proxies(&teams.proxy_addrs);
     tweak(&mut cfg);
     let dr = tokio::task::block_in_place(|| Drbridge::start(&cfg));
+    let cfg = dr.cfg.clone();
     Lab { cfg, teams, dr }
 }
 

@@ -29,11 +29,25 @@ pub struct Drbridge {
 impl Drbridge {
     /// Writes `cfg` to `<lab dir>/drbridge.toml`, runs `drbridge run --config` and waits
     /// (at most READY_TIMEOUT) for the `drbridge ready` line. Panics with the log otherwise.
+    ///
+    /// drbridge's own listen ports are picked free before it starts; another process on the
+    /// machine can take one in between. Then they are picked again (a few times): read the ports
+    /// from `Drbridge::cfg` afterwards, not from the config given.
     pub fn start(cfg: &LabConfig) -> Drbridge {
-        match Drbridge::try_start(cfg) {
-            Ok(d) => d,
-            Err(e) => panic!("{e}"),
+        let mut cfg = cfg.clone();
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Drbridge::try_start(&cfg) {
+                Ok(d) => return d,
+                Err(e) if e.contains("Address already in use") => {
+                    last = e;
+                    cfg.teams_listen = super::util::loopback(super::util::free_port());
+                    cfg.pbx_listen = super::util::loopback(super::util::free_port());
+                }
+                Err(e) => panic!("{e}"),
+            }
         }
+        panic!("{last}")
     }
 
     pub fn try_start(cfg: &LabConfig) -> Result<Drbridge, String> {
