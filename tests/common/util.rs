@@ -44,14 +44,26 @@ impl Drop for TempDir {
     }
 }
 
+/// Ports handed out to tests come from 10000..19999, below the kernel's ephemeral range
+/// (32768..60999) and drbridge's lab media ranges (20000..29999): a port the kernel gives to
+/// some other socket meanwhile can then not collide with one a test picked and released. Each
+/// test process walks the range from its own offset and never hands out a port twice.
+fn next_candidate() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = (std::process::id() % 97) * 100;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    10_000 + (NEXT.fetch_add(1, Ordering::SeqCst) % 10_000) as u16
+}
+
 /// A loopback port free for both UDP and TCP at the time of the call (drbridge's PBX listener
 /// binds both on one port).
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let Ok(u) = UdpSocket::bind("127.0.0.1:0") else { continue };
-        let Ok(a) = u.local_addr() else { continue };
-        if TcpListener::bind(a).is_ok() {
-            return a.port();
+    for _ in 0..1000 {
+        let port = next_candidate();
+        let a = loopback(port);
+        if UdpSocket::bind(a).is_ok() && TcpListener::bind(a).is_ok() {
+            return port;
         }
     }
     panic!("no free loopback port");
@@ -59,7 +71,13 @@ pub fn free_port() -> u16 {
 
 /// A loopback port free for UDP.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|u| u.local_addr()).map(|a| a.port()).expect("free UDP port")
+    for _ in 0..1000 {
+        let port = next_candidate();
+        if UdpSocket::bind(loopback(port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback UDP port");
 }
 
 pub fn loopback(port: u16) -> SocketAddr {
