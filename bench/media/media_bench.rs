@@ -37,6 +37,11 @@ fn args() -> Args {
         pid: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
+    if !v.iter().any(|x| x == "--bench") {
+        // Run by `cargo test --all-targets` (no --bench flag): a short smoke run only.
+        a.streams = 20;
+        a.secs = 1;
+    }
     let mut i = 0;
     while i < v.len() {
         let val = v.get(i + 1).cloned().unwrap_or_default();
