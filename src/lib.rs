@@ -5,3 +5,5 @@ pub mod config;
 pub mod media;
 pub mod routing;
 pub mod sip;
+pub mod presence;
+pub mod admin;
