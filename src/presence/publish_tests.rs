@@ -412,23 +412,23 @@ async fn driver_coalesces_limits_and_honours_retry_after() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(start.elapsed() < Duration::from_secs(60), "publisher did not settle");
     }
-    let c = pubg.core.lock().unwrap();
-    for u in 0..200 {
-        assert_eq!(c.published(&format!("u{u}")), Some([Available, InACall, Away, DoNotDisturb, InAConferenceCall][(u + 4) % 5]));
+    {
+        let c = pubg.core.lock().unwrap();
+        for u in 0..200 {
+            assert_eq!(c.published(&format!("u{u}")), Some([Available, InACall, Away, DoNotDisturb, InAConferenceCall][(u + 4) % 5]));
+        }
+        let log = sink.log.lock().unwrap();
+        let first = log[0].0;
+        // The first request was throttled for 2 s once its answer came (40 ms): requests already
+        // sent before it went, nothing else was sent until the pause ended.
+        let resume = first + Duration::from_millis(40) + Duration::from_secs(2);
+        assert!(log.iter().all(|(t, _)| *t < first + Duration::from_millis(40) || *t >= resume), "{:?}", log.iter().map(|(t, _)| *t - first).take(10).collect::<Vec<_>>());
+        assert!(log.iter().any(|(t, _)| *t >= resume));
+        let times: Vec<Instant> = log.iter().flat_map(|(t, ops)| std::iter::repeat_n(t.into_std(), ops.len())).collect();
+        assert!(max_in_window(&times, S) <= 100);
+        let ops: usize = log.iter().map(|(_, o)| o.len()).sum();
+        assert!(ops < 1000 / 2, "coalesced: {ops} operations for 1000 changes");
     }
-    let log = sink.log.lock().unwrap();
-    let first = log[0].0;
-    // The first request was throttled for 2 s once its answer came (40 ms): requests already
-    // sent before it went, nothing else was sent until the pause ended.
-    let resume = first + Duration::from_millis(40) + Duration::from_secs(2);
-    assert!(log.iter().all(|(t, _)| *t < first + Duration::from_millis(40) || *t >= resume), "{:?}", log.iter().map(|(t, _)| *t - first).take(10).collect::<Vec<_>>());
-    assert!(log.iter().any(|(t, _)| *t >= resume));
-    let times: Vec<Instant> = log.iter().flat_map(|(t, ops)| std::iter::repeat_n(t.into_std(), ops.len())).collect();
-    assert!(max_in_window(&times, S) <= 100);
-    let ops: usize = log.iter().map(|(_, o)| o.len()).sum();
-    assert!(ops < 1000 / 2, "coalesced: {ops} operations for 1000 changes");
-    drop(c);
-    drop(log);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
     assert!(text.contains("drbridge_presence_changes_total 1000"), "{text}");
