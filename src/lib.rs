@@ -6,3 +6,4 @@ pub mod media;
 pub mod presence;
 pub mod routing;
 pub mod sip;
+pub mod admin;

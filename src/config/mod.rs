@@ -76,6 +76,10 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub media: Media,
+    #[serde(default)]
+    pub presence: Presence,
+    #[serde(default)]
+    pub admin: Admin,
     /// The file this was loaded from (for error messages); empty when built in code.
     #[serde(skip)]
     pub source: PathBuf,
@@ -382,6 +386,126 @@ impl Default for Log {
     }
 }
 
+/// `[presence]`: publishing line state to Teams as an application presence session through
+/// Microsoft Graph (client-credentials grant, application permission Presence.ReadWrite.All).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Presence {
+    /// Publish presence at all. Off by default.
+    pub enabled: bool,
+    /// Directory (tenant) id or a verified domain of the tenant. Required when enabled.
+    pub tenant: String,
+    /// Application (client) id; also the `sessionId` of the presence session. Required when enabled.
+    pub client_id: String,
+    /// File whose first line is the client secret (resolved against the config's directory).
+    pub client_secret_file: Option<PathBuf>,
+    /// Environment variable holding the client secret (when `client_secret_file` is not set).
+    pub client_secret_env: Option<String>,
+    /// Microsoft identity platform base URL (token endpoint: `{identity_base}/{tenant}/oauth2/v2.0/token`).
+    pub identity_base: String,
+    /// Microsoft Graph base URL, API version included.
+    pub graph_base: String,
+    /// Scope of the token request.
+    pub scope: String,
+    /// `expirationDuration` of the presence session, minutes (Graph: 5..=240); refreshed at 80%.
+    pub expiration_minutes: u64,
+    /// Graph presence requests (each request inside a `$batch` counts) in any window of
+    /// `rate_window_secs`; at most Graph's 1500 per 30 s on average.
+    pub rate_limit: u32,
+    pub rate_window_secs: u64,
+    /// Requests that may go at once after a quiet period (less than `rate_limit`).
+    pub rate_burst: u32,
+    /// Most requests in one `$batch` (1..=20).
+    pub batch_max: usize,
+    /// Most HTTP requests to Graph outstanding at once.
+    pub max_in_flight: usize,
+    /// Timeout of one HTTP request to Graph or the identity platform, seconds.
+    pub request_timeout_secs: u64,
+    /// First retry delay after a failed request, ms; doubles per attempt (with jitter) up to `retry_max_secs`.
+    pub retry_initial_ms: u64,
+    pub retry_max_secs: u64,
+    /// Capacity of the queue of desired states into the publisher.
+    pub queue: usize,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Presence {
+            enabled: false,
+            tenant: String::new(),
+            client_id: String::new(),
+            client_secret_file: None,
+            client_secret_env: None,
+            identity_base: "https://login.microsoftonline.com".into(),
+            graph_base: "https://graph.microsoft.com/v1.0".into(),
+            scope: "https://graph.microsoft.com/.default".into(),
+            expiration_minutes: 60,
+            rate_limit: 1200,
+            rate_window_secs: 30,
+            rate_burst: 100,
+            batch_max: 20,
+            max_in_flight: 4,
+            request_timeout_secs: 10,
+            retry_initial_ms: 1000,
+            retry_max_secs: 300,
+            queue: 4096,
+        }
+    }
+}
+
+impl Presence {
+    pub fn expiration(&self) -> Duration {
+        Duration::from_secs(self.expiration_minutes * 60)
+    }
+    pub fn rate_window(&self) -> Duration {
+        Duration::from_secs(self.rate_window_secs)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn retry_initial(&self) -> Duration {
+        Duration::from_millis(self.retry_initial_ms)
+    }
+    pub fn retry_max(&self) -> Duration {
+        Duration::from_secs(self.retry_max_secs)
+    }
+}
+
+/// `[admin]`: the HTTP admin server (health, metrics, presence view and ingest, Graph webhook).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Run the admin server. Off by default.
+    pub enabled: bool,
+    /// Listen address. Keep it on loopback or a management network; the Graph webhook path
+    /// alone is meant to be published through a reverse proxy.
+    #[serde(deserialize_with = "de_socket_addr")]
+    pub listen: SocketAddr,
+    /// File whose first line is the bearer token every endpoint but /health and
+    /// /graph/webhook requires. One of token_file / token_env is required when enabled.
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    /// The `clientState` Graph subscriptions carry; notifications without it are dropped.
+    pub webhook_client_state_file: Option<PathBuf>,
+    pub webhook_client_state_env: Option<String>,
+    /// Capacity of the ingest and webhook queues (full: 503 with Retry-After).
+    pub queue: usize,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token_file: None,
+            token_env: None,
+            webhook_client_state_file: None,
+            webhook_client_state_env: None,
+            queue: 1024,
+        }
+    }
+}
+
 /// A compiled regular expression from the file (keeps its source text).
 #[derive(Clone)]
 pub struct Pattern(pub Regex);
@@ -630,7 +754,17 @@ fn resolve_paths(cfg: &mut Config, base: &Path) {
     cfg.teams.tls_cert = resolve(base, &cfg.teams.tls_cert);
     cfg.teams.tls_key = resolve(base, &cfg.teams.tls_key);
     cfg.teams.tls_ca = resolve(base, &cfg.teams.tls_ca);
-    for p in [&mut cfg.pbx.tls_cert, &mut cfg.pbx.tls_key, &mut cfg.pbx.tls_ca].into_iter().flatten() {
+    for p in [
+        &mut cfg.pbx.tls_cert,
+        &mut cfg.pbx.tls_key,
+        &mut cfg.pbx.tls_ca,
+        &mut cfg.presence.client_secret_file,
+        &mut cfg.admin.token_file,
+        &mut cfg.admin.webhook_client_state_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
         *p = resolve(base, p);
     }
 }
@@ -825,11 +959,95 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
             return Err(bad(key, "must name at least one audio codec"));
         }
     }
+    validate_presence(&cfg.presence)?;
+    validate_admin(&cfg.admin)?;
 
     // [log]
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.log.level) {
         return Err(bad("log.level", format!("{:?} is not a tracing filter: {e}", cfg.log.level)));
     }
+    Ok(())
+}
+
+/// An http(s) base URL without query or fragment.
+fn check_base_url(key: &str, v: &str) -> Result<(), Invalid> {
+    let rest = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://"));
+    let ok = rest.is_some_and(|r| {
+        let host = r.split('/').next().unwrap_or("");
+        !host.is_empty() && !r.contains(['?', '#']) && !r.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    if !ok {
+        return Err(bad(key, format!("{v:?} is not an http(s) URL without query")));
+    }
+    Ok(())
+}
+
+/// A `file` / `env` pair naming a secret: at most one of them, and exactly one when `required`.
+fn check_secret(section: &str, name: &str, file: &Option<PathBuf>, env: &Option<String>, required: bool) -> Result<(), Invalid> {
+    let has_file = file.as_ref().is_some_and(|f| !f.as_os_str().is_empty());
+    let has_env = env.as_ref().is_some_and(|e| !e.is_empty());
+    if let Some(e) = env.as_ref().filter(|e| !e.is_empty()) {
+        if e.contains('=') || e.contains('\0') || e.chars().any(char::is_whitespace) {
+            return Err(bad(format!("{section}.{name}_env"), format!("{e:?} is not an environment variable name")));
+        }
+    }
+    if has_file && has_env {
+        return Err(bad(format!("{section}.{name}_env"), format!("set either {section}.{name}_file or {section}.{name}_env, not both")));
+    }
+    if required && !has_file && !has_env {
+        return Err(bad(format!("{section}.{name}_file"), format!("{section}.{name}_file or {section}.{name}_env is required when {section}.enabled = true")));
+    }
+    Ok(())
+}
+
+fn validate_presence(p: &Presence) -> Result<(), Invalid> {
+    check_base_url("presence.identity_base", &p.identity_base)?;
+    check_base_url("presence.graph_base", &p.graph_base)?;
+    if p.scope.trim().is_empty() {
+        return Err(bad("presence.scope", "must not be empty"));
+    }
+    range_check("presence.expiration_minutes", p.expiration_minutes, 5, 240, "minutes; Graph accepts PT5M..PT4H")?;
+    range_check("presence.rate_window_secs", p.rate_window_secs, 1, 300, "seconds")?;
+    range_check("presence.rate_limit", p.rate_limit as u64, 2, 1_000_000, "requests")?;
+    if p.rate_limit as u64 * 30 > 1500 * p.rate_window_secs {
+        return Err(bad(
+            "presence.rate_limit",
+            format!("{} per {} s exceeds Graph's presence limit of 1500 requests per 30 s", p.rate_limit, p.rate_window_secs),
+        ));
+    }
+    if p.rate_burst == 0 || p.rate_burst >= p.rate_limit {
+        return Err(bad("presence.rate_burst", format!("{} must be at least 1 and below presence.rate_limit ({})", p.rate_burst, p.rate_limit)));
+    }
+    range_check("presence.batch_max", p.batch_max as u64, 1, 20, "requests; Graph's $batch takes at most 20")?;
+    range_check("presence.max_in_flight", p.max_in_flight as u64, 1, 64, "requests")?;
+    range_check("presence.request_timeout_secs", p.request_timeout_secs, 1, 120, "seconds")?;
+    range_check("presence.retry_initial_ms", p.retry_initial_ms, 10, 60_000, "ms")?;
+    range_check("presence.retry_max_secs", p.retry_max_secs, 1, 3600, "seconds")?;
+    if p.retry_max_secs * 1000 < p.retry_initial_ms {
+        return Err(bad("presence.retry_max_secs", format!("{} s is below presence.retry_initial_ms ({} ms)", p.retry_max_secs, p.retry_initial_ms)));
+    }
+    range_check("presence.queue", p.queue as u64, 16, 1_000_000, "entries")?;
+    check_secret("presence", "client_secret", &p.client_secret_file, &p.client_secret_env, p.enabled)?;
+    if p.enabled {
+        for (k, v) in [("presence.tenant", &p.tenant), ("presence.client_id", &p.client_id)] {
+            if v.trim().is_empty() {
+                return Err(bad(k, "required when presence.enabled = true"));
+            }
+            if v.contains(['/', '?', '#']) || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad(k, format!("{v:?} is not a GUID or domain name")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_admin(a: &Admin) -> Result<(), Invalid> {
+    if a.listen.port() == 0 {
+        return Err(bad("admin.listen", "port must not be 0"));
+    }
+    check_secret("admin", "token", &a.token_file, &a.token_env, a.enabled)?;
+    check_secret("admin", "webhook_client_state", &a.webhook_client_state_file, &a.webhook_client_state_env, false)?;
+    range_check("admin.queue", a.queue as u64, 16, 1_000_000, "entries")?;
     Ok(())
 }
 
@@ -878,6 +1096,19 @@ fn check_replacement(p: &Pattern, rep: &str) -> Result<(), String> {
 
 fn check_files(cfg: &Config, teams_files: bool) -> Result<(), ConfigError> {
     let err = |key: &str, reason: String| ConfigError { file: cfg.source.clone(), key: key.to_string(), reason };
+    // Secret files must exist when their section is enabled (their content is never shown).
+    let secret_files = [
+        (cfg.presence.enabled, "presence.client_secret_file", &cfg.presence.client_secret_file),
+        (cfg.admin.enabled, "admin.token_file", &cfg.admin.token_file),
+        (cfg.admin.enabled, "admin.webhook_client_state_file", &cfg.admin.webhook_client_state_file),
+    ];
+    for (on, key, file) in secret_files {
+        if let (true, Some(f)) = (on, file) {
+            if !f.is_file() {
+                return Err(err(key, format!("file not found: {}", f.display())));
+            }
+        }
+    }
     if teams_files {
         let t = &cfg.teams;
         let chain = tls::read_certs(&t.tls_cert).map_err(|r| err("teams.tls_cert", r))?;

@@ -311,3 +311,61 @@ fn pbx_tls_files_checked() {
     load(&path).unwrap();
 }
 
+
+#[test]
+fn presence_and_admin_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(!c.presence.enabled && !c.admin.enabled);
+    assert_eq!(c.presence.graph_base, "https://graph.microsoft.com/v1.0");
+    assert_eq!(c.presence.identity_base, "https://login.microsoftonline.com");
+    assert_eq!((c.presence.rate_limit, c.presence.rate_window_secs, c.presence.rate_burst), (1200, 30, 100));
+    assert_eq!(c.presence.expiration(), Duration::from_secs(3600));
+    assert_eq!(c.admin.listen, "127.0.0.1:8080".parse().unwrap());
+}
+
+#[test]
+fn presence_rules() {
+    let on = "[presence]\nenabled = true\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"11111111-2222-3333-4444-555555555555\"\n";
+    let e = err(&format!("{MINIMAL}\n{on}"));
+    assert!(e.starts_with("config/x.toml: presence.client_secret_file: presence.client_secret_file or presence.client_secret_env is required"), "{e}");
+    let c = parse(&format!("{MINIMAL}\n{on}client_secret_file = \"secret\"\n")).unwrap();
+    assert_eq!(c.presence.client_secret_file.as_deref(), Some(Path::new("config/secret")), "resolved against the config's directory");
+    let e = err(&format!("{MINIMAL}\n{on}client_secret_file = \"s\"\nclient_secret_env = \"S\"\n"));
+    assert!(e.contains("presence.client_secret_env: set either"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[presence]\nenabled = true\nclient_secret_env = \"S\"\nclient_id = \"x\"\n"));
+    assert!(e.contains("presence.tenant: required when presence.enabled = true"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[presence]\nexpiration_minutes = 300\n"));
+    assert!(e.contains("presence.expiration_minutes: 300 is out of range (5..=240 minutes"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[presence]\nrate_limit = 1600\n"));
+    assert!(e.contains("presence.rate_limit: 1600 per 30 s exceeds Graph's presence limit"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[presence]\nrate_limit = 100\nrate_window_secs = 1\n"));
+    assert!(e.contains("presence.rate_limit: 100 per 1 s exceeds"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[presence]\nrate_limit = 50\nrate_burst = 50\n"));
+    assert!(e.contains("presence.rate_burst:"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[presence]\nbatch_max = 21\n"));
+    assert!(e.contains("presence.batch_max: 21 is out of range"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[presence]\ngraph_base = \"graph.microsoft.com\"\n"));
+    assert!(e.contains("presence.graph_base:"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[presence]\nsecret = \"x\"\n"));
+    assert!(e.contains("presence.secret: unknown key"), "{e}");
+    let c = parse(&format!("{MINIMAL}\n[presence]\ngraph_base = \"http://127.0.0.1:9999/v1.0\"\nrate_limit = 40\nrate_window_secs = 1\nrate_burst = 5\n")).unwrap();
+    assert_eq!(c.presence.rate_window(), Duration::from_secs(1));
+}
+
+#[test]
+fn admin_rules() {
+    let e = err(&format!("{MINIMAL}\n[admin]\nenabled = true\n"));
+    assert!(e.starts_with("config/x.toml: admin.token_file: admin.token_file or admin.token_env is required"), "{e}");
+    let c = parse(&format!("{MINIMAL}\n[admin]\nenabled = true\ntoken_env = \"DRBRIDGE_ADMIN_TOKEN\"\nlisten = \"127.0.0.1:9090\"\n")).unwrap();
+    assert_eq!(c.admin.token_env.as_deref(), Some("DRBRIDGE_ADMIN_TOKEN"));
+    let e = err(&format!("{MINIMAL}\n[admin]\nlisten = \"localhost\"\n"));
+    assert!(e.contains("admin.listen: \"localhost\" is not an IP address and port"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[admin]\ntoken_env = \"A B\"\n"));
+    assert!(e.contains("admin.token_env:"), "{e}");
+    // check_files: secret files must exist when the section is enabled.
+    let dir = TempDir::new();
+    let path = dir.write("d.toml", &format!("{MINIMAL}\n[admin]\nenabled = true\ntoken_file = \"nope.token\"\n"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let e = parse_str(&text, &path, LoadOptions { check_files: true }).unwrap_err();
+    assert_eq!(e.key, "admin.token_file", "{e}");
+}

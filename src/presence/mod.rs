@@ -17,14 +17,18 @@
 //! - [`subscription`]: the [`SubscriptionSet`] core for the PBX SUBSCRIBEs (dialog, presence).
 //! - [`store`]: the [`PresenceStore`] trait, a `redb` store and an in-memory store.
 //!
-//! The Graph client / publisher (`graph`, `publish`) come from the `presence-graph` branch and
-//! are declared there: `pub mod graph; pub mod publish;` once both branches are merged.
+//! - [`graph`]: the Microsoft Graph client (client-credentials token, setPresence,
+//!   clearPresence, `$batch`, user lookup).
+//! - [`publish`]: the publisher (per-user coalescing, session refresh, rate limit, Retry-After,
+//!   backoff, latency histogram) and its tokio driver.
 
 pub mod aggregate;
 pub mod dialoginfo;
 pub mod directory;
+pub mod graph;
 pub mod linestate;
 pub mod pidf;
+pub mod publish;
 pub mod state;
 pub mod store;
 pub mod subscription;

@@ -8,6 +8,7 @@
 pub mod certs;
 pub mod config;
 pub mod drbridge;
+pub mod graph;
 pub mod hiding;
 pub mod media;
 pub mod peer;
