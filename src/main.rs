@@ -5,7 +5,13 @@ use drbridge::b2bua::{B2bua, CoreConfig, Dialplan, Side, TeamsProxy};
 use drbridge::config::{self, Trunk};
 use drbridge::media::sdp::CodecProfile;
 use drbridge::media::{MediaEngine, MediaEngineConfig, MediaEvent, SrtpSuite};
+use drbridge::presence::graph::{GraphClient, GraphSettings, SecretSource};
+use drbridge::presence::linestate::IngestEvent;
+use drbridge::presence::publish::{self, PublishMetrics, Publisher, PublisherConfig};
+use drbridge::presence::service::{self, resolve_object_ids, restore_from_store, DirectorySink, PresenceInput, PresenceService, PresenceSetup, StoreLog, SubscribeCommand};
+use drbridge::presence::{Mapping, PresenceStore, RedbStore, UserDirectory};
 use drbridge::routing::{NumberPlan, RouteTable};
+use std::sync::Arc;
 use drbridge::sip::msg::Limits;
 use drbridge::sip::transport::{ensure_lab_certs, ListenerSpec, Peer, Proto, SipTransport, TlsSetup, TransportConfig, TransportEvent};
 use std::net::SocketAddr;
@@ -209,6 +215,9 @@ async fn run(path: &Path) -> Result<(), String> {
         let pbx = CodecProfile { allowed: m.pbx_codecs.clone(), strip_ice: pbx_proto == Proto::Udp, ..CodecProfile::pbx_default() };
         core = core.with_media(Box::new(engine), teams, pbx);
     }
+    let (mut presence, _admin) = start_presence(&cfg).await?;
+    let (no_cmd_tx, mut no_cmds) = tokio::sync::mpsc::channel::<SubscribeCommand>(1);
+    let _keep_no_cmd_tx = no_cmd_tx;
     tracing::info!(config = %path.display(), "drbridge ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -228,6 +237,9 @@ async fn run(path: &Path) -> Result<(), String> {
                 }
             }
             Some(ev) = media_events.recv() => core.handle_media_event(ev, Instant::now()),
+            Some(c) = async { match presence.as_mut() { Some(p) => p.commands.recv().await, None => no_cmds.recv().await } } => {
+                core.subscribe(c.id, &c.user, c.event, c.accept, c.expires, c.initial, Instant::now());
+            }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 core.handle_timeout(Instant::now());
             }
@@ -239,10 +251,133 @@ async fn run(path: &Path) -> Result<(), String> {
         }
         while let Some(e) = core.poll_event() {
             tracing::debug!(event = ?e, "call event");
+            if let Some(p) = &presence {
+                if p.input.try_send(PresenceInput::Call(e)).is_err() {
+                    tracing::warn!("presence queue full: call event dropped");
+                }
+            }
+        }
+        while let Some(e) = core.poll_subscription_event() {
+            if let Some(p) = &presence {
+                let _ = p.input.try_send(PresenceInput::Subscription(e));
+            }
         }
     }
     tracing::info!(stats = ?core.stats, "drbridge stopping");
     Ok(())
+}
+
+/// Presence (table, PBX subscriptions, Graph publisher with its store) and the admin server, as
+/// configured. Returns the presence task and the admin server task.
+async fn start_presence(cfg: &config::Config) -> Result<(Option<PresenceService>, Option<tokio::task::JoinHandle<()>>), String> {
+    let file = cfg.source.display().to_string();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let mut presence = None;
+    let mut view: Arc<dyn drbridge::admin::PresenceView> = Arc::new(drbridge::admin::NoPresence);
+    if cfg.presence.enabled {
+        let p = &cfg.presence;
+        let users = p.users_file.clone().unwrap_or_default();
+        let dir = Arc::new(UserDirectory::load(&users).map_err(|e| e.to_string())?);
+        let store: Arc<dyn PresenceStore> = Arc::new(RedbStore::open(&cfg.sbc.data_dir).map_err(|e| format!("{file}: sbc.data_dir: {e}"))?);
+        let secret = SecretSource::from_parts(p.client_secret_file.as_ref(), p.client_secret_env.as_deref())
+            .ok_or_else(|| format!("{file}: presence.client_secret_file: set client_secret_file or client_secret_env"))?
+            .load()
+            .map_err(|e| format!("{file}: presence.client_secret_file: {e}"))?;
+        let expiration = Duration::from_secs(p.expiration_minutes * 60);
+        let graph = Arc::new(
+            GraphClient::new(GraphSettings {
+                tenant: p.tenant.clone(),
+                client_id: p.client_id.clone(),
+                client_secret: secret,
+                identity_base: p.identity_base.clone(),
+                graph_base: p.graph_base.clone(),
+                scope: p.scope.clone(),
+                expiration,
+                request_timeout: Duration::from_secs(p.request_timeout_secs),
+            })
+            .map_err(|e| format!("{file}: presence: {e}"))?,
+        );
+        let pcfg = PublisherConfig {
+            expiration,
+            rate_limit: p.rate_limit,
+            rate_window: Duration::from_secs(p.rate_window_secs),
+            rate_burst: p.rate_burst,
+            batch_max: p.batch_max,
+            max_in_flight: p.max_in_flight,
+            retry_initial: Duration::from_millis(p.retry_initial_ms),
+            retry_max: Duration::from_secs(p.retry_max_secs),
+            ..PublisherConfig::default()
+        };
+        let mut publisher = Publisher::new(pcfg, Instant::now(), std::time::SystemTime::now(), rand::random())
+            .with_log(Box::new(StoreLog { store: store.clone(), expiration }));
+        restore_from_store(&*store, &mut publisher, Instant::now());
+        let ids = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        tokio::spawn(resolve_object_ids(dir.clone(), store.clone(), graph.clone(), ids.clone()));
+        let metrics = PublishMetrics::register(&mut registry);
+        let publishing = publish::spawn(publisher, Arc::new(DirectorySink { graph, object_ids: ids }), p.queue, metrics);
+        let svc = service::spawn(
+            PresenceSetup {
+                directory: dir,
+                mapping: Mapping::default(),
+                store,
+                publish: Some(publishing.handle.clone()),
+                subscribe_pbx: p.subscribe_pbx,
+            },
+            4096,
+        );
+        let table = svc.table.clone();
+        let core = publishing.core.clone();
+        view = Arc::new(move |user: &str| {
+            let id = drbridge::presence::UserId::new(user);
+            let v = table.lock().ok()?.view(&id)?;
+            let published = core.lock().ok().and_then(|c| c.user_view(id.as_str(), Instant::now()));
+            Some(serde_json::json!({ "user": v, "graph": published }))
+        });
+        tracing::info!(users = %users.display(), "presence to Teams enabled");
+        presence = Some(svc);
+    }
+    let mut admin_task = None;
+    if cfg.admin.enabled {
+        let a = &cfg.admin;
+        let token = SecretSource::from_parts(a.token_file.as_ref(), a.token_env.as_deref())
+            .ok_or_else(|| format!("{file}: admin.token_file: set token_file or token_env"))?
+            .load()
+            .map_err(|e| format!("{file}: admin.token_file: {e}"))?;
+        let client_state = match &a.webhook_client_state_file {
+            Some(f) => Some(SecretSource::File(f.clone()).load().map_err(|e| format!("{file}: admin.webhook_client_state_file: {e}"))?),
+            None => None,
+        };
+        let (ingest_tx, mut ingest_rx) = tokio::sync::mpsc::channel::<drbridge::admin::IngestEvent>(1024);
+        let (webhook_tx, mut webhook_rx) = tokio::sync::mpsc::channel::<drbridge::admin::GraphNotification>(1024);
+        let metrics = drbridge::admin::AdminMetrics::register(&mut registry);
+        let admin = drbridge::admin::Admin { token, client_state, registry: Arc::new(registry), metrics, view, ingest: ingest_tx, webhook: webhook_tx };
+        let listener = drbridge::admin::bind(a.listen).await.map_err(|e| format!("{file}: admin.listen: {e}"))?;
+        let to_presence = presence.as_ref().map(|p| p.input.clone());
+        tokio::spawn(async move {
+            while let Some(ev) = ingest_rx.recv().await {
+                let Some(tx) = &to_presence else { continue };
+                let json = serde_json::json!({ "user": ev.user, "source": ev.source, "device": ev.device, "state": ev.state });
+                match serde_json::to_vec(&json).ok().and_then(|b| IngestEvent::from_json(&b).ok()) {
+                    Some(ev) => {
+                        let _ = tx.try_send(PresenceInput::Ingest(ev));
+                    }
+                    None => tracing::info!("presence ingest event not understood"),
+                }
+            }
+        });
+        tokio::spawn(async move {
+            // Teams -> PBX presence (Graph change notifications) is not mapped yet: counted and logged.
+            while let Some(n) = webhook_rx.recv().await {
+                tracing::debug!(subscription = %n.subscription_id, "Graph notification");
+            }
+        });
+        admin_task = Some(tokio::spawn(async move {
+            if let Err(e) = drbridge::admin::serve(listener, admin, std::future::pending()).await {
+                tracing::error!(error = %e, "admin server stopped");
+            }
+        }));
+    }
+    Ok((presence, admin_task))
 }
 
 fn handle(core: &mut B2bua, ev: TransportEvent, pbx_proto: Proto, pbx_addr: SocketAddr, now: Instant) {

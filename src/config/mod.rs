@@ -393,6 +393,12 @@ impl Default for Log {
 pub struct Presence {
     /// Publish presence at all. Off by default.
     pub enabled: bool,
+    /// The user directory (TOML, see config/users.toml): PBX extensions, E.164 numbers and Teams
+    /// UPN per user. Required when enabled.
+    pub users_file: Option<PathBuf>,
+    /// SUBSCRIBE to the PBX's `dialog` and `presence` packages for every extension in the
+    /// directory (phones that never cross drbridge; DND and user presence). Default true.
+    pub subscribe_pbx: bool,
     /// Directory (tenant) id or a verified domain of the tenant. Required when enabled.
     pub tenant: String,
     /// Application (client) id; also the `sessionId` of the presence session. Required when enabled.
@@ -432,6 +438,8 @@ impl Default for Presence {
     fn default() -> Self {
         Presence {
             enabled: false,
+            users_file: None,
+            subscribe_pbx: true,
             tenant: String::new(),
             client_id: String::new(),
             client_secret_file: None,
@@ -759,6 +767,7 @@ fn resolve_paths(cfg: &mut Config, base: &Path) {
         &mut cfg.pbx.tls_key,
         &mut cfg.pbx.tls_ca,
         &mut cfg.presence.client_secret_file,
+        &mut cfg.presence.users_file,
         &mut cfg.admin.token_file,
         &mut cfg.admin.webhook_client_state_file,
     ]
@@ -1001,6 +1010,9 @@ fn check_secret(section: &str, name: &str, file: &Option<PathBuf>, env: &Option<
 }
 
 fn validate_presence(p: &Presence) -> Result<(), Invalid> {
+    if p.enabled && p.users_file.is_none() {
+        return Err(bad("presence.users_file", "required when presence.enabled = true"));
+    }
     check_base_url("presence.identity_base", &p.identity_base)?;
     check_base_url("presence.graph_base", &p.graph_base)?;
     if p.scope.trim().is_empty() {

@@ -31,6 +31,7 @@ pub mod pidf;
 pub mod publish;
 pub mod state;
 pub mod store;
+pub mod service;
 pub mod subscription;
 
 pub use aggregate::{Aggregate, Mapping};

@@ -87,6 +87,9 @@ impl TeamsPresence {
     pub const AWAY: TeamsPresence = TeamsPresence { availability: TeamsAvailability::Away, activity: TeamsActivity::Away };
     pub const DO_NOT_DISTURB: TeamsPresence =
         TeamsPresence { availability: TeamsAvailability::DoNotDisturb, activity: TeamsActivity::Presenting };
+    /// The five pairs Graph accepts for an application session.
+    pub const ALL_PAIRS: [TeamsPresence; 5] =
+        [Self::AVAILABLE, Self::IN_A_CALL, Self::IN_A_CONFERENCE_CALL, Self::AWAY, Self::DO_NOT_DISTURB];
 
     /// The pair, if Graph accepts it for an application session.
     pub fn new(availability: TeamsAvailability, activity: TeamsActivity) -> Option<TeamsPresence> {
