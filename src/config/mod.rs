@@ -1010,9 +1010,6 @@ fn check_secret(section: &str, name: &str, file: &Option<PathBuf>, env: &Option<
 }
 
 fn validate_presence(p: &Presence) -> Result<(), Invalid> {
-    if p.enabled && p.users_file.is_none() {
-        return Err(bad("presence.users_file", "required when presence.enabled = true"));
-    }
     check_base_url("presence.identity_base", &p.identity_base)?;
     check_base_url("presence.graph_base", &p.graph_base)?;
     if p.scope.trim().is_empty() {
@@ -1049,6 +1046,9 @@ fn validate_presence(p: &Presence) -> Result<(), Invalid> {
                 return Err(bad(k, format!("{v:?} is not a GUID or domain name")));
             }
         }
+    }
+    if p.enabled && p.users_file.is_none() {
+        return Err(bad("presence.users_file", "required when presence.enabled = true"));
     }
     Ok(())
 }

@@ -325,10 +325,13 @@ fn presence_and_admin_defaults() {
 
 #[test]
 fn presence_rules() {
-    let on = "[presence]\nenabled = true\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"11111111-2222-3333-4444-555555555555\"\n";
+    let on = "[presence]\nenabled = true\nusers_file = \"users.toml\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"11111111-2222-3333-4444-555555555555\"\n";
     let e = err(&format!("{MINIMAL}\n{on}"));
     assert!(e.starts_with("config/x.toml: presence.client_secret_file: presence.client_secret_file or presence.client_secret_env is required"), "{e}");
     let c = parse(&format!("{MINIMAL}\n{on}client_secret_file = \"secret\"\n")).unwrap();
+    assert_eq!(c.presence.users_file.as_deref(), Some(Path::new("config/users.toml")));
+    let e = err(&format!("{MINIMAL}\n{}client_secret_file = \"secret\"\n", on.replace("users_file = \"users.toml\"\n", "")));
+    assert!(e.contains("presence.users_file: required when presence.enabled = true"), "{e}");
     assert_eq!(c.presence.client_secret_file.as_deref(), Some(Path::new("config/secret")), "resolved against the config's directory");
     let e = err(&format!("{MINIMAL}\n{on}client_secret_file = \"s\"\nclient_secret_env = \"S\"\n"));
     assert!(e.contains("presence.client_secret_env: set either"), "{e}");
