@@ -108,11 +108,12 @@ async fn absorb(stub: &GraphStub, changes: usize, users: usize) -> (f64, usize) 
     (rate, sent)
 }
 
-/// Offered load of `per_sec` changes over `users` for `secs`, paced in 10 ms ticks.
+/// Offered load of `per_sec` changes over `users` for `secs`, paced in ticks of at least 10 ms.
 async fn latency(stub: &GraphStub, cfg: PublisherConfig, per_sec: usize, users: usize, secs: u64) -> (LatencyHistogram, u64, u64) {
     let p = start(stub, cfg);
-    let per_tick = (per_sec / 100).max(1);
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let period = Duration::from_millis(10).max(Duration::from_secs(1) / per_sec.max(1) as u32);
+    let per_tick = ((per_sec as f64 * period.as_secs_f64()).round() as usize).max(1);
+    let mut tick = tokio::time::interval(period);
     let end = Instant::now() + Duration::from_secs(secs);
     let mut i = 0usize;
     while Instant::now() < end {

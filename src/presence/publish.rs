@@ -393,8 +393,13 @@ pub struct Publisher {
     log: Box<dyn PublishLog>,
     anchor: (Instant, SystemTime),
     latency: LatencyHistogram,
+    /// Samples not yet taken by the driver (for the Prometheus histogram), bounded.
+    samples: Vec<Duration>,
     stats: PublisherStats,
 }
+
+/// Most latency samples kept for [`Publisher::take_latency_samples`].
+const SAMPLES_MAX: usize = 65_536;
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -420,6 +425,7 @@ impl Publisher {
             log: Box::new(NoLog),
             anchor: (now, wall),
             latency: LatencyHistogram::default(),
+            samples: Vec::new(),
             stats: PublisherStats::default(),
         }
     }
@@ -639,7 +645,11 @@ impl Publisher {
                     slot.refresh_at = flight.state.map(|_| flight.sent_at + refresh_after);
                     let settled = !slot.dirty();
                     if !flight.refresh {
-                        self.latency.record(flight.sent_at.saturating_duration_since(flight.desired_at));
+                        let d = flight.sent_at.saturating_duration_since(flight.desired_at);
+                        self.latency.record(d);
+                        if self.samples.len() < SAMPLES_MAX {
+                            self.samples.push(d);
+                        }
                     }
                     let (desired, desired_at) = (slot.desired, slot.desired_at);
                     self.log.published(key, flight.state, self.wall(flight.sent_at));
@@ -739,6 +749,11 @@ impl Publisher {
 
     pub fn latency(&self) -> &LatencyHistogram {
         &self.latency
+    }
+
+    /// Publish latencies recorded since the last call (at most 65,536 are kept in between).
+    pub fn take_latency_samples(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.samples)
     }
 
     /// Graph is paused (429) until this instant.
@@ -898,6 +913,11 @@ async fn drive<S: PresenceSink>(core: Arc<Mutex<Publisher>>, sink: Arc<S>, mut r
                 let sink = sink.clone();
                 let h = tasks.spawn(async move { (id, sink.execute(req.ops).await) });
                 task_ids.insert(h.id(), id);
+            }
+            if let Some(h) = &m.latency {
+                for d in c.take_latency_samples() {
+                    h.observe(d.as_secs_f64());
+                }
             }
             if c.latency().count() != recorded {
                 recorded = c.latency().count();

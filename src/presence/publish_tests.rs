@@ -412,6 +412,7 @@ async fn driver_coalesces_limits_and_honours_retry_after() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(start.elapsed() < Duration::from_secs(60), "publisher did not settle");
     }
+    let latency_n = pubg.core.lock().unwrap().latency().count();
     {
         let c = pubg.core.lock().unwrap();
         for u in 0..200 {
@@ -433,6 +434,7 @@ async fn driver_coalesces_limits_and_honours_retry_after() {
     prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
     assert!(text.contains("drbridge_presence_changes_total 1000"), "{text}");
     assert!(text.contains("drbridge_presence_publish_latency_p99_seconds"));
+    assert!(text.contains(&format!("drbridge_presence_publish_latency_seconds_count {latency_n}\n")), "{text}");
     let Publishing { handle, task, .. } = pubg;
     drop(handle);
     tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
