@@ -218,6 +218,7 @@ async fn run(path: &Path) -> Result<(), String> {
     let (mut presence, _admin) = start_presence(&cfg).await?;
     let (no_cmd_tx, mut no_cmds) = tokio::sync::mpsc::channel::<SubscribeCommand>(1);
     let _keep_no_cmd_tx = no_cmd_tx;
+    let mut pbx_was_up = true;
     tracing::info!(config = %path.display(), "drbridge ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -257,6 +258,14 @@ async fn run(path: &Path) -> Result<(), String> {
                 }
             }
         }
+        // The PBX came back (OPTIONS answered again): its subscriptions are renewed from scratch.
+        let up = core.pbx_up();
+        if up && !pbx_was_up {
+            if let Some(p) = &presence {
+                let _ = p.input.try_send(PresenceInput::PbxUp);
+            }
+        }
+        pbx_was_up = up;
         while let Some(e) = core.poll_subscription_event() {
             if let Some(p) = &presence {
                 let _ = p.input.try_send(PresenceInput::Subscription(e));

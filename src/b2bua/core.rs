@@ -385,6 +385,11 @@ impl B2bua {
         self.calls.values().filter(|c| c.state != CallState::Ended).count()
     }
 
+    /// Whether the PBX trunk answers OPTIONS.
+    pub fn pbx_up(&self) -> bool {
+        self.pbx_trunk.is_up()
+    }
+
     /// Whether each Teams proxy is up (per OPTIONS and failures).
     pub fn proxies_up(&self) -> Vec<bool> {
         (0..self.proxies.len()).map(|i| self.proxy_set.health(i).is_some_and(|h| h.is_up())).collect()
