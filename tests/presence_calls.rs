@@ -609,7 +609,7 @@ async fn admin_view_and_ingest() {
     assert_eq!(g["published"], "DoNotDisturb", "{view}");
     assert_eq!(g["desired"], "DoNotDisturb", "{view}");
 
-    // An unknown user is 404; the ingest of an unknown user publishes nothing for the lab users.
+    // A user the directory does not know is 404.
     assert_eq!(http(admin, "GET", "/presence/users/nobody@lab.drbridge.test", Some(ADMIN_TOKEN), None).await.0, 404);
     drop(dr);
 }
