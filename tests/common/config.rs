@@ -50,6 +50,85 @@ pub struct LabConfig {
     pub teams_media_ports: (u16, u16),
     /// `[media] pbx_port_min`, `pbx_port_max` (even RTP ports, RTCP on port+1).
     pub pbx_media_ports: (u16, u16),
+    /// `[presence]`, when set (see `with_presence`).
+    pub presence: Option<PresenceSpec>,
+    /// `[admin]`, when set (see `with_admin`).
+    pub admin: Option<AdminSpec>,
+}
+
+/// `[presence]` of a lab: Graph and the identity platform are a local stand-in
+/// (tests/common/graph.rs); the user directory and the client secret are files in the lab dir.
+#[derive(Clone, Debug)]
+pub struct PresenceSpec {
+    pub tenant: String,
+    pub client_id: String,
+    /// Written to `<lab dir>/graph-client-secret` (`client_secret_file`).
+    pub client_secret: String,
+    /// e.g. `GraphStub::identity_base()`.
+    pub identity_base: String,
+    /// e.g. `GraphStub::graph_base()`.
+    pub graph_base: String,
+    pub subscribe_pbx: bool,
+    /// Written to `<lab dir>/users.toml` (`users_file`).
+    pub users_toml: String,
+    pub retry_initial_ms: u64,
+    pub retry_max_secs: u64,
+    pub request_timeout_secs: u64,
+    /// Raw `key = value` lines added to `[presence]`.
+    pub extra: String,
+}
+
+/// The lab user directory (same users as config/users.toml): anna 4711 / +4681234711, bo 4712 /
+/// +4681234712 (PBX), carl +4681234801, dora +4681234802 (Teams).
+pub const LAB_USERS_TOML: &str = r#"
+[[user]]
+upn = "anna.andersson@lab.drbridge.test"
+name = "Anna Andersson"
+extensions = ["4711"]
+numbers = ["+4681234711"]
+
+[[user]]
+upn = "bo.berg@lab.drbridge.test"
+name = "Bo Berg"
+extensions = ["4712"]
+numbers = ["+4681234712"]
+
+[[user]]
+upn = "carl.carlsson@lab.drbridge.test"
+name = "Carl Carlsson"
+numbers = ["+4681234801"]
+
+[[user]]
+upn = "dora.dahl@lab.drbridge.test"
+name = "Dora Dahl"
+numbers = ["+4681234802"]
+"#;
+
+impl PresenceSpec {
+    /// Presence against a stand-in at `identity_base` / `graph_base`, the lab users, no PBX
+    /// subscriptions, fast retries.
+    pub fn new(tenant: &str, client_id: &str, client_secret: &str, identity_base: &str, graph_base: &str) -> PresenceSpec {
+        PresenceSpec {
+            tenant: tenant.into(),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            identity_base: identity_base.into(),
+            graph_base: graph_base.into(),
+            subscribe_pbx: false,
+            users_toml: LAB_USERS_TOML.into(),
+            retry_initial_ms: 100,
+            retry_max_secs: 1,
+            request_timeout_secs: 5,
+            extra: String::new(),
+        }
+    }
+}
+
+/// `[admin]` of a lab: the bearer token is written to `<lab dir>/admin-token`.
+#[derive(Clone, Debug)]
+pub struct AdminSpec {
+    pub listen: SocketAddr,
+    pub token: String,
 }
 
 impl LabConfig {
@@ -92,7 +171,24 @@ impl LabConfig {
             // Media ports below the ephemeral range the tests pick SIP ports from.
             teams_media_ports: (20000, 24999),
             pbx_media_ports: (25000, 29999),
+            presence: None,
+            admin: None,
         }
+    }
+
+    /// Enables `[presence]`: writes the user directory and the client secret into the lab dir.
+    pub fn with_presence(mut self, spec: PresenceSpec) -> LabConfig {
+        std::fs::write(self.dir.join("users.toml"), &spec.users_toml).expect("write users.toml");
+        std::fs::write(self.dir.join("graph-client-secret"), format!("{}\n", spec.client_secret)).expect("write client secret");
+        self.presence = Some(spec);
+        self
+    }
+
+    /// Enables `[admin]` on `listen` with bearer `token` (written into the lab dir).
+    pub fn with_admin(mut self, listen: SocketAddr, token: &str) -> LabConfig {
+        std::fs::write(self.dir.join("admin-token"), format!("{token}\n")).expect("write admin token");
+        self.admin = Some(AdminSpec { listen, token: token.into() });
+        self
     }
 
     /// Sets the Teams proxies to the given listener addresses, with the Microsoft host names in
@@ -165,6 +261,24 @@ impl LabConfig {
         let _ = writeln!(t, "teams_port_min = {}\nteams_port_max = {}", self.teams_media_ports.0, self.teams_media_ports.1);
         let _ = writeln!(t, "pbx_port_min = {}\npbx_port_max = {}", self.pbx_media_ports.0, self.pbx_media_ports.1);
         let _ = writeln!(t, "inactivity_timeout_secs = {}", self.media_timeout_secs);
+        if let Some(pr) = &self.presence {
+            let _ = writeln!(t, "\n[presence]\nenabled = true");
+            let _ = writeln!(t, "users_file = {}", p(&self.dir.join("users.toml")));
+            let _ = writeln!(t, "subscribe_pbx = {}", pr.subscribe_pbx);
+            let _ = writeln!(t, "tenant = {}\nclient_id = {}", q(&pr.tenant), q(&pr.client_id));
+            let _ = writeln!(t, "client_secret_file = {}", p(&self.dir.join("graph-client-secret")));
+            let _ = writeln!(t, "identity_base = {}\ngraph_base = {}", q(&pr.identity_base), q(&pr.graph_base));
+            let _ = writeln!(t, "retry_initial_ms = {}\nretry_max_secs = {}", pr.retry_initial_ms, pr.retry_max_secs);
+            let _ = writeln!(t, "request_timeout_secs = {}", pr.request_timeout_secs);
+            if !pr.extra.is_empty() {
+                let _ = writeln!(t, "{}", pr.extra);
+            }
+        }
+        if let Some(a) = &self.admin {
+            let _ = writeln!(t, "\n[admin]\nenabled = true");
+            let _ = writeln!(t, "listen = {}", q(&a.listen.to_string()));
+            let _ = writeln!(t, "token_file = {}", p(&self.dir.join("admin-token")));
+        }
         if !self.extra_toml.is_empty() {
             let _ = writeln!(t, "\n{}", self.extra_toml);
         }

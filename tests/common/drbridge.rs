@@ -43,6 +43,9 @@ impl Drbridge {
                     last = e;
                     cfg.teams_listen = super::util::loopback(super::util::free_port());
                     cfg.pbx_listen = super::util::loopback(super::util::free_port());
+                    if let Some(a) = cfg.admin.as_mut() {
+                        a.listen = super::util::loopback(super::util::free_port());
+                    }
                 }
                 Err(e) => panic!("{e}"),
             }

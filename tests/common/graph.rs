@@ -84,6 +84,8 @@ struct State {
     sessions: HashMap<String, Session>,
     faults: VecDeque<Fault>,
     user_faults: HashMap<String, VecDeque<Fault>>,
+    /// Answer for every presence operation without a queued fault ("Graph down").
+    sticky: Option<Fault>,
     delay: Duration,
     presence_ops: usize,
 }
@@ -229,6 +231,11 @@ impl GraphStub {
     pub fn push_user_fault(&self, user_id: &str, f: Fault) {
         self.st().user_faults.entry(user_id.to_string()).or_default().push_back(f);
     }
+    /// Every presence operation without a queued fault gets this answer until cleared with
+    /// `None` ("Graph down": e.g. `Some(Fault::unavailable(None))`).
+    pub fn set_sticky_fault(&self, f: Option<Fault>) {
+        self.st().sticky = f;
+    }
     /// Every request waits this long before it is answered ("slow Graph").
     pub fn set_delay(&self, d: Duration) {
         self.st().delay = d;
@@ -361,7 +368,7 @@ fn presence_op(inner: &Inner, st: &mut State, rest: &str, body: &str) -> Answer 
         ["users", user, "presence", op] => (percent_decode(user), *op),
         _ => return graph_error(404, "NotFound"),
     };
-    let fault = st.user_faults.get_mut(&user).and_then(|q| q.pop_front()).or_else(|| st.faults.pop_front());
+    let fault = st.user_faults.get_mut(&user).and_then(|q| q.pop_front()).or_else(|| st.faults.pop_front()).or_else(|| st.sticky.clone());
     if let Some(Fault::Status { status, retry_after }) = fault {
         let mut a = graph_error(status, if status == 429 { "TooManyRequests" } else { "ServiceUnavailable" });
         if let Some(s) = retry_after {
