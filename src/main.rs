@@ -8,7 +8,7 @@ use drbridge::media::{MediaEngine, MediaEngineConfig, MediaEvent, SrtpSuite};
 use drbridge::presence::graph::{GraphClient, GraphSettings, SecretSource};
 use drbridge::presence::linestate::IngestEvent;
 use drbridge::presence::publish::{self, PublishMetrics, Publisher, PublisherConfig};
-use drbridge::presence::service::{self, resolve_object_ids, restore_from_store, DirectorySink, PresenceInput, PresenceService, PresenceSetup, StoreLog, SubscribeCommand};
+use drbridge::presence::service::{self, cached_object_ids, resolve_object_ids, restore_from_store, DirectorySink, PresenceInput, PresenceService, PresenceSetup, StoreLog, SubscribeCommand};
 use drbridge::presence::{Mapping, PresenceStore, RedbStore, UserDirectory};
 use drbridge::routing::{NumberPlan, RouteTable};
 use std::sync::Arc;
@@ -320,7 +320,7 @@ async fn start_presence(cfg: &config::Config) -> Result<(Option<PresenceService>
         let mut publisher = Publisher::new(pcfg, Instant::now(), std::time::SystemTime::now(), rand::random())
             .with_log(Box::new(StoreLog { store: store.clone(), expiration }));
         restore_from_store(&*store, &mut publisher, Instant::now());
-        let ids = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let ids = Arc::new(std::sync::Mutex::new(cached_object_ids(&dir, &*store)));
         tokio::spawn(resolve_object_ids(dir.clone(), store.clone(), graph.clone(), ids.clone()));
         let metrics = PublishMetrics::register(&mut registry);
         let publishing = publish::spawn(publisher, Arc::new(DirectorySink { graph, object_ids: ids }), p.queue, metrics);

@@ -200,15 +200,35 @@ impl super::publish::PublishLog for StoreLog {
 
 /// Gives the publisher what the store holds, so that after a restart (or a Graph outage that
 /// outlived the process) Teams ends with the right state.
+///
+/// What Graph was last told is restored as published. What was pending is not wanted any more:
+/// the calls that made it died with the process, and the PBX sources report their state again
+/// (subscriptions start from scratch). So the state drbridge owes Teams after a restart is
+/// "nothing" until the sources say otherwise: a user whose session Graph still shows gets a
+/// clearPresence (retried until Graph takes it), a user for whom nothing reached Graph gets no
+/// request at all.
 pub fn restore_from_store(store: &dyn PresenceStore, publisher: &mut super::publish::Publisher, now: Instant) {
     let Ok(all) = store.all() else { return };
     for (user, st) in all {
         let published = st.published.as_ref().map(|p| (p.presence.and_then(to_graph), from_ms(p.at_ms)));
-        let pending = st.pending.as_ref().map(|p| (p.presence.and_then(to_graph), from_ms(p.at_ms)));
-        if published.is_some() || pending.is_some() {
-            publisher.restore(user.as_str(), published, pending, now);
+        if st.pending.is_none() && published.as_ref().is_none_or(|p| p.0.is_none()) {
+            continue;
+        }
+        publisher.restore(user.as_str(), published, None, now);
+        publisher.desire(user.as_str(), None, now);
+    }
+}
+
+/// The Azure object ids already known (directory file or store cache), to seed the Graph sink
+/// before the publisher sends anything.
+pub fn cached_object_ids(dir: &UserDirectory, store: &dyn PresenceStore) -> HashMap<String, String> {
+    let mut ids = HashMap::new();
+    for u in dir.users() {
+        if let Some(id) = u.object_id.clone().or_else(|| store.get(&u.id).ok().flatten().and_then(|s| s.object_id)) {
+            ids.insert(u.id.to_string(), id);
         }
     }
+    ids
 }
 
 /// The Graph client addressed by user id (UPN): operations go to the Azure object id once it is
@@ -220,18 +240,23 @@ pub struct DirectorySink {
 
 impl super::publish::PresenceSink for DirectorySink {
     async fn execute(&self, ops: Vec<super::graph::PresenceOp>) -> Vec<super::graph::OpOutcome> {
-        let ops: Vec<super::graph::PresenceOp> = {
-            let ids = lock(&self.object_ids);
-            ops.into_iter()
-                .map(|mut op| {
-                    if let Some(id) = ids.get(&op.user_id) {
-                        op.user_id = id.clone();
+        // Graph's presence API takes the object id: a user not resolved yet is looked up first
+        // (`GET /users/{upn}`); only if Graph does not know the user does the UPN go out.
+        let mut out = Vec::with_capacity(ops.len());
+        for mut op in ops {
+            let known = lock(&self.object_ids).get(&op.user_id).cloned();
+            match known {
+                Some(id) => op.user_id = id,
+                None => {
+                    if let Ok(Some(id)) = self.graph.resolve_user(&op.user_id).await {
+                        lock(&self.object_ids).insert(op.user_id.clone(), id.clone());
+                        op.user_id = id;
                     }
-                    op
-                })
-                .collect()
-        };
-        self.graph.execute(&ops).await
+                }
+            }
+            out.push(op);
+        }
+        self.graph.execute(&out).await
     }
 }
 
