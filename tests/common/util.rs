@@ -51,9 +51,11 @@ impl Drop for TempDir {
 fn next_candidate() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Steps of 4: SIPp also binds the three ports after its media port (-mp), so a port handed
+    // out is never next to another one handed out.
     let start = (std::process::id() % 97) * 100;
     let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
-    10_000 + (NEXT.fetch_add(1, Ordering::SeqCst) % 10_000) as u16
+    10_000 + (NEXT.fetch_add(4, Ordering::SeqCst) % 10_000) as u16
 }
 
 /// A loopback port free for both UDP and TCP at the time of the call (drbridge's PBX listener
