@@ -220,6 +220,8 @@ pub struct B2bua {
     teams_profile: CodecProfile,
     pbx_profile: CodecProfile,
     pub stats: Stats,
+    /// Calls not yet ended (`sbc.max_calls` applies to these).
+    live_calls: usize,
 }
 
 fn trunk(side: Side) -> Trunk {
@@ -279,6 +281,7 @@ impl B2bua {
             teams_profile: CodecProfile::teams(),
             pbx_profile: CodecProfile::pbx_default(),
             stats: Stats::default(),
+            live_calls: 0,
             cfg,
         }
     }
@@ -382,7 +385,7 @@ impl B2bua {
     }
 
     pub fn active_calls(&self) -> usize {
-        self.calls.values().filter(|c| c.state != CallState::Ended).count()
+        self.live_calls
     }
 
     /// Whether the PBX trunk answers OPTIONS.
@@ -557,7 +560,8 @@ impl B2bua {
         if mf == 0 {
             return self.respond(stx, &req, 483, side, now);
         }
-        if self.calls.len() >= self.cfg.max_calls {
+        // Live calls only: ended calls linger 64*T1 for retransmissions but do not count.
+        if self.live_calls >= self.cfg.max_calls {
             self.stats.calls_rejected_overload += 1;
             let mut r = req.response(503, Some(&new_tag()));
             r.headers.push("Retry-After", "10");
@@ -610,6 +614,7 @@ impl B2bua {
         };
         self.next_call += 1;
         self.stats.calls_total += 1;
+        self.live_calls += 1;
         let a = self.uas_leg(&req, peer, side);
         let a_key = (a.call_id.clone(), a.local_tag.clone());
         let mut call = Call {
@@ -1634,6 +1639,7 @@ impl B2bua {
         }
         let was_answered = call.state == CallState::Confirmed;
         call.state = CallState::Ended;
+        self.live_calls = self.live_calls.saturating_sub(1);
         if let Some(e) = except {
             call.legs[e].ended = true;
             call.legs[e].pending_2xx = None;

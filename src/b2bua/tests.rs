@@ -752,3 +752,18 @@ fn a_notify_for_no_subscription_is_481() {
     let sent = w.take();
     assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 481)));
 }
+
+#[test]
+fn ended_calls_do_not_count_against_max_calls() {
+    let mut w = World::new();
+    // max_calls is 10; 15 calls in a row, each refused by Teams (486), all within 64*T1.
+    for i in 0..15 {
+        w.from_pbx(&pbx_invite(&format!("e{i}")));
+        let sent = w.take();
+        assert!(!sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 503)), "call {i} refused");
+        let inv = find_req(&sent, crate::sip::msg::Method::Invite).expect("INVITE to Teams").1;
+        w.from_teams(Message::Response(inv.response(486, Some("busy"))), "52.112.0.1:5061");
+        w.take();
+    }
+    assert_eq!(w.core.active_calls(), 0);
+}

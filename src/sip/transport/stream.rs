@@ -355,7 +355,10 @@ async fn read_loop<R: AsyncRead>(
             }
             match frame_len(&buf, &limits) {
                 Ok(Some(n)) => {
-                    let frame = buf.split_to(n).freeze();
+                    // Copied out, so that a message kept for 32 s (transactions, calls) holds its
+                    // own ~1 KB and not the whole read chunk it arrived in.
+                    let frame = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    bytes::Buf::advance(&mut buf, n);
                     match parse(frame, &limits) {
                         Ok(msg) => {
                             *received = true;
