@@ -1678,6 +1678,16 @@ impl B2bua {
             }
         }
         self.free_media(cid);
+        // What lingers until the clean-up (64*T1, for retransmissions) is the dialogs only.
+        if let Some(call) = self.calls.get_mut(&cid) {
+            for l in &mut call.legs {
+                l.remote_sdp = Bytes::new();
+                l.last_sent = Bytes::new();
+                l.offer_in = None;
+                l.offer_out = None;
+                l.remote_media = None;
+            }
+        }
         tracing::info!(call = cid, ?reason, answered = was_answered, "call ended");
         self.events.push_back(CallEvent::Ended { call: cid, caller, callee, reason });
         let cleanup = now + self.cfg.t1 * 64;
