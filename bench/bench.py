@@ -148,6 +148,15 @@ def pid_of(prog, pgid):
     return None
 
 
+def udp_errors():
+    """(RcvbufErrors, SndbufErrors, InErrors) of the whole UDP stack: datagrams the kernel dropped."""
+    lines = [l.split() for l in open("/proc/net/snmp") if l.startswith("Udp:")]
+    if len(lines) < 2:
+        return (0, 0, 0)
+    d = dict(zip(lines[0][1:], lines[1][1:]))
+    return (int(d.get("RcvbufErrors", 0)), int(d.get("SndbufErrors", 0)), int(d.get("InErrors", 0)))
+
+
 def loadavg():
     return open("/proc/loadavg").read().split()[:3]
 
@@ -406,7 +415,8 @@ class Target:
     def start_drbridge(self):
         lab = self.lab
         env = dict(os.environ)
-        env.pop("RUST_LOG", None)
+        # main.rs takes its filter from RUST_LOG (default info), not from [log] level
+        env["RUST_LOG"] = lab.args.log_level
         p = spawn("drbridge", [str(lab.binary), "run", "--config", str(lab.work / "drbridge.toml")], self.out, env)
         self.procs["drbridge"] = p
         if not lab.wait_port("udp", lab.p["pbx_listen"]) or not lab.wait_port("tcp", lab.p["teams_listen"]):
@@ -472,7 +482,7 @@ class KamailioPeer(Target):
     def start(self):
         lab = self.lab
         self.start_uas("pbx_uas.xml", "u1", lab.p["pbx_uas"])
-        argv = ["kamailio", "-f", str(BENCH / "kamailio" / "kamailio.cfg"), "-DD", "-E", "-m", "2048", "-M", "16",
+        argv = ["kamailio", "-f", str(BENCH / "kamailio" / "kamailio.cfg"), "-DD", "-E", "-m", "2048", "-M", "16", "-x", lab.args.kamailio_mem, "-X", lab.args.kamailio_mem,
                 "-P", str(self.out / "kamailio.pid"), "-w", str(self.out),
                 "-A", f"LISTEN=udp:127.0.0.1:{lab.p['kamailio']}",
                 "-A", f'PBX="sip:127.0.0.1:{lab.p["pbx_uas"]}"',
@@ -491,14 +501,28 @@ class KamailioPeer(Target):
                          [f"127.0.0.1:{p['kamailio']}", "-s", "4711"], limit_s)
 
 
+def pss_kb(pid):
+    """Proportional set size: shared pages (Kamailio's shared memory) split among the processes."""
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return rss_kb(pid)
+
+
 def group_rss_kb(pgid):
-    total = 0
+    """Memory of a process group: RSS of a single process, else the sum of PSS."""
+    pids = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             st = proc_stat(int(d))
             if st and st[1] == pgid:
-                total += rss_kb(int(d))
-    return total
+                pids.append(int(d))
+    if len(pids) == 1:
+        return rss_kb(pids[0])
+    return sum(pss_kb(p) for p in pids)
 
 
 def run_step(t, rate, secs, step_dir, perf=False):
@@ -509,11 +533,12 @@ def run_step(t, rate, secs, step_dir, perf=False):
     stat = step_dir / "uac_stat.csv"
     argv = t.uac(rate, calls, limit_s, stat, step_dir) + [
         "-r", str(rate), "-rp", "1000", "-m", str(calls), "-l", str(calls),
-        "-recv_timeout", "8000", "-stf", str(stat), "-trace_rtt", "-rtt_freq", "1000",
+        "-recv_timeout", "8000", "-stf", str(stat), "-trace_rtt", "-rtt_freq", "1",
         "-error_file", str(step_dir / "uac_err.log")]
     uas_fail0, uas_ok0 = t.uas_failures()
     t0_ticks = t.ticks()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    udp0 = udp_errors()
     sut_pid = t.sut_pid()
     sut_group = sut_pid  # the server's process group = its leader's pid
     rss_peak = 0
@@ -533,6 +558,7 @@ def run_step(t, rate, secs, step_dir, perf=False):
     if uac in STARTED:
         STARTED.remove(uac)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    udp1 = udp_errors()
     t1_ticks = t.ticks()
     if perf_proc is not None:
         try:
@@ -578,6 +604,8 @@ def run_step(t, rate, secs, step_dir, perf=False):
         "failed_uac": failed,
         "failed_uas": max(0, uas_fail1 - uas_fail0),
         "retransmissions": retrans,
+        "udp_rcvbuf_drops": udp1[0] - udp0[0],
+        "udp_sndbuf_drops": udp1[1] - udp0[1],
         "p50_ms": pct(vals, 50),
         "p99_ms": pct(vals, 99),
         "max_ms": vals[-1] if vals else None,
@@ -616,7 +644,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None):
             steps.append(rec)
             log(f"{t.name} {rate:>6} cps: offered {rec['offered_cps']}, completed {rec['completed_cps']}, "
                 f"failed {rec['failed_uac']}+{rec['failed_uas']}, p50 {rec['p50_ms']} p99 {rec['p99_ms']} ms, "
-                f"cpu {rec['cpu_pct']}, rss {rec['sut_rss_mb']} MB, {'clean' if rec['clean'] else 'NOT CLEAN'}")
+                f"retrans {rec['retransmissions']}, udp drops {rec['udp_rcvbuf_drops']}, cpu {rec['cpu_pct']}, rss {rec['sut_rss_mb']} MB, {'clean' if rec['clean'] else 'NOT CLEAN'}")
             if rec["clean"]:
                 if over == 0:
                     knee = rec
@@ -804,6 +832,7 @@ def main():
     ap.add_argument("--max-transactions", type=int, default=2000000)
     ap.add_argument("--log-level", default="warn")
     ap.add_argument("--kamailio-workers", type=int, default=4)
+    ap.add_argument("--kamailio-mem", default="qm", help="Kamailio memory manager: qm (default), fm, tlsf")
     ap.add_argument("--steps-past-knee", type=int, default=1)
     ap.add_argument("--settle-s", type=float, default=1.0)
     ap.add_argument("--budget-s", type=int, help="hard time budget of the whole run")
@@ -852,7 +881,7 @@ def main():
         "p99_limit_ms": P99_LIMIT_MS,
         "drbridge_config": {"max_calls": args.max_calls, "max_transactions": args.max_transactions,
                             "log_level": args.log_level},
-        "kamailio_config": {"workers": args.kamailio_workers, "shm_mb": 2048},
+        "kamailio_config": {"workers": args.kamailio_workers, "shm_mb": 2048, "mem": args.kamailio_mem},
         "targets": [],
     }
     classes = {c.name: c for c in (DrbridgePbxToTeams, DrbridgeTeamsToPbx, KamailioPeer)}
