@@ -529,11 +529,13 @@ def run_step(t, rate, secs, step_dir, perf=False):
     """One rate step of target t. Returns the step's record."""
     step_dir.mkdir(parents=True, exist_ok=True)
     calls = max(1, int(round(rate * secs)))
-    limit_s = secs + 40
+    args = t.lab.args
+    # worst case of a failing call: the recv timeout, then the BYE retransmissions (0.5+1+2+4+4 s)
+    limit_s = secs + args.recv_timeout_ms / 1000.0 + 15
     stat = step_dir / "uac_stat.csv"
     argv = t.uac(rate, calls, limit_s, stat, step_dir) + [
         "-r", str(rate), "-rp", "1000", "-m", str(calls), "-l", str(calls),
-        "-recv_timeout", "8000", "-stf", str(stat), "-trace_rtt", "-rtt_freq", "1",
+        "-recv_timeout", str(args.recv_timeout_ms), "-max_retrans", "5", "-stf", str(stat), "-trace_rtt", "-rtt_freq", "1",
         "-error_file", str(step_dir / "uac_err.log")]
     uas_fail0, uas_ok0 = t.uas_failures()
     t0_ticks = t.ticks()
@@ -579,12 +581,16 @@ def run_step(t, rate, secs, step_dir, perf=False):
     rtt_files = sorted(step_dir.glob("*_rtt.csv"))
     rtts = read_rtt(rtt_files[0]) if rtt_files else []
     vals = sorted(v for _, v in rtts)
+    offered_span = secs
     if rtts:
         # set-up completions per second: answered calls over the span from the first INVITE to the last 200
-        first_invite = min(d - v for d, v in rtts)
+        invites = [d - v for d, v in rtts]
+        first_invite = min(invites)
         last_200 = max(d for d, _ in rtts)
         span = max((last_200 - first_invite) / 1000.0, secs * (calls - 1) / calls, 1e-3)
         completed_cps = min(ok, len(rtts)) / span
+        # offered: calls started over the time SIPp took to start them (it lags when it is starved)
+        offered_span = max(secs, (max(invites) - first_invite) / 1000.0 + 1.0 / rate)
     else:
         completed_cps = 0.0
     cpu = {}
@@ -598,7 +604,7 @@ def run_step(t, rate, secs, step_dir, perf=False):
         "secs": secs,
         "calls": calls,
         "created": created,
-        "offered_cps": round(created / secs, 1) if secs else None,
+        "offered_cps": round(created / offered_span, 1) if offered_span else None,
         "completed_cps": round(completed_cps, 1),
         "successful": ok,
         "failed_uac": failed,
@@ -621,8 +627,9 @@ def run_step(t, rate, secs, step_dir, perf=False):
     return rec
 
 
-def run_target(t, rates, secs, results_dir, perf_rate=None):
+def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
     out = t.out
+    deadline = min(deadline or t.lab.deadline, t.lab.deadline)
     out.mkdir(parents=True, exist_ok=True)
     log(f"== {t.label}: start")
     t.start()
@@ -633,7 +640,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None):
     deadline_hit = False
     try:
         for i, rate in enumerate(rates):
-            if time.time() > t.lab.deadline:
+            if time.time() > deadline:
                 deadline_hit = True
                 log("time budget used up: stopping this target")
                 break
@@ -654,7 +661,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None):
                     break
             time.sleep(t.lab.args.settle_s)
         profile = None
-        if perf_rate and knee and t.alive() and shutil.which("perf") and time.time() < t.lab.deadline:
+        if perf_rate and knee and t.alive() and shutil.which("perf") and time.time() < deadline:
             log(f"{t.name}: perf record at {knee['rate']} cps (the knee)")
             time.sleep(t.lab.args.settle_s)
             rec = run_step(t, knee["rate"], secs, out / "profile", perf=True)
@@ -835,7 +842,10 @@ def main():
     ap.add_argument("--kamailio-mem", default="qm", help="Kamailio memory manager: qm (default), fm, tlsf")
     ap.add_argument("--steps-past-knee", type=int, default=1)
     ap.add_argument("--settle-s", type=float, default=1.0)
-    ap.add_argument("--budget-s", type=int, help="hard time budget of the whole run")
+    ap.add_argument("--budget-s", type=int, help="time budget of the whole run (steps stop when it is used up)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the bench and all it starts at this nice value (e.g. -5 on a shared machine)")
+    ap.add_argument("--recv-timeout-ms", type=int, help="SIPp -recv_timeout: a call waiting this long fails")
     args = ap.parse_args()
 
     if args.quick:
@@ -844,10 +854,12 @@ def main():
         args.steps_past_knee = 0
         args.settle_s = 0.5
         budget = args.budget_s or 105
+        args.recv_timeout_ms = args.recv_timeout_ms or 4000
     else:
         rates = [250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 7000, 8000, 10000]
         secs = args.step_secs or 8
         budget = args.budget_s or 540
+        args.recv_timeout_ms = args.recv_timeout_ms or 8000
     if args.rates:
         rates = [int(r) for r in args.rates.split(",")]
     args.budget_s = budget
@@ -856,6 +868,8 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by everything started below
     t_start = time.time()
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -863,7 +877,8 @@ def main():
     if work.exists():
         shutil.rmtree(work)
     lab = Lab(args)
-    lab.deadline = t_start + budget - (25 if not args.quick else 12)
+    # a step begun just before the deadline may still take secs + recv timeout + 15 s
+    lab.deadline = t_start + budget - (secs + args.recv_timeout_ms / 1000.0 + 15) - 5
     for name, port in lab.p.items():
         for proto in ("udp", "tcp"):
             if lab.port_busy(proto, port):
@@ -878,6 +893,7 @@ def main():
         "machine": machine(),
         "versions": versions(),
         "loadavg_before": loadavg(),
+        "nice": args.nice,
         "p99_limit_ms": P99_LIMIT_MS,
         "drbridge_config": {"max_calls": args.max_calls, "max_transactions": args.max_transactions,
                             "log_level": args.log_level},
@@ -886,11 +902,15 @@ def main():
     }
     classes = {c.name: c for c in (DrbridgePbxToTeams, DrbridgeTeamsToPbx, KamailioPeer)}
     try:
-        for name in args.targets.split(","):
-            c = classes[name.strip()]
+        names = [n.strip() for n in args.targets.split(",") if n.strip()]
+        for i, name in enumerate(names):
+            c = classes[name]
             t = c(lab, work / c.name)
             perf_rate = (not args.quick and not args.no_profile and name.startswith("drbridge"))
-            res["targets"].append(run_target(t, rates, secs, results_dir, perf_rate=perf_rate))
+            # each target gets an equal share of what is left, so the peer always runs too
+            share = (lab.deadline - time.time()) / (len(names) - i)
+            res["targets"].append(run_target(t, rates, secs, results_dir, perf_rate=perf_rate,
+                                             deadline=time.time() + share))
         if args.media:
             res["media"] = media_stage(lab, args)
     finally:
