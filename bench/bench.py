@@ -538,6 +538,8 @@ def run_step(t, rate, secs, step_dir, perf=False):
         "-recv_timeout", str(args.recv_timeout_ms), "-max_retrans", "5", "-stf", str(stat), "-trace_rtt", "-rtt_freq", "1",
         "-error_file", str(step_dir / "uac_err.log")]
     uas_fail0, uas_ok0 = t.uas_failures()
+    log_path = t.out / ("drbridge.out" if "drbridge" in t.procs else "kamailio.out")
+    log_off = log_path.stat().st_size if log_path.exists() else 0
     t0_ticks = t.ticks()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     udp0 = udp_errors()
@@ -574,6 +576,7 @@ def run_step(t, rate, secs, step_dir, perf=False):
 
     rows = read_stat(stat)
     last = rows[-1] if rows else {}
+    warnings = server_warnings(log_path, log_off)
     ok = stat_int(last, "SuccessfulCall(C)")
     failed = stat_int(last, "FailedCall(C)")
     created = stat_int(last, "TotalCallCreated")
@@ -615,6 +618,7 @@ def run_step(t, rate, secs, step_dir, perf=False):
         "p50_ms": pct(vals, 50),
         "p99_ms": pct(vals, 99),
         "max_ms": vals[-1] if vals else None,
+        "server_warnings": warnings,
         "sut_cpu_pct": cpu.get(sut_role),
         "sut_rss_mb": round(rss_peak / 1024.0, 1),
         "cpu_pct": cpu,
@@ -625,6 +629,28 @@ def run_step(t, rate, secs, step_dir, perf=False):
     rec["clean"] = (rec["failed_uac"] == 0 and rec["failed_uas"] == 0 and created >= calls and ok >= calls
                     and rec["p99_ms"] is not None and rec["p99_ms"] <= P99_LIMIT_MS and uac.returncode == 0)
     return rec
+
+
+def server_warnings(path, offset):
+    """Counts of the server's WARN/ERROR log lines written since `offset`, by message."""
+    import re
+    counts = {}
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return counts
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    for line in data.splitlines():
+        line = ansi.sub("", line)
+        m = re.search(r"\b(WARN|ERROR)\s+\S+:\s+(.*)", line)
+        if not m:
+            m = re.search(r"(WARNING|ERROR|CRITICAL): <[^>]+> \[[^\]]+\]: (.*)", line)  # Kamailio
+        if m:
+            msg = re.sub(r"\s+\S+=.*$", "", m.group(2)).strip()[:80]
+            counts[msg] = counts.get(msg, 0) + 1
+    return counts
 
 
 def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
@@ -651,7 +677,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
             steps.append(rec)
             log(f"{t.name} {rate:>6} cps: offered {rec['offered_cps']}, completed {rec['completed_cps']}, "
                 f"failed {rec['failed_uac']}+{rec['failed_uas']}, p50 {rec['p50_ms']} p99 {rec['p99_ms']} ms, "
-                f"retrans {rec['retransmissions']}, udp drops {rec['udp_rcvbuf_drops']}, cpu {rec['cpu_pct']}, rss {rec['sut_rss_mb']} MB, {'clean' if rec['clean'] else 'NOT CLEAN'}")
+                f"warn {rec['server_warnings']}, retrans {rec['retransmissions']}, udp drops {rec['udp_rcvbuf_drops']}, cpu {rec['cpu_pct']}, rss {rec['sut_rss_mb']} MB, {'clean' if rec['clean'] else 'NOT CLEAN'}")
             if rec["clean"]:
                 if over == 0:
                     knee = rec
