@@ -246,7 +246,7 @@ class Lab:
             "pbx_uac": b + 21,        # SIPp PBX UAC
             "teams_uac": b + 22,      # SIPp Teams UAC local TCP port
         }
-        self.binary = Path(args.binary)
+        self.binary = Path(args.binary).resolve()
         self.certs = self.work / "certs"
 
     def prepare(self):
