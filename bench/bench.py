@@ -550,7 +550,7 @@ def run_step(t, rate, secs, step_dir, perf=False):
     uac = spawn("sipp_uac", argv, step_dir)
     perf_proc = None
     if perf:
-        perf_proc = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-o", str(step_dir / "perf.data"),
+        perf_proc = subprocess.Popen(["perf", "record", "-F", "199", "--call-graph", "dwarf,16384", "-o", str(step_dir / "perf.data"),
                                       "-p", str(sut_pid), "--", "sleep", str(max(1, secs - 1))],
                                      stdout=open(step_dir / "perf.out", "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -653,49 +653,99 @@ def server_warnings(path, offset):
     return counts
 
 
+def log_step(t, rec, what=""):
+    log(f"{t.name}{what} {rec['rate']:>6} cps: offered {rec['offered_cps']}, completed {rec['completed_cps']}, "
+        f"failed {rec['failed_uac']}+{rec['failed_uas']}, p50 {rec['p50_ms']} p99 {rec['p99_ms']} ms, "
+        f"warn {rec['server_warnings']}, retrans {rec['retransmissions']}, udp drops {rec['udp_rcvbuf_drops']}, "
+        f"cpu {rec['cpu_pct']}, rss {rec['sut_rss_mb']} MB, {'clean' if rec['clean'] else 'NOT CLEAN'}")
+
+
 def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
+    """The ladder (until the first unclean step), one bisection between the last clean and the
+    first unclean rate, a short perf record at the knee, then a soak at the knee longer than
+    64*T1 (32 s) so that the lingering transactions and call clean-ups are in steady state."""
+    args = t.lab.args
     out = t.out
     deadline = min(deadline or t.lab.deadline, t.lab.deadline)
+    soak_cost = (args.soak_secs + args.recv_timeout_ms / 1000.0 + 5) if args.soak_secs else 0
+    perf_cost = (secs + 8) if perf_rate else 0
+    ladder_deadline = deadline - soak_cost - perf_cost
     out.mkdir(parents=True, exist_ok=True)
     log(f"== {t.label}: start")
     t.start()
     time.sleep(0.5)
     steps = []
     knee = None
-    over = 0
+    first_bad = None
     deadline_hit = False
+    n = 0
+
+    def step(rate, secs, name, perf=False):
+        nonlocal n
+        rec = run_step(t, rate, secs, out / f"{n:02d}_{name}_{rate}", perf=perf)
+        n += 1
+        return rec
+
+    def usable(limit):
+        nonlocal deadline_hit
+        if time.time() > limit:
+            deadline_hit = True
+            log(f"{t.name}: time share used up")
+            return False
+        if not t.alive():
+            log(f"{t.label}: a process died: " + ", ".join(r for r, p in t.procs.items() if p.poll() is not None))
+            return False
+        return True
+
+    profile = None
+    soak = []
     try:
-        for i, rate in enumerate(rates):
-            if time.time() > deadline:
-                deadline_hit = True
-                log("time budget used up: stopping this target")
+        for rate in rates:
+            if not usable(ladder_deadline):
                 break
-            if not t.alive():
-                log(f"{t.label}: a process died: " + ", ".join(r for r, p in t.procs.items() if p.poll() is not None))
-                break
-            rec = run_step(t, rate, secs, out / f"step_{i:02d}_{rate}")
+            rec = step(rate, secs, "step")
             steps.append(rec)
-            log(f"{t.name} {rate:>6} cps: offered {rec['offered_cps']}, completed {rec['completed_cps']}, "
-                f"failed {rec['failed_uac']}+{rec['failed_uas']}, p50 {rec['p50_ms']} p99 {rec['p99_ms']} ms, "
-                f"warn {rec['server_warnings']}, retrans {rec['retransmissions']}, udp drops {rec['udp_rcvbuf_drops']}, cpu {rec['cpu_pct']}, rss {rec['sut_rss_mb']} MB, {'clean' if rec['clean'] else 'NOT CLEAN'}")
-            if rec["clean"]:
-                if over == 0:
+            log_step(t, rec)
+            if not rec["clean"]:
+                first_bad = rec
+                break
+            knee = rec
+            time.sleep(args.settle_s)
+        # one bisection between the last clean rate and the first unclean one
+        if first_bad and args.bisect:
+            lo = knee["rate"] if knee else 0
+            mid = int(round((lo + first_bad["rate"]) / 2.0 / 50.0) * 50)
+            if lo < mid < first_bad["rate"] and usable(ladder_deadline):
+                time.sleep(args.settle_s + 2)  # let the overload drain
+                rec = step(mid, secs, "bisect")
+                steps.append(rec)
+                log_step(t, rec, " (bisect)")
+                if rec["clean"]:
                     knee = rec
-            else:
-                over += 1
-                if over > t.lab.args.steps_past_knee:
-                    break
-            time.sleep(t.lab.args.settle_s)
-        profile = None
-        if perf_rate and knee and t.alive() and shutil.which("perf") and time.time() < deadline:
+        if perf_rate and knee and shutil.which("perf") and usable(deadline - soak_cost):
             log(f"{t.name}: perf record at {knee['rate']} cps (the knee)")
-            time.sleep(t.lab.args.settle_s)
-            rec = run_step(t, knee["rate"], secs, out / "profile", perf=True)
-            profile = profile_report(out / "profile", results_dir, t.name, rec)
+            time.sleep(args.settle_s + 1)
+            rec = step(knee["rate"], secs, "profile", perf=True)
+            profile = profile_report(out / f"{n - 1:02d}_profile_{knee['rate']}", results_dir, t.name, rec)
+        if args.soak_secs and knee:
+            rate = knee["rate"]
+            for attempt in range(2):
+                if not usable(deadline):
+                    break
+                time.sleep(args.settle_s + 2)
+                rec = step(rate, args.soak_secs, "soak")
+                soak.append(rec)
+                log_step(t, rec, f" (soak {args.soak_secs:.0f} s)")
+                if rec["clean"]:
+                    break
+                rate = int(round(rate * 0.75 / 50.0) * 50)
+                if rate <= 0 or time.time() + soak_cost + args.settle_s + 2 > deadline:
+                    break
     finally:
         t.stop()
-    return {"target": t.name, "label": t.label, "steps": steps, "knee": knee, "profile": profile,
-            "deadline_hit": deadline_hit}
+    sustained = next((r for r in soak if r["clean"]), None)
+    return {"target": t.name, "label": t.label, "steps": sorted(steps, key=lambda r: r["rate"]), "knee": knee,
+            "soak": soak, "sustained": sustained, "profile": profile, "deadline_hit": deadline_hit}
 
 
 def profile_report(step_dir, results_dir, name, rec):
@@ -704,7 +754,7 @@ def profile_report(step_dir, results_dir, name, rec):
         return None
     txt = results_dir / f"profile_{name}.txt"
     with open(txt, "w") as f:
-        f.write(f"# perf record -F 499 -g of the server at {rec['rate']} cps (offered {rec['offered_cps']}, "
+        f.write(f"# perf record -F 199 --call-graph dwarf of the server at {rec['rate']} cps (offered {rec['offered_cps']}, "
                 f"completed {rec['completed_cps']}, p99 {rec['p99_ms']} ms, cpu {rec['cpu_pct']})\n\n")
         f.write("## flat (self time by symbol)\n")
         f.flush()
@@ -748,6 +798,13 @@ def versions():
             "drbridge_commit": first(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])}
 
 
+def nominal(rec):
+    """The step's set rate when SIPp really offered it (within 3 %), else what it offered."""
+    if not rec:
+        return None
+    return rec["rate"] if rec["offered_cps"] >= 0.97 * rec["rate"] else rec["offered_cps"]
+
+
 def fmt(v, nd=0):
     if v is None:
         return "-"
@@ -764,16 +821,22 @@ def markdown(res):
              f"SIPp, stunnel and the server share the same cores. Steps of {res['step_secs']} s, hold 0-1 s "
              f"(uniform), clean = no failed call and set-up p99 <= {int(P99_LIMIT_MS)} ms.")
     L.append("")
-    L.append("| target | highest clean cps | BHCC | vs Kamailio | server CPU at knee | RSS at knee |")
-    L.append("|---|---:|---:|---:|---:|---:|")
+    soak_h = f"sustained {res['soak_secs']:.0f} s, cps" if res.get("soak_secs") else "sustained (no soak in this mode)"
+    L.append(f"| target | highest clean step, cps | {soak_h} | capacity BHCC | vs Kamailio | server CPU | server memory |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
     kam = next((t for t in res["targets"] if t["target"] == "kamailio"), None)
-    kam_cps = kam["knee"]["offered_cps"] if kam and kam["knee"] else None
     for t in res["targets"]:
         k = t["knee"]
-        cps = k["offered_cps"] if k else None
-        ratio = f"{cps / kam_cps:.2f}" if (cps and kam_cps) else "-"
-        L.append(f"| {t['label']} | {fmt(cps)} | {fmt(cps * 3600 if cps else None)} | {ratio} | "
-                 f"{fmt(k['sut_cpu_pct'] if k else None)} % | {fmt(k['sut_rss_mb'] if k else None)} MB |")
+        su = t.get("sustained")
+        best = t.get("capacity_cps")
+        ratio = fmt(t.get("ratio_vs_kamailio"), 2) if kam else "-"
+        ref = su or k
+        soak_txt = fmt(t.get("sustained_cps")) if su else ("not clean at " + ", ".join(str(x["rate"]) for x in t["soak"]) if t.get("soak") else "-")
+        L.append(f"| {t['label']} | {fmt(t.get('knee_cps'))} | {soak_txt} | "
+                 f"{(f'{round(best * 3600):,}') if best else '-'} | {ratio} | "
+                 f"{fmt(ref['sut_cpu_pct'] if ref else None)} % | {fmt(ref['sut_rss_mb'] if ref else None)} MB |")
+    L.append("")
+    L.append("Capacity = the soak rate where a soak ran (default mode), else the highest clean step (--quick).")
     L.append("")
     L.append("Per step (offered = calls started / step time; completed = answered calls / time from first "
              "INVITE to last 200; CPU in % of one core, utime+stime of the process group):")
@@ -781,21 +844,22 @@ def markdown(res):
     L.append("| target | rate | offered | completed | failed | p50 ms | p99 ms | server CPU | RSS MB | stunnel CPU | SIPp uac/uas CPU | clean |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     for t in res["targets"]:
-        for s in t["steps"]:
+        for s in t["steps"] + t.get("soak", []):
             c = s["cpu_pct"]
-            L.append(f"| {t['target']} | {s['rate']} | {fmt(s['offered_cps'])} | {fmt(s['completed_cps'])} | "
+            rate_txt = f"{s['rate']} ({s['secs']:.0f} s soak)" if s in t.get("soak", []) else str(s["rate"])
+            L.append(f"| {t['target']} | {rate_txt} | {fmt(s['offered_cps'])} | {fmt(s['completed_cps'])} | "
                      f"{s['failed_uac'] + s['failed_uas']} | {fmt(s['p50_ms'])} | {fmt(s['p99_ms'])} | "
                      f"{fmt(s['sut_cpu_pct'])} % | {fmt(s['sut_rss_mb'], 1)} | {fmt(c.get('stunnel'))} | "
                      f"{fmt(c.get('sipp_uac'))}/{fmt(c.get('sipp_uas'))} | {'yes' if s['clean'] else 'no'} |")
     L.append("")
     L.append("Seed PBX figures (ms-teams-solution-guide.txt) against the lowest drbridge knee: ")
     L.append("")
-    dr = [t["knee"]["offered_cps"] for t in res["targets"] if t["target"].startswith("drbridge") and t["knee"]]
+    dr = [t["capacity_cps"] for t in res["targets"] if t["target"].startswith("drbridge") and t.get("capacity_cps")]
     low = min(dr) if dr else None
     L.append("| PBX | BHCC | cps | drbridge / PBX |")
     L.append("|---|---:|---:|---:|")
     for n, b in SEED_PBX_BHCC:
-        L.append(f"| {n} | {b:,} | {b / 3600:.1f} | {fmt(low * 3600 / b if low else None)}x |")
+        L.append(f"| {n} | {b:,} | {b / 3600:.1f} | {(f'{low * 3600 / b:,.0f}x') if low else '-'} |")
     if res.get("media"):
         L.append("")
         L.append(f"Media stage: {res['media'].get('status')}")
@@ -827,10 +891,14 @@ def plot(res, path):
         a2.plot(x, [max(s["p50_ms"] or 0, 0.5) for s in st], ".:", color=col, label=t["label"] + " p50")
         if t["knee"]:
             a1.axvline(t["knee"]["offered_cps"], color=col, ls="--", lw=0.8)
+        for sk in t.get("soak", []):
+            a1.plot([sk["offered_cps"]], [sk["completed_cps"]], "*", color=col, ms=14,
+                    mec="black" if sk["clean"] else "red",
+                    label=f"{t['target']} {sk['secs']:.0f} s soak ({'clean' if sk['clean'] else 'not clean'})")
     a1.plot([0, top], [0, top], color="grey", lw=0.8, ls=":", label="completed = offered")
     a1.set_xlabel("offered calls/s")
     a1.set_ylabel("completed calls/s")
-    a1.set_title("Throughput (x = step not clean, dashed = knee)")
+    a1.set_title("Throughput (x = step not clean, dashed = highest clean step, * = soak)")
     a1.legend(fontsize=8)
     a1.grid(alpha=0.3)
     a2.set_yscale("log")
@@ -861,12 +929,15 @@ def main():
     ap.add_argument("--work", default=str(BENCH / "results" / "work"))
     ap.add_argument("--results", default=str(BENCH / "results"))
     ap.add_argument("--port-base", type=int, default=25060)
-    ap.add_argument("--max-calls", type=int, default=100000)
-    ap.add_argument("--max-transactions", type=int, default=2000000)
+    ap.add_argument("--max-calls", type=int, default=1000000,
+                    help="drbridge sbc.max_calls (ended calls count for 32 s: the default 10000 caps ~300 cps)")
+    ap.add_argument("--max-transactions", type=int, default=4000000, help="drbridge limits.max_transactions")
     ap.add_argument("--log-level", default="warn")
     ap.add_argument("--kamailio-workers", type=int, default=4)
     ap.add_argument("--kamailio-mem", default="qm", help="Kamailio memory manager: qm (default), fm, tlsf")
-    ap.add_argument("--steps-past-knee", type=int, default=1)
+    ap.add_argument("--soak-secs", type=float, help="soak at the knee this long (default 45 s, 0 in --quick)")
+    ap.add_argument("--no-bisect", dest="bisect", action="store_false",
+                    help="no bisection step between the last clean and the first unclean rate")
     ap.add_argument("--settle-s", type=float, default=1.0)
     ap.add_argument("--budget-s", type=int, help="time budget of the whole run (steps stop when it is used up)")
     ap.add_argument("--nice", type=int, default=0,
@@ -875,17 +946,18 @@ def main():
     args = ap.parse_args()
 
     if args.quick:
-        rates = [500, 1000, 2000, 3000, 4000, 6000]
+        rates = [500, 1000, 2000, 3000, 4000, 6000, 8000]
         secs = args.step_secs or 3
-        args.steps_past_knee = 0
         args.settle_s = 0.5
+        args.soak_secs = 0 if args.soak_secs is None else args.soak_secs
         budget = args.budget_s or 105
         args.recv_timeout_ms = args.recv_timeout_ms or 4000
     else:
-        rates = [250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 7000, 8000, 10000]
-        secs = args.step_secs or 8
+        rates = [500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000]
+        secs = args.step_secs or 5
+        args.soak_secs = 45 if args.soak_secs is None else args.soak_secs
         budget = args.budget_s or 540
-        args.recv_timeout_ms = args.recv_timeout_ms or 8000
+        args.recv_timeout_ms = args.recv_timeout_ms or 6000
     if args.rates:
         rates = [int(r) for r in args.rates.split(",")]
     args.budget_s = budget
@@ -915,6 +987,7 @@ def main():
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "mode": "quick" if args.quick else "default",
         "step_secs": secs,
+        "soak_secs": args.soak_secs,
         "rates": rates,
         "machine": machine(),
         "versions": versions(),
@@ -943,13 +1016,20 @@ def main():
         stop_all()
     res["loadavg_after"] = loadavg()
     res["duration_s"] = round(time.time() - t_start, 1)
-    kam = next((t for t in res["targets"] if t["target"] == "kamailio"), None)
-    kcps = kam["knee"]["offered_cps"] if kam and kam["knee"] else None
+    # capacity: the sustained (soak) rate where there was a soak, else the highest clean step
     for t in res["targets"]:
-        k = t["knee"]
-        t["knee_cps"] = k["offered_cps"] if k else None
-        t["knee_bhcc"] = round(k["offered_cps"] * 3600) if k else None
-        t["ratio_vs_kamailio"] = round(k["offered_cps"] / kcps, 2) if (k and kcps) else None
+        k, su = t["knee"], t.get("sustained")
+        t["knee_cps"] = nominal(k)
+        t["sustained_cps"] = nominal(su)
+        if args.soak_secs:
+            t["capacity_cps"] = t["sustained_cps"]
+        else:
+            t["capacity_cps"] = t["knee_cps"]
+        t["capacity_bhcc"] = round(t["capacity_cps"] * 3600) if t["capacity_cps"] else None
+    kam = next((t for t in res["targets"] if t["target"] == "kamailio"), None)
+    kcps = kam["capacity_cps"] if kam else None
+    for t in res["targets"]:
+        t["ratio_vs_kamailio"] = round(t["capacity_cps"] / kcps, 2) if (t["capacity_cps"] and kcps) else None
     res["seed_pbx_bhcc"] = dict(SEED_PBX_BHCC)
     (results_dir / "capacity.json").write_text(json.dumps(res, indent=1))
     md = markdown(res)
