@@ -3,5 +3,6 @@
 pub mod b2bua;
 pub mod config;
 pub mod media;
+pub mod presence;
 pub mod routing;
 pub mod sip;

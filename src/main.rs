@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use drbridge::b2bua::{B2bua, CoreConfig, Dialplan, Side, TeamsProxy};
 use drbridge::config::{self, Trunk};
+use drbridge::media::sdp::CodecProfile;
+use drbridge::media::{MediaEngine, MediaEngineConfig, MediaEvent, SrtpSuite};
 use drbridge::routing::{NumberPlan, RouteTable};
 use drbridge::sip::msg::Limits;
 use drbridge::sip::transport::{ensure_lab_certs, ListenerSpec, Peer, Proto, SipTransport, TlsSetup, TransportConfig, TransportEvent};
@@ -183,6 +185,30 @@ async fn run(path: &Path) -> Result<(), String> {
     let pbx_addr = cfg.pbx.address;
     let plan = Plan { numbers: NumberPlan::new(&cfg.numbers), routes: RouteTable::new(&cfg.routes) };
     let mut core = B2bua::new(core_cfg, Box::new(plan), Instant::now());
+    let (media_tx, mut media_events) = tokio::sync::mpsc::channel::<MediaEvent>(1);
+    let _keep_media_tx = media_tx; // without media anchoring the channel stays empty
+    if cfg.media.enabled {
+        let m = &cfg.media;
+        let ecfg = MediaEngineConfig {
+            teams_ip: m.teams_ip,
+            teams_advertised_ip: m.teams_advertised_ip,
+            pbx_ip: m.pbx_ip,
+            pbx_advertised_ip: m.pbx_advertised_ip,
+            teams_ports: m.teams_port_min..=m.teams_port_max,
+            pbx_ports: m.pbx_port_min..=m.pbx_port_max,
+            rtcp_mux_teams: m.rtcp_mux_teams,
+            srtp_to_pbx: m.srtp_to_pbx,
+            srtp_suite: SrtpSuite::from_sdp_name(&m.srtp_suite).unwrap_or(SrtpSuite::AesCm128HmacSha1_80),
+            inactivity_timeout: Duration::from_secs(m.inactivity_timeout_secs),
+            max_sessions: m.max_sessions,
+            ..MediaEngineConfig::default()
+        };
+        let (engine, ev) = MediaEngine::new(ecfg, tokio::runtime::Handle::current());
+        media_events = ev;
+        let teams = CodecProfile { allowed: m.teams_codecs.clone(), ..CodecProfile::teams() };
+        let pbx = CodecProfile { allowed: m.pbx_codecs.clone(), strip_ice: pbx_proto == Proto::Udp, ..CodecProfile::pbx_default() };
+        core = core.with_media(Box::new(engine), teams, pbx);
+    }
     tracing::info!(config = %path.display(), "drbridge ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -201,6 +227,7 @@ async fn run(path: &Path) -> Result<(), String> {
                     }
                 }
             }
+            Some(ev) = media_events.recv() => core.handle_media_event(ev, Instant::now()),
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 core.handle_timeout(Instant::now());
             }

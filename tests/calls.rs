@@ -516,10 +516,9 @@ async fn topology_hidden_both_ways_teams_to_pbx() {
     check_hiding(&lab, &res, &call);
 }
 
-/// Until media anchoring lands (issue 4), SDP bodies pass through unchanged, so topology
-/// hiding is asserted on the signalling (start line and headers) only. Set to true with the
-/// media relay, and the same checks cover the bodies.
-const SDP_ANCHORED: bool = false;
+/// With media anchored on drbridge, the SDP bodies are checked too (no far-side address, no
+/// crypto or ICE lines toward the PBX). Set to false to check the signalling alone.
+const SDP_ANCHORED: bool = true;
 
 /// The start line and headers of each message, without bodies (unless SDP is anchored).
 fn signalling_only(messages: &[String]) -> String {

@@ -4,7 +4,11 @@
 use super::build::{self, add_identity, contact, new_call_id, new_tag, number_of, number_of_uri, party_uri, via};
 use super::interwork::{carry_headers, has_token, normalize};
 use super::{CallEvent, CoreConfig, Dialplan, EndReason, Hop, Side, Transmit};
+use crate::config::Trunk;
+use crate::media::sdp::{ice_restart_requested, offer_remote_media, rewrite_answer, rewrite_offer, CodecProfile, SdpSession};
+use crate::media::{MediaControl, MediaEnd, MediaError, MediaEvent, MediaSessionId, RemoteMedia};
 use crate::routing::{FailoverPlan, ProxySet, TrunkHealth};
+use crate::sip::msg::sdp::Sdp;
 use crate::sip::msg::{Message, Method, NameAddr, Request, Response, SipStr, Uri};
 use crate::sip::transport::{Peer, Proto};
 use crate::sip::txn::{new_branch, ClientTxnId, RequestDisposition, ServerTxnId, Transactions, TxnEvent, TxnTimers};
@@ -30,6 +34,9 @@ pub struct Stats {
     pub session_expired: u64,
     pub transfers: u64,
     pub forbidden_source: u64,
+    pub media_ports_exhausted: u64,
+    pub media_timeouts: u64,
+    pub sdp_not_acceptable: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +98,36 @@ struct Leg {
     ack_waits: Option<Request>,
     allows_update: bool,
     ended: bool,
+    /// SDP drbridge sends on this leg: origin and version (RFC 3264 section 8).
+    sdp: SdpSession,
+    /// The offer this leg's peer made, until answered (the answer must match it).
+    offer_in: Option<Sdp>,
+    /// The offer drbridge sent to this leg, until answered.
+    offer_out: Option<Sdp>,
+    /// The last SDP drbridge sent on this leg (re-sent in a refresh re-INVITE).
+    last_sent: Bytes,
+    /// What this leg's peer last said about its media (ICE restart detection).
+    remote_media: Option<RemoteMedia>,
+}
+
+/// The media session of a call and which leg sits at each of its ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MediaBinding {
+    id: MediaSessionId,
+    a: LegId,
+    b: LegId,
+}
+
+impl MediaBinding {
+    fn end_of(&self, lid: LegId) -> Option<MediaEnd> {
+        if self.a == lid {
+            Some(MediaEnd::A)
+        } else if self.b == lid {
+            Some(MediaEnd::B)
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +160,12 @@ struct Call {
     timers: Vec<(Instant, CallTimer)>,
     ctxs: Vec<ClientTxnId>,
     open_stx: Vec<(ServerTxnId, Request)>,
+    /// The media session relaying the two legs of `pair`.
+    media: Option<MediaBinding>,
+    /// The media of a new pair being connected (transfer, Replaces), active once connected:
+    /// `Some(None)` when the new pair is on one side (a PBX caller transferred to a PBX
+    /// extension): two parties on the same side talk directly, their SDP passes unchanged.
+    media_next: Option<Option<MediaBinding>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +208,19 @@ pub struct B2bua {
     pbx_health: ProxyHealth,
     pbx_trunk: TrunkHealth,
     options: HashMap<ClientTxnId, Option<usize>>,
+    /// The media relay; None: SDP passes through unchanged (signalling-only tests).
+    media: Option<Box<dyn MediaControl>>,
+    media_calls: HashMap<MediaSessionId, CallId>,
+    teams_profile: CodecProfile,
+    pbx_profile: CodecProfile,
     pub stats: Stats,
+}
+
+fn trunk(side: Side) -> Trunk {
+    match side {
+        Side::Teams => Trunk::Teams,
+        Side::Pbx => Trunk::Pbx,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -210,9 +265,35 @@ impl B2bua {
             ),
             pbx_trunk: TrunkHealth::new(now),
             options: HashMap::new(),
+            media: None,
+            media_calls: HashMap::new(),
+            teams_profile: CodecProfile::teams(),
+            pbx_profile: CodecProfile::pbx_default(),
             stats: Stats::default(),
             cfg,
         }
+    }
+
+    /// Anchors every call's media on `media`, with the codec profile of each side.
+    pub fn with_media(mut self, media: Box<dyn MediaControl>, teams: CodecProfile, pbx: CodecProfile) -> B2bua {
+        self.media = Some(media);
+        self.teams_profile = teams;
+        self.pbx_profile = pbx;
+        self
+    }
+
+    /// An event of the media relay (inactivity: the call is ended on both legs).
+    pub fn handle_media_event(&mut self, ev: MediaEvent, now: Instant) {
+        match ev {
+            MediaEvent::Inactive(id) => {
+                if let Some(cid) = self.media_calls.get(&id).copied() {
+                    tracing::info!(call = cid, "no media: ending the call");
+                    self.stats.media_timeouts += 1;
+                    self.end_call(cid, None, EndReason::MediaTimeout, now);
+                }
+            }
+        }
+        self.drain_txn_events(now);
     }
 
     pub fn active_calls(&self) -> usize {
@@ -420,6 +501,22 @@ impl B2bua {
         let _ = self.txns.send_response(stx, &trying, now);
 
         let cid = self.next_call;
+        let media = match self.media.as_mut().map(|m| m.allocate(trunk(side), trunk(dest))) {
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "media ports exhausted: 503");
+                self.stats.media_ports_exhausted += 1;
+                let mut r = req.response(503, Some(&new_tag()));
+                r.headers.push("Retry-After", "10");
+                add_identity(&self.cfg, side, &mut r.headers, false);
+                let _ = self.txns.send_response(stx, &r, now);
+                return;
+            }
+            Some(Ok(id)) => {
+                self.media_calls.insert(id, cid);
+                Some(MediaBinding { id, a: 0, b: 1 })
+            }
+            None => None,
+        };
         self.next_call += 1;
         self.stats.calls_total += 1;
         let a = self.uas_leg(&req, peer, side);
@@ -436,6 +533,8 @@ impl B2bua {
             timers: Vec::new(),
             ctxs: Vec::new(),
             open_stx: Vec::new(),
+            media,
+            media_next: None,
         };
         // Session timer toward the caller's leg.
         if let Some((se, refresher)) = Self::session_expires_of(&req.headers) {
@@ -451,7 +550,10 @@ impl B2bua {
         let callee = normalize(&callee_raw, dest, &*self.plan);
         let display = req.from_hdr().and_then(|n| n.display);
         let body = req.body.clone();
-        self.open_leg(cid, dest, &caller, display, &callee, None, body, &req.headers, side, now);
+        if self.open_leg(cid, dest, &caller, display, &callee, None, body, Some(0), &req.headers, side, now).is_none() {
+            // No acceptable media in the offer (or no proxy): refuse the call.
+            self.invite_failed_with(cid, 1, None, 488, now);
+        }
     }
 
     /// The leg for a dialog drbridge answers (UAS side).
@@ -489,6 +591,11 @@ impl B2bua {
             ack_waits: None,
             allows_update: has_token(&req.headers, "Allow", "UPDATE"),
             ended: false,
+            sdp: SdpSession::random(),
+            offer_in: None,
+            offer_out: None,
+            last_sent: Bytes::new(),
+            remote_media: None,
         }
     }
 
@@ -525,6 +632,7 @@ impl B2bua {
         callee: &str,
         target_uri: Option<Uri>,
         body: Bytes,
+        offer_from: Option<LegId>,
         src_headers: &crate::sip::msg::Headers,
         from_side: Side,
         now: Instant,
@@ -578,7 +686,6 @@ impl B2bua {
         if !body.is_empty() && !req.headers.contains("Content-Type") {
             req.headers.push("Content-Type", "application/sdp");
         }
-        req.body = body;
         let leg = Leg {
             side: dest,
             hop: hop.clone(),
@@ -600,10 +707,27 @@ impl B2bua {
             ack_waits: None,
             allows_update: true,
             ended: false,
+            sdp: SdpSession::random(),
+            offer_in: None,
+            offer_out: None,
+            last_sent: Bytes::new(),
+            remote_media: None,
         };
         let call = self.calls.get_mut(&cid)?;
         call.legs.push(leg);
         let lid = call.legs.len() - 1;
+        req.body = match offer_from {
+            Some(from) => match self.media_offer(cid, from, lid, &body) {
+                Ok(b) => b,
+                Err(_) => {
+                    if let Some(c) = self.calls.get_mut(&cid) {
+                        c.legs[lid].ended = true;
+                    }
+                    return None;
+                }
+            },
+            None => body,
+        };
         self.dialogs.insert((call_id, tag), (cid, lid));
         self.send_open_invite(cid, lid, req, hop, plan, first, now);
         Some(lid)
@@ -786,6 +910,14 @@ impl B2bua {
                 c.legs[lid].remote_sdp = req.body.clone();
             }
         }
+        let body = if is_offer && !req.body.is_empty() {
+            match self.media_offer(cid, lid, olid, &req.body) {
+                Ok(b) => b,
+                Err(code) => return self.respond(stx, &req, code, side, now),
+            }
+        } else {
+            req.body.clone()
+        };
         let Some((mut out, hop)) = self.dialog_request(cid, olid, req.method.clone()) else { return };
         let oside = self.calls[&cid].legs[olid].side;
         let host = build::local_host(&self.cfg, oside);
@@ -804,7 +936,7 @@ impl B2bua {
                 c.legs[olid].offer_pending = true;
             }
         }
-        out.body = req.body.clone();
+        out.body = body;
         if let Some(c) = self.calls.get_mut(&cid) {
             c.open_stx.push((stx, req.clone()));
         }
@@ -1145,8 +1277,11 @@ impl B2bua {
 
     fn invite_failed_with(&mut self, cid: CallId, lid: LegId, resp: Option<&Response>, status: u16, now: Instant) {
         let Some(call) = self.calls.get_mut(&cid) else { return };
-        call.legs[lid].invite = None;
-        call.legs[lid].ended = true;
+        // The leg may not exist when it could not even be opened.
+        if let Some(leg) = call.legs.get_mut(lid) {
+            leg.invite = None;
+            leg.ended = true;
+        }
         let is_transfer = call.refer.as_ref().and_then(|r| r.target_leg) == Some(lid);
         if is_transfer {
             self.transfer_failed(cid, status, now);
@@ -1171,7 +1306,18 @@ impl B2bua {
     fn relay_provisional(&mut self, cid: CallId, lid: LegId, resp: &Response, now: Instant) {
         let Some(call) = self.calls.get(&cid) else { return };
         let Some((stx, req)) = call.a_invite.clone() else { return };
-        let r = self.relayed_response(call, 0, &req, resp);
+        let mut r = self.relayed_response(call, 0, &req, resp);
+        if !resp.body.is_empty() {
+            match self.media_answer(cid, lid, 0, &resp.body) {
+                Ok(b) => r.body = b,
+                Err(_) => {
+                    // Early media we cannot anchor: relay the progress without it.
+                    r.body = Bytes::new();
+                    r.headers.remove("Content-Type");
+                }
+            }
+        }
+        let Some(call) = self.calls.get(&cid) else { return };
         let first = call.state == CallState::Calling;
         let (caller, callee) = (call.caller.clone(), call.callee.clone());
         let _ = self.txns.send_response(stx, &r, now);
@@ -1181,13 +1327,26 @@ impl B2bua {
         if first && (resp.status == 180 || resp.status == 183) {
             self.events.push_back(CallEvent::Ringing { call: cid, caller, callee });
         }
-        let _ = lid;
     }
 
     fn answer_caller(&mut self, cid: CallId, lid: LegId, resp: &Response, now: Instant) {
         let Some(call) = self.calls.get(&cid) else { return };
         let Some((stx, req)) = call.a_invite.clone() else { return };
         let mut r = self.relayed_response(call, 0, &req, resp);
+        if !resp.body.is_empty() {
+            match self.media_answer(cid, lid, 0, &resp.body) {
+                Ok(b) => r.body = b,
+                Err(code) => {
+                    // The callee answered with media we cannot relay: hang it up, refuse the call.
+                    self.bye_leg(cid, lid, now);
+                    if let Some(c) = self.calls.get_mut(&cid) {
+                        c.legs[lid].invite = None;
+                    }
+                    self.invite_failed_with(cid, lid, None, code, now);
+                    return;
+                }
+            }
+        }
         self.answer_session_timer(cid, 0, &req, &mut r, now);
         let Some(call) = self.calls.get_mut(&cid) else { return };
         call.a_invite = None;
@@ -1246,12 +1405,21 @@ impl B2bua {
             }
             return;
         }
+        let is_offer = matches!(req.method, Method::Invite | Method::Update) && !req.body.is_empty();
+        let mut r = self.relayed_response(call, from, &req, &resp);
+        if is_offer && !resp.body.is_empty() && resp.status < 300 {
+            match self.media_answer(cid, olid, from, &resp.body) {
+                Ok(b) => r.body = b,
+                Err(_) => {
+                    r.body = Bytes::new();
+                    r.headers.remove("Content-Type");
+                }
+            }
+        }
         if resp.status < 200 {
-            let r = self.relayed_response(call, from, &req, &resp);
             let _ = self.txns.send_response(stx, &r, now);
             return;
         }
-        let mut r = self.relayed_response(call, from, &req, &resp);
         if let Some(c) = self.calls.get_mut(&cid) {
             c.open_stx.retain(|(s, _)| *s != stx);
             if matches!(req.method, Method::Invite | Method::Update) {
@@ -1404,13 +1572,158 @@ impl B2bua {
                 self.bye_leg(cid, lid, now);
             }
         }
+        self.free_media(cid);
         tracing::info!(call = cid, ?reason, answered = was_answered, "call ended");
         self.events.push_back(CallEvent::Ended { call: cid, caller, callee, reason });
         let cleanup = now + self.cfg.t1 * 64;
         self.arm(cid, cleanup, CallTimer::Cleanup);
     }
 
+    fn free_media(&mut self, cid: CallId) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        for b in [call.media.take(), call.media_next.take().flatten()].into_iter().flatten() {
+            self.media_calls.remove(&b.id);
+            if let Some(m) = self.media.as_mut() {
+                m.free(b.id);
+            }
+        }
+    }
+
+    /// Allocates a session joining legs `a` and `b` for a new pair (transfer, Replaces).
+    /// `b` may be a leg about to be opened (the transfer target), so its side is given.
+    fn bind_next_media(&mut self, cid: CallId, a: LegId, b: LegId, sb: Side) -> Result<(), u16> {
+        let Some(sa) = self.calls.get(&cid).and_then(|c| c.legs.get(a)).map(|l| l.side) else { return Err(481) };
+        let Some(m) = self.media.as_mut() else { return Ok(()) };
+        if sa == sb {
+            if let Some(call) = self.calls.get_mut(&cid) {
+                call.media_next = Some(None);
+            }
+            return Ok(());
+        }
+        match m.allocate(trunk(sa), trunk(sb)) {
+            Ok(id) => {
+                self.media_calls.insert(id, cid);
+                if let Some(call) = self.calls.get_mut(&cid) {
+                    call.media_next = Some(Some(MediaBinding { id, a, b }));
+                }
+                Ok(())
+            }
+            Err(_) => {
+                self.stats.media_ports_exhausted += 1;
+                Err(503)
+            }
+        }
+    }
+
+    /// The session set up by `bind_next_media` becomes the call's; the old one is freed.
+    fn switch_media(&mut self, cid: CallId) {
+        let Some(call) = self.calls.get_mut(&cid) else { return };
+        let Some(next) = call.media_next.take() else { return };
+        if let Some(old) = std::mem::replace(&mut call.media, next) {
+            self.media_calls.remove(&old.id);
+            if let Some(m) = self.media.as_mut() {
+                m.free(old.id);
+            }
+        }
+    }
+
+    /// The session (current or being set up) that joins legs `x` and `y`, with their ends.
+    fn media_ends(&self, cid: CallId, x: LegId, y: LegId) -> Option<(MediaSessionId, MediaEnd, MediaEnd)> {
+        let call = self.calls.get(&cid)?;
+        [call.media_next.flatten(), call.media].into_iter().flatten().find_map(|b| Some((b.id, b.end_of(x)?, b.end_of(y)?)))
+    }
+
+    fn profile(&self, side: Side) -> &CodecProfile {
+        match side {
+            Side::Teams => &self.teams_profile,
+            Side::Pbx => &self.pbx_profile,
+        }
+    }
+
+    /// An SDP offer from leg `from`, rewritten for leg `to`: drbridge's own address, keys and
+    /// ICE credentials on `to`'s side; what `from` said goes to the relay. Err: the status to
+    /// refuse the offer with (488 when nothing in it can be relayed).
+    fn media_offer(&mut self, cid: CallId, from: LegId, to: LegId, body: &Bytes) -> Result<Bytes, u16> {
+        if self.media.is_none() || body.is_empty() {
+            return Ok(body.clone());
+        }
+        let Some((id, end_from, end_to)) = self.media_ends(cid, from, to) else { return Ok(body.clone()) };
+        let offer = Sdp::parse(body.clone()).map_err(|_| 400u16)?;
+        let (side_from, side_to) = {
+            let c = &self.calls[&cid];
+            (c.legs[from].side, c.legs[to].side)
+        };
+        let profile = self.profile(side_to).clone();
+        let media = self.media.as_mut().expect("checked above");
+        let Some(local_to) = media.local(id, end_to) else { return Err(500) };
+        let call = self.calls.get_mut(&cid).ok_or(481u16)?;
+        let (out, remote) = rewrite_offer(&offer, trunk(side_from), &local_to, trunk(side_to), &profile, &mut call.legs[to].sdp)
+            .map_err(|e| self.sdp_refused(cid, e))?;
+        let media = self.media.as_mut().expect("checked above");
+        let call = self.calls.get_mut(&cid).ok_or(481u16)?;
+        if side_from == Side::Teams && call.legs[from].remote_media.as_ref().is_some_and(|prev| ice_restart_requested(prev, &remote)) {
+            tracing::info!(call = cid, "ICE restart requested");
+            media.restart_ice(id, end_from);
+        }
+        media.update(id, end_from, remote.clone()).map_err(|_| 500u16)?;
+        call.legs[from].offer_in = Some(offer);
+        call.legs[from].remote_media = Some(remote);
+        let bytes = out.to_bytes();
+        call.legs[to].offer_out = Some(out);
+        call.legs[to].last_sent = bytes.clone();
+        Ok(bytes)
+    }
+
+    /// An SDP answer from leg `from` to the offer leg `to` made, rewritten for `to`.
+    fn media_answer(&mut self, cid: CallId, from: LegId, to: LegId, body: &Bytes) -> Result<Bytes, u16> {
+        if self.media.is_none() || body.is_empty() {
+            return Ok(body.clone());
+        }
+        let Some((id, end_from, end_to)) = self.media_ends(cid, from, to) else { return Ok(body.clone()) };
+        let answer = Sdp::parse(body.clone()).map_err(|_| 400u16)?;
+        let (side_from, side_to, sent, original) = {
+            let c = &self.calls[&cid];
+            (c.legs[from].side, c.legs[to].side, c.legs[from].offer_out.clone(), c.legs[to].offer_in.clone())
+        };
+        let (Some(sent), Some(original)) = (sent, original) else { return Err(488) };
+        let media = self.media.as_mut().expect("checked above");
+        let Some(local_to) = media.local(id, end_to) else { return Err(500) };
+        let call = self.calls.get_mut(&cid).ok_or(481u16)?;
+        let (out, remote) = rewrite_answer(&answer, trunk(side_from), &local_to, trunk(side_to), &sent, &original, &mut call.legs[to].sdp)
+            .map_err(|e| self.sdp_refused(cid, e))?;
+        let media = self.media.as_mut().expect("checked above");
+        media.update(id, end_from, remote.clone()).map_err(|_| 500u16)?;
+        let call = self.calls.get_mut(&cid).ok_or(481u16)?;
+        call.legs[from].remote_media = Some(remote);
+        let bytes = out.to_bytes();
+        call.legs[to].last_sent = bytes.clone();
+        Ok(bytes)
+    }
+
+    /// An answer from leg `from` that needs no rewrite for anyone (the reply to a re-INVITE
+    /// drbridge made itself): only the relay learns from it.
+    fn media_learn(&mut self, cid: CallId, from: LegId, body: &Bytes) {
+        let Some(call) = self.calls.get(&cid) else { return };
+        let Some(b) = call.media.filter(|b| b.end_of(from).is_some()) else { return };
+        let Ok(sdp) = Sdp::parse(body.clone()) else { return };
+        let Ok(remote) = offer_remote_media(&sdp) else { return };
+        if let (Some(m), Some(end)) = (self.media.as_mut(), b.end_of(from)) {
+            let _ = m.update(b.id, end, remote);
+        }
+    }
+
+    fn sdp_refused(&mut self, cid: CallId, e: MediaError) -> u16 {
+        tracing::info!(call = cid, error = %e, "SDP refused");
+        self.stats.sdp_not_acceptable += 1;
+        match e {
+            MediaError::BadSdp(_) => 400,
+            MediaError::Exhausted(_) => 503,
+            _ => 488,
+        }
+    }
+
     fn remove_call(&mut self, cid: CallId) {
+        self.free_media(cid);
         if let Some(call) = self.calls.remove(&cid) {
             for l in &call.legs {
                 self.dialogs.remove(&(l.call_id.clone(), l.local_tag.clone()));
@@ -1522,8 +1835,11 @@ impl B2bua {
         }
         let use_update = leg.allows_update;
         let interval = leg.se.as_ref().map(|s| s.interval).unwrap_or(self.cfg.session_expires);
-        let olid = Self::other_leg(call, lid);
-        let sdp = olid.map(|o| call.legs[o].remote_sdp.clone()).unwrap_or_default();
+        let sdp = if self.media.is_some() {
+            leg.last_sent.clone()
+        } else {
+            Self::other_leg(call, lid).map(|o| call.legs[o].remote_sdp.clone()).unwrap_or_default()
+        };
         let Some((mut req, hop)) = self.dialog_request(cid, lid, if use_update { Method::Update } else { Method::Invite }) else { return };
         req.headers.push("Supported", build::SUPPORTED);
         req.headers.push("Session-Expires", format!("{interval};refresher=uac"));
@@ -1651,7 +1967,23 @@ impl B2bua {
                 carried.push("Referred-By", v);
             }
         }
-        let new_leg = self.open_leg(cid, dest, &caller, None, &callee, target_uri, sdp, &crate::sip::msg::Headers::new(), Side::Teams, now);
+        // The target gets its own media session with the remaining party; the remaining
+        // party's last SDP is the offer made to the target.
+        let c_idx = call.legs.len();
+        if self.media.is_some() {
+            if self.bind_next_media(cid, remaining, c_idx, dest).is_err() {
+                self.transfer_failed(cid, 503, now);
+                return;
+            }
+            if let (Some(c), Ok(offer)) = (self.calls.get_mut(&cid), Sdp::parse(sdp.clone())) {
+                c.legs[remaining].offer_in = Some(offer);
+            }
+        }
+        let new_leg = self.open_leg(cid, dest, &caller, None, &callee, target_uri, sdp, Some(remaining), &crate::sip::msg::Headers::new(), Side::Teams, now);
+        if new_leg.is_none() {
+            self.transfer_failed(cid, 488, now);
+            return;
+        }
         if let (Some(nl), Some(c)) = (new_leg, self.calls.get_mut(&cid)) {
             if let Some(r) = c.refer.as_mut() {
                 r.target_leg = Some(nl);
@@ -1683,8 +2015,17 @@ impl B2bua {
         self.notify_sipfrag(cid, refer.transferor, "SIP/2.0 200 OK", true, now);
         self.bye_leg(cid, refer.transferor, now);
         tracing::info!(call = cid, target = %refer.target, "transfer answered; reconnecting the remaining party");
-        self.events.push_back(CallEvent::Transferred { call: cid, target: refer.target });
-        self.send_reconnect(cid, remaining, new_leg, resp.body.clone(), None, now);
+        let transferor = self.calls.get(&cid).map(|c| self.plan.to_teams(&c.legs[refer.transferor].party)).unwrap_or_default();
+        self.events.push_back(CallEvent::Transferred { call: cid, target: refer.target, transferor });
+        let sdp = match self.media_answer(cid, new_leg, remaining, &resp.body) {
+            Ok(b) => b,
+            Err(code) => {
+                self.end_call(cid, None, EndReason::Rejected(code), now);
+                return;
+            }
+        };
+        self.switch_media(cid);
+        self.send_reconnect(cid, remaining, new_leg, sdp, None, now);
     }
 
     /// A re-INVITE to the remaining party `to_leg` with the SDP of the leg that takes over
@@ -1742,6 +2083,24 @@ impl B2bua {
                 c.legs[to_leg].remote_sdp = resp.body.clone();
             }
         }
+        let answer_body = match &answer {
+            // INVITE with Replaces: the remaining party's answer goes to the new leg.
+            Some(_) => match self.media_answer(cid, to_leg, new_leg, &resp.body) {
+                Ok(b) => Some(b),
+                Err(code) => {
+                    self.send_ack(cid, to_leg, &resp, None);
+                    if let Some((stx, req)) = answer {
+                        self.respond(stx, &req, code, Side::Teams, now);
+                    }
+                    return;
+                }
+            },
+            None => {
+                self.media_learn(cid, to_leg, &resp.body);
+                None
+            }
+        };
+        self.switch_media(cid);
         self.send_ack(cid, to_leg, &resp, None);
         if let Some(c) = self.calls.get_mut(&cid) {
             c.pair = (to_leg, new_leg);
@@ -1751,6 +2110,9 @@ impl B2bua {
                 // INVITE with Replaces: answer the new leg with the remaining party's SDP.
                 let call = &self.calls[&cid];
                 let mut r = self.relayed_response(call, new_leg, &req, &resp);
+                if let Some(b) = answer_body {
+                    r.body = b;
+                }
                 self.answer_session_timer(cid, new_leg, &req, &mut r, now);
                 let data = r.to_bytes();
                 if let Some(c) = self.calls.get_mut(&cid) {
@@ -1763,10 +2125,15 @@ impl B2bua {
                     }
                 }
                 let _ = self.txns.send_response(stx, &r, now);
+                let (mut target, mut transferor) = (String::new(), String::new());
+                if let Some(c) = self.calls.get(&cid) {
+                    target = self.plan.to_teams(&c.legs[new_leg].party);
+                    transferor = old.map(|o| self.plan.to_teams(&c.legs[o].party)).unwrap_or_default();
+                }
                 if let Some(o) = old {
                     self.bye_leg(cid, o, now);
                 }
-                self.events.push_back(CallEvent::Transferred { call: cid, target: String::from("replaces") });
+                self.events.push_back(CallEvent::Transferred { call: cid, target, transferor });
             }
             None => tracing::info!(call = cid, "transfer completed"),
         }
@@ -1810,7 +2177,13 @@ impl B2bua {
         call.open_stx.push((stx, req.clone()));
         self.dialogs.insert(key, (cid, new_leg));
         tracing::info!(call = cid, "INVITE with Replaces: reconnecting");
-        let sdp = req.body.clone();
+        if let Err(code) = self.bind_next_media(cid, remaining, new_leg, side) {
+            return self.respond(stx, &req, code, side, now);
+        }
+        let sdp = match self.media_offer(cid, new_leg, remaining, &req.body) {
+            Ok(b) => b,
+            Err(code) => return self.respond(stx, &req, code, side, now),
+        };
         self.send_reconnect(cid, remaining, new_leg, sdp, Some((stx, req)), now);
     }
 }

@@ -99,7 +99,9 @@ pub enum CallEvent {
     Answered { call: u64, caller: String, callee: String },
     Held { call: u64, by: Side },
     Resumed { call: u64, by: Side },
-    Transferred { call: u64, target: String },
+    /// The transfer target answered: `target` joins the call, `transferor` (its number, or the
+    /// replaced party for INVITE with Replaces) leaves it.
+    Transferred { call: u64, target: String, transferor: String },
     Ended { call: u64, caller: String, callee: String, reason: EndReason },
 }
 
@@ -112,6 +114,8 @@ pub enum EndReason {
     SessionExpired,
     Transferred,
     Replaced,
+    /// No RTP/RTCP on either leg for the configured time.
+    MediaTimeout,
 }
 
 /// One write for the transport.

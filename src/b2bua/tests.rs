@@ -559,3 +559,140 @@ fn replaces_for_an_unknown_dialog_is_481() {
     let sent = w.take();
     assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 481)));
 }
+
+// ---------------------------------------------------------------------------------- media
+
+use crate::config::Trunk;
+use crate::media::{IceCredentials, LocalMedia, MediaControl, MediaEnd, MediaError, MediaEvent, MediaSessionId, RemoteMedia, SrtpKey, SrtpSuite};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+struct FakeMediaState {
+    next: u64,
+    capacity: usize,
+    sessions: std::collections::HashMap<u64, (Trunk, Trunk)>,
+    remotes: Vec<(u64, MediaEnd, RemoteMedia)>,
+    freed: Vec<u64>,
+}
+
+#[derive(Clone, Default)]
+struct FakeMedia(Arc<Mutex<FakeMediaState>>);
+
+impl MediaControl for FakeMedia {
+    fn allocate(&mut self, a: Trunk, b: Trunk) -> Result<MediaSessionId, MediaError> {
+        let mut s = self.0.lock().unwrap();
+        if s.sessions.len() >= s.capacity {
+            return Err(MediaError::Exhausted("pbx"));
+        }
+        s.next += 1;
+        let id = s.next;
+        s.sessions.insert(id, (a, b));
+        Ok(MediaSessionId(id))
+    }
+    fn local(&self, id: MediaSessionId, end: MediaEnd) -> Option<LocalMedia> {
+        let s = self.0.lock().unwrap();
+        let (a, b) = *s.sessions.get(&id.0)?;
+        let side = if end == MediaEnd::A { a } else { b };
+        let port = 20000 + (id.0 as u16) * 4 + if end == MediaEnd::A { 0 } else { 2 };
+        let ip = if side == Trunk::Teams { "198.51.100.10" } else { "10.9.9.1" };
+        Some(LocalMedia {
+            rtp: format!("{ip}:{port}").parse().unwrap(),
+            rtcp: format!("{ip}:{}", port + 1).parse().unwrap(),
+            srtp: (side == Trunk::Teams).then(|| SrtpKey { suite: SrtpSuite::AesCm128HmacSha1_80, tag: 1, key: [7; 16], salt: [9; 14] }),
+            ice: (side == Trunk::Teams).then(|| IceCredentials { ufrag: format!("uf{}", id.0), pwd: "0123456789abcdefghijklmn".into() }),
+        })
+    }
+    fn restart_ice(&mut self, id: MediaSessionId, end: MediaEnd) -> Option<LocalMedia> {
+        self.local(id, end)
+    }
+    fn update(&mut self, id: MediaSessionId, end: MediaEnd, remote: RemoteMedia) -> Result<(), MediaError> {
+        self.0.lock().unwrap().remotes.push((id.0, end, remote));
+        Ok(())
+    }
+    fn free(&mut self, id: MediaSessionId) {
+        let mut s = self.0.lock().unwrap();
+        s.sessions.remove(&id.0);
+        s.freed.push(id.0);
+    }
+}
+
+fn media_world(capacity: usize) -> (World, FakeMedia) {
+    let fake = FakeMedia::default();
+    fake.0.lock().unwrap().capacity = capacity;
+    let now = Instant::now();
+    let core = B2bua::new(cfg(), Box::new(Plan), now).with_media(
+        Box::new(fake.clone()),
+        crate::media::sdp::CodecProfile::teams(),
+        crate::media::sdp::CodecProfile::pbx_default(),
+    );
+    let mut w = World { core, now, sent: vec![] };
+    w.core.handle_timeout(now);
+    w.flush();
+    w.sent.clear();
+    (w, fake)
+}
+
+const TEAMS_ANSWER: &str = "v=0\r\no=- 1 0 IN IP4 52.113.0.9\r\ns=session\r\nc=IN IP4 52.113.0.9\r\nb=CT:10000000\r\nt=0 0\r\nm=audio 50010 RTP/SAVP 8 101\r\nc=IN IP4 52.113.0.9\r\na=rtcp:50011\r\na=ice-ufrag:Tms1\r\na=ice-pwd:TmsPwdTmsPwdTmsPwdTmsPwd\r\na=candidate:1 1 UDP 2130706431 52.113.0.9 50010 typ host\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31\r\na=rtcp-mux\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n";
+
+#[test]
+fn anchored_call_hides_media_addresses_and_speaks_sdes_ice_lite_to_teams() {
+    let (mut w, fake) = media_world(10);
+    w.from_pbx(&pbx_invite("m1"));
+    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
+    let body = String::from_utf8_lossy(&inv.body).to_string();
+    assert!(body.contains("c=IN IP4 198.51.100.10"), "{body}");
+    assert!(body.contains("RTP/SAVP"), "{body}");
+    assert!(body.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"), "{body}");
+    assert!(body.contains("a=ice-lite") && body.contains("a=rtcp-mux"), "{body}");
+    assert!(!body.contains("10.9.9.9"), "PBX media address leaked: {body}");
+    // The PBX's media went to the relay (end A = the PBX leg).
+    let first = fake.0.lock().unwrap().remotes[0].clone();
+    assert_eq!(first.1, MediaEnd::A);
+    assert_eq!(first.2.rtp, Some("10.9.9.9:40000".parse().unwrap()));
+
+    let mut ok = inv.response(200, Some("ms"));
+    ok.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = bytes::Bytes::from_static(TEAMS_ANSWER.as_bytes());
+    w.from_teams(Message::Response(ok), "52.112.0.1:5061");
+    let sent = w.take();
+    let pbx_ok = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => Some(r.clone()), _ => None }).unwrap();
+    let text = String::from_utf8_lossy(&pbx_ok.to_bytes()).to_string();
+    assert!(text.contains("c=IN IP4 10.9.9.1"), "{text}");
+    assert!(!text.contains("52.113") && !text.contains("crypto") && !text.contains("candidate"), "Teams media leaked: {text}");
+    let st = fake.0.lock().unwrap();
+    let teams_remote = st.remotes.iter().find(|r| r.1 == MediaEnd::B).expect("Teams media to the relay");
+    assert_eq!(teams_remote.2.rtp, Some("52.113.0.9:50010".parse().unwrap()));
+    assert!(teams_remote.2.srtp.is_some(), "Teams key for decryption");
+}
+
+#[test]
+fn no_media_ports_is_503_and_counted() {
+    let (mut w, _fake) = media_world(0);
+    w.from_pbx(&pbx_invite("m2"));
+    let sent = w.take();
+    assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 503 && r.headers.get("Retry-After").is_some())));
+    assert!(sent.iter().all(|(_, m)| !matches!(m, Message::Request(_))));
+    assert_eq!(w.core.stats.media_ports_exhausted, 1);
+}
+
+#[test]
+fn media_inactivity_ends_the_call_on_both_legs_and_frees_ports() {
+    let (mut w, fake) = media_world(10);
+    answered_teams_call(&mut w);
+    w.take();
+    w.core.handle_media_event(MediaEvent::Inactive(MediaSessionId(1)), w.now);
+    w.flush();
+    let byes = w.requests(crate::sip::msg::Method::Bye);
+    assert_eq!(byes.len(), 2, "BYE on both legs");
+    assert_eq!(fake.0.lock().unwrap().freed, vec![1]);
+    assert_eq!(w.core.stats.media_timeouts, 1);
+}
+
+#[test]
+fn an_offer_without_a_common_codec_is_488() {
+    let (mut w, _fake) = media_world(10);
+    w.from_pbx(&pbx_invite("m3").replace("m=audio 40000 RTP/AVP 8 101", "m=audio 40000 RTP/AVP 98").replace("a=rtpmap:101 telephone-event/8000", "a=rtpmap:98 OPUS/48000/2"));
+    let sent = w.take();
+    assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 488)), "{:?}", sent.iter().map(|(_, m)| match m { Message::Response(r) => r.status, _ => 0 }).collect::<Vec<_>>());
+}

@@ -74,6 +74,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub media: Media,
     /// The file this was loaded from (for error messages); empty when built in code.
     #[serde(skip)]
     pub source: PathBuf,
@@ -301,6 +303,68 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits { max_message_bytes: 65_535, max_headers: 256, max_connections: 1024, max_transactions: 65_536, event_queue: 4096 }
+    }
+}
+
+/// `[media]`: media anchoring (every call's RTP through drbridge).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Media {
+    /// false: SDP passes through unchanged and media flows end to end (lab/debug only: Teams
+    /// then sees the PBX's media addresses).
+    pub enabled: bool,
+    /// Address the Teams-side media sockets bind to.
+    pub teams_ip: IpAddr,
+    /// Address written into SDP toward Teams (the public address behind a 1:1 NAT); default
+    /// `teams_ip`.
+    pub teams_advertised_ip: Option<IpAddr>,
+    /// Address the PBX-side media sockets bind to.
+    pub pbx_ip: IpAddr,
+    /// Address written into SDP toward the PBX; default `pbx_ip`.
+    pub pbx_advertised_ip: Option<IpAddr>,
+    /// Port range toward Teams (even RTP ports; RTCP is muxed toward Teams).
+    pub teams_port_min: u16,
+    pub teams_port_max: u16,
+    /// Port range toward the PBX (even RTP ports, RTCP on port+1).
+    pub pbx_port_min: u16,
+    pub pbx_port_max: u16,
+    /// RTCP multiplexed on the RTP port toward Teams (Microsoft requires it).
+    pub rtcp_mux_teams: bool,
+    /// SRTP (SDES) toward the PBX as well (the trunk must support it).
+    pub srtp_to_pbx: bool,
+    /// SRTP suite drbridge offers: AES_CM_128_HMAC_SHA1_80 or AES_CM_128_HMAC_SHA1_32.
+    pub srtp_suite: String,
+    /// No RTP/RTCP on a call for this long ends it (BYE on both legs).
+    pub inactivity_timeout_secs: u64,
+    /// Most media sessions at once; beyond it new calls get 503.
+    pub max_sessions: usize,
+    /// Codecs offered/accepted toward Teams, by encoding name, in preference order.
+    pub teams_codecs: Vec<String>,
+    /// Codecs offered/accepted toward the PBX, by encoding name, in preference order.
+    pub pbx_codecs: Vec<String>,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        Media {
+            enabled: true,
+            teams_ip: lo,
+            teams_advertised_ip: None,
+            pbx_ip: lo,
+            pbx_advertised_ip: None,
+            teams_port_min: 40_000,
+            teams_port_max: 44_999,
+            pbx_port_min: 45_000,
+            pbx_port_max: 49_999,
+            rtcp_mux_teams: true,
+            srtp_to_pbx: false,
+            srtp_suite: "AES_CM_128_HMAC_SHA1_80".into(),
+            inactivity_timeout_secs: 60,
+            max_sessions: 2000,
+            teams_codecs: ["SILK", "G722", "PCMU", "PCMA", "G729", "telephone-event", "CN"].map(String::from).to_vec(),
+            pbx_codecs: ["PCMA", "PCMU", "G722", "G729", "telephone-event"].map(String::from).to_vec(),
+        }
     }
 }
 
@@ -739,6 +803,28 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
     range_check("limits.max_connections", l.max_connections as u64, 1, 1_000_000, "connections")?;
     range_check("limits.max_transactions", l.max_transactions as u64, 16, 10_000_000, "transactions")?;
     range_check("limits.event_queue", l.event_queue as u64, 16, 1_000_000, "events")?;
+
+    // [media]
+    let m = &cfg.media;
+    for (side, lo, hi) in [("teams", m.teams_port_min, m.teams_port_max), ("pbx", m.pbx_port_min, m.pbx_port_max)] {
+        if lo < 1024 || lo >= hi || hi - lo < 3 {
+            return Err(bad(&format!("media.{side}_port_min"), format!("{lo}..{hi} is not a port range above 1023 with room for at least two RTP/RTCP pairs")));
+        }
+    }
+    let overlap = m.teams_ip == m.pbx_ip && m.teams_port_min <= m.pbx_port_max && m.pbx_port_min <= m.teams_port_max;
+    if overlap {
+        return Err(bad("media.pbx_port_min", "the Teams and PBX port ranges overlap on the same address"));
+    }
+    if !matches!(m.srtp_suite.as_str(), "AES_CM_128_HMAC_SHA1_80" | "AES_CM_128_HMAC_SHA1_32") {
+        return Err(bad("media.srtp_suite", format!("{:?} is not AES_CM_128_HMAC_SHA1_80 or AES_CM_128_HMAC_SHA1_32", m.srtp_suite)));
+    }
+    range_check("media.inactivity_timeout_secs", m.inactivity_timeout_secs, 1, 86_400, "seconds")?;
+    range_check("media.max_sessions", m.max_sessions as u64, 1, 1_000_000, "sessions")?;
+    for (key, list) in [("media.teams_codecs", &m.teams_codecs), ("media.pbx_codecs", &m.pbx_codecs)] {
+        if !list.iter().any(|c| !c.eq_ignore_ascii_case("telephone-event") && !c.eq_ignore_ascii_case("CN")) {
+            return Err(bad(key, "must name at least one audio codec"));
+        }
+    }
 
     // [log]
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.log.level) {

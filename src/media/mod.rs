@@ -10,6 +10,13 @@
 //!   protect/unprotect, STUN answers, latching. Controlled through [`MediaControl`] by `b2bua`.
 
 pub mod sdp;
+pub mod engine;
+pub mod pool;
+pub mod relay;
+pub mod srtp;
+pub mod stun;
+
+pub use engine::{EngineStats, MediaEngine, MediaEngineConfig};
 
 use crate::config::Trunk;
 use std::fmt;
@@ -121,16 +128,35 @@ pub enum MediaEvent {
     Inactive(MediaSessionId),
 }
 
+/// One of the two ends of a media session: the relay joins end A and end B. Each end faces a
+/// side (Teams or PBX); both ends may face the same side (a PBX call transferred back to the PBX
+/// is relayed PBX <-> PBX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MediaEnd {
+    A,
+    B,
+}
+
+impl MediaEnd {
+    pub fn other(self) -> MediaEnd {
+        match self {
+            MediaEnd::A => MediaEnd::B,
+            MediaEnd::B => MediaEnd::A,
+        }
+    }
+}
+
 /// The control API `b2bua` uses (synchronous; the engine does its socket work itself).
 pub trait MediaControl: Send {
-    /// Allocates a port pair on each side for a new call; `Exhausted` -> answer 503.
-    fn allocate(&mut self) -> Result<MediaSessionId, MediaError>;
-    /// What drbridge presents on `side` for this session.
-    fn local(&self, id: MediaSessionId, side: Trunk) -> Option<LocalMedia>;
-    /// New ICE credentials on `side` (ICE restart, re-INVITE with new ufrag/pwd from Teams).
-    fn restart_ice(&mut self, id: MediaSessionId, side: Trunk) -> Option<LocalMedia>;
-    /// What the far end on `side` said (offer or answer); the relay applies it at once.
-    fn update(&mut self, id: MediaSessionId, side: Trunk, remote: RemoteMedia) -> Result<(), MediaError>;
+    /// Allocates a port pair for each end of a new session, end A facing side `a` and end B
+    /// facing side `b`; `Exhausted` -> answer 503.
+    fn allocate(&mut self, a: Trunk, b: Trunk) -> Result<MediaSessionId, MediaError>;
+    /// What drbridge presents at `end` of this session.
+    fn local(&self, id: MediaSessionId, end: MediaEnd) -> Option<LocalMedia>;
+    /// New ICE credentials at `end` (ICE restart: a re-INVITE with new ufrag/pwd from Teams).
+    fn restart_ice(&mut self, id: MediaSessionId, end: MediaEnd) -> Option<LocalMedia>;
+    /// What the far end at `end` said (offer or answer); the relay applies it at once.
+    fn update(&mut self, id: MediaSessionId, end: MediaEnd, remote: RemoteMedia) -> Result<(), MediaError>;
     /// Frees the ports and state; called on every end of a call.
     fn free(&mut self, id: MediaSessionId);
 }

@@ -44,6 +44,8 @@ pub struct LabConfig {
     pub min_se_secs: u32,
     /// Raw TOML appended at the end (extra sections).
     pub extra_toml: String,
+    /// `[media] inactivity_timeout_secs`.
+    pub media_timeout_secs: u64,
 }
 
 impl LabConfig {
@@ -82,6 +84,7 @@ impl LabConfig {
             session_expires_secs: 1800,
             min_se_secs: 90,
             extra_toml: String::new(),
+            media_timeout_secs: 60,
         }
     }
 
@@ -151,6 +154,8 @@ impl LabConfig {
         let _ = writeln!(t, "t1_ms = 500\nt2_ms = 4000\nt4_ms = 5000");
         let _ = writeln!(t, "session_expires_secs = {}", self.session_expires_secs);
         let _ = writeln!(t, "min_se_secs = {}", self.min_se_secs);
+        // Media ports below the ephemeral range the tests pick SIP ports from.
+        let _ = writeln!(t, "\n[media]\nteams_port_min = 20000\nteams_port_max = 24999\npbx_port_min = 25000\npbx_port_max = 29999\ninactivity_timeout_secs = {}", self.media_timeout_secs);
         if !self.extra_toml.is_empty() {
             let _ = writeln!(t, "\n{}", self.extra_toml);
         }
