@@ -33,6 +33,8 @@ HZ = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 FQDN = "sbc.lab.drbridge.test"
 P99_LIMIT_MS = 200.0
+PCAP = "/usr/share/sip-tester/g711a.pcap"
+PCAP_PACKETS = 236  # RTP packets in PCAP (7.05 s of G.711 A-law)
 SEED_PBX_BHCC = [
     ("MiVoice Office 400", 4200),
     ("MiVoice Business", 12000),
@@ -245,6 +247,8 @@ class Lab:
             "pbx_uas": b + 20,        # SIPp PBX UAS (the trunk address)
             "pbx_uac": b + 21,        # SIPp PBX UAC
             "teams_uac": b + 22,      # SIPp Teams UAC local TCP port
+            "teams_media": 50000,     # the Teams UAS's media port (fixed in its SDP)
+            "pbx_media": b + 940,     # the PBX UAC's media port (-mp)
         }
         self.binary = Path(args.binary).resolve()
         self.certs = self.work / "certs"
@@ -309,8 +313,26 @@ max_transactions = {self.args.max_transactions}
 
 [log]
 level = "{self.args.log_level}"
-"""
+{self.media_toml()}"""
         (self.work / "drbridge.toml").write_text(cfg)
+
+    def media_toml(self):
+        """[media]: anchoring as shipped (on) unless --no-media-anchoring. Sessions and ports sized
+        for the concurrency of the stage (cps x hold); the default max_sessions 2000 would turn
+        into 503s above ~3000 cps with 0-1 s calls."""
+        if not self.args.media_anchoring:
+            return "\n[media]\nenabled = false\n"
+        return f"""
+[media]
+enabled = true
+teams_ip = "127.0.0.1"
+pbx_ip = "127.0.0.1"
+teams_port_min = 40000
+teams_port_max = 44999
+pbx_port_min = 45000
+pbx_port_max = 49999
+max_sessions = {self.args.media_sessions}
+"""
 
     def write_stunnel_config(self):
         p, c = self.p, self.certs
@@ -406,6 +428,8 @@ class Target:
         return {role: group_ticks(p.pid) for role, p in self.procs.items()}
 
     def uas_failures(self):
+        if "sipp_uas" not in self.procs:
+            return 0, 0
         rows = read_stat(self.out / "uas_stat.csv")
         if not rows:
             return 0, 0
@@ -525,7 +549,7 @@ def group_rss_kb(pgid):
     return sum(pss_kb(p) for p in pids)
 
 
-def run_step(t, rate, secs, step_dir, perf=False):
+def run_step(t, rate, secs, step_dir, perf=False, watch=None):
     """One rate step of target t. Returns the step's record."""
     step_dir.mkdir(parents=True, exist_ok=True)
     calls = max(1, int(round(rate * secs)))
@@ -555,8 +579,11 @@ def run_step(t, rate, secs, step_dir, perf=False):
                                      stdout=open(step_dir / "perf.out", "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         STARTED.append(perf_proc)
+    watched = None
     while uac.poll() is None:
         rss_peak = max(rss_peak, group_rss_kb(sut_group))
+        if watch:
+            watched = watch()
         time.sleep(0.25)
     t1 = time.time()
     if uac in STARTED:
@@ -626,6 +653,8 @@ def run_step(t, rate, secs, step_dir, perf=False):
         "sipp_rc": uac.returncode,
         "loadavg": loadavg(),
     }
+    if watch:
+        rec["watched"] = watched
     rec["clean"] = (rec["failed_uac"] == 0 and rec["failed_uas"] == 0 and created >= calls and ok >= calls
                     and rec["p99_ms"] is not None and rec["p99_ms"] <= P99_LIMIT_MS and uac.returncode == 0)
     return rec
@@ -861,8 +890,22 @@ def markdown(res):
     for n, b in SEED_PBX_BHCC:
         L.append(f"| {n} | {b:,} | {b / 3600:.1f} | {(f'{low * 3600 / b:,.0f}x') if low else '-'} |")
     if res.get("media"):
+        me = res["media"]
         L.append("")
-        L.append(f"Media stage: {res['media'].get('status')}")
+        if me.get("steps"):
+            L.append(f"Media ({me['label']}): each call plays {PCAP_PACKETS} G.711 packets (7 s, g711a.pcap) "
+                     f"from the PBX side; drbridge relays them as SRTP to the Teams side, whose SIPp echoes "
+                     f"them back (SRTP -> RTP). Loss = packets not received on the Teams side.")
+            L.append("")
+            L.append("| concurrent calls | cps | calls ok | failed | RTP sent | received | loss % | set-up p99 ms | server CPU | RSS MB | other UDP drops |")
+            L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for st in me["steps"]:
+                L.append(f"| {st['concurrent_target']} | {st['rate']} | {st['successful']} | "
+                         f"{st['failed_uac'] + st['failed_uas']} | {st['rtp_sent_pbx_side']} | "
+                         f"{st['rtp_received_teams_side']} | {fmt(st['rtp_loss_pct'], 3)} | {fmt(st['p99_ms'])} | "
+                         f"{fmt(st['sut_cpu_pct'])} % | {fmt(st['sut_rss_mb'], 1)} | {st['udp_rcvbuf_drops_other']} |")
+        else:
+            L.append(f"Media stage: {me.get('status')}")
     return "\n".join(L) + "\n"
 
 
@@ -933,6 +976,12 @@ def main():
                     help="drbridge sbc.max_calls (ended calls count for 32 s: the default 10000 caps ~300 cps)")
     ap.add_argument("--max-transactions", type=int, default=4000000, help="drbridge limits.max_transactions")
     ap.add_argument("--log-level", default="warn")
+    ap.add_argument("--media-levels", help="media stage: concurrent calls per level (default 250,500,1000,2000)")
+    ap.add_argument("--media-secs", type=float, help="media stage: seconds of calls started per level")
+    ap.add_argument("--no-media-anchoring", dest="media_anchoring", action="store_false",
+                    help="[media] enabled = false: signalling only, SDP passed through")
+    ap.add_argument("--media-sessions", type=int, default=2400,
+                    help="drbridge media.max_sessions (port ranges give 2500 pairs per side)")
     ap.add_argument("--kamailio-workers", type=int, default=4)
     ap.add_argument("--kamailio-mem", default="qm", help="Kamailio memory manager: qm (default), fm, tlsf")
     ap.add_argument("--soak-secs", type=float, help="soak at the knee this long (default 45 s, 0 in --quick)")
@@ -960,6 +1009,13 @@ def main():
         args.recv_timeout_ms = args.recv_timeout_ms or 6000
     if args.rates:
         rates = [int(r) for r in args.rates.split(",")]
+    args.media_levels = args.media_levels or ("200,500" if args.quick else "250,500,1000,2000")
+    args.media_secs = args.media_secs or (10 if args.quick else 16)
+    media_reserve = 0.0
+    if args.media:
+        # on top of the signalling budget: each level = its calls + the 8 s hold + drain
+        media_reserve = len(args.media_levels.split(",")) * (args.media_secs + 8.2 + 6 + 3.5)
+        budget += media_reserve
     args.budget_s = budget
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -995,23 +1051,24 @@ def main():
         "nice": args.nice,
         "p99_limit_ms": P99_LIMIT_MS,
         "drbridge_config": {"max_calls": args.max_calls, "max_transactions": args.max_transactions,
-                            "log_level": args.log_level},
+                            "log_level": args.log_level, "media_anchoring": args.media_anchoring,
+                            "media_sessions": args.media_sessions},
         "kamailio_config": {"workers": args.kamailio_workers, "shm_mb": 2048, "mem": args.kamailio_mem},
         "targets": [],
     }
     classes = {c.name: c for c in (DrbridgePbxToTeams, DrbridgeTeamsToPbx, KamailioPeer)}
     try:
-        names = [n.strip() for n in args.targets.split(",") if n.strip()]
+        names = [n.strip() for n in args.targets.split(",") if n.strip() and n.strip() != "none"]
         for i, name in enumerate(names):
             c = classes[name]
             t = c(lab, work / c.name)
             perf_rate = (not args.quick and not args.no_profile and name.startswith("drbridge"))
             # each target gets an equal share of what is left, so the peer always runs too
-            share = (lab.deadline - time.time()) / (len(names) - i)
+            share = (lab.deadline - media_reserve - time.time()) / (len(names) - i)
             res["targets"].append(run_target(t, rates, secs, results_dir, perf_rate=perf_rate,
                                              deadline=time.time() + share))
         if args.media:
-            res["media"] = media_stage(lab, args)
+            res["media"] = media_stage(lab, args, results_dir)
     finally:
         stop_all()
     res["loadavg_after"] = loadavg()
@@ -1039,17 +1096,113 @@ def main():
     log(f"done in {res['duration_s']} s; results in {results_dir}")
 
 
-def media_stage(lab, args):
-    """Media: calls carrying G.711 (SIPp pcap play) through drbridge. Needs drbridge to anchor
-    media (the relay of issue 4); until then this records why it was skipped."""
-    out = subprocess.run(["grep", "-rlE", "fn (allocate|relay)|MediaRelay|RelayEngine", str(ROOT / "src" / "b2bua")],
-                         capture_output=True, text=True).stdout.strip()
-    if not out:
-        msg = ("skipped: drbridge does not anchor media yet (src/b2bua does not call the media relay); "
-               "the stage will play /usr/share/sip-tester/g711a.pcap on every call once it does")
-        log("media: " + msg)
-        return {"status": msg}
-    return {"status": "not implemented yet in bench.py although the relay seems present: " + out}
+class DrbridgeMedia(Target):
+    """PBX->Teams calls carrying G.711: the PBX UAC plays g711a.pcap (RTP) into drbridge, which
+    relays it as SRTP to the Teams UAS; SIPp there echoes every packet (-rtp_echo) and, since
+    its answer mirrors drbridge's SRTP key, drbridge authenticates the echo and relays it back
+    as RTP to the PBX side."""
+    name = "drbridge_media"
+    label = "drbridge PBX->Teams with G.711 RTP->SRTP"
+
+    def start(self):
+        self.start_stunnel()
+        self.start_drbridge()
+
+    def start_level_uas(self, level_dir):
+        """A Teams UAS per level: SIPp prints its echo counter only when it quits."""
+        lab = self.lab
+        level_dir.mkdir(parents=True, exist_ok=True)
+        argv = sipp_argv("teams_uas_media.xml", "t1", lab.p["proxy_sipp"],
+                         ["-stf", str(self.out / "uas_stat.csv"), "-error_file", str(level_dir / "uas_err.log"),
+                          "-mp", str(lab.p["teams_media"]), "-rtp_echo"], lab.args.budget_s)
+        self.procs["sipp_uas"] = spawn("sipp_uas", argv, level_dir)
+        if not lab.wait_port("tcp", lab.p["proxy_sipp"]):
+            raise RuntimeError("SIPp UAS did not start; see " + str(level_dir / "sipp_uas.out"))
+
+    def stop_level_uas(self, level_dir):
+        p = self.procs.pop("sipp_uas", None)
+        if p:
+            stop(p, grace=5.0)
+        return sipp_counter(level_dir / "sipp_uas.out", "Total echo RTP pckts 1st stream")
+
+    def sut_pid(self):
+        return self.procs["drbridge"].pid
+
+    def uac(self, rate, calls, limit_s, stat, rtt_dir):
+        p = self.lab.p
+        return sipp_argv("pbx_uac_media.xml", "u1", p["pbx_uac"],
+                         [f"127.0.0.1:{p['pbx_listen']}", "-s", "0701234567", "-mp", str(p["pbx_media"])], limit_s)
+
+
+def sipp_counter(path, label):
+    """The last value SIPp printed on its screen for a counter line such as
+    '12345 Total echo RTP pckts 1st stream' (the screen is dumped to stdout without a terminal)."""
+    import re
+    try:
+        text = open(path, errors="replace").read()
+    except OSError:
+        return None
+    vals = re.findall(r"([0-9]+) " + re.escape(label), text)
+    return int(vals[-1]) if vals else None
+
+
+def socket_drops(port):
+    """Datagrams the kernel dropped on the UDP sockets bound to local `port` (/proc/net/udp)."""
+    total = 0
+    hexport = ":%04X" % port
+    for line in open("/proc/net/udp").read().splitlines()[1:]:
+        cols = line.split()
+        if cols[1].endswith(hexport):
+            try:
+                total += int(cols[-1])
+            except ValueError:
+                pass
+    return total
+
+
+def media_stage(lab, args, results_dir):
+    if not lab.args.media_anchoring:
+        return {"status": "skipped: --no-media-anchoring"}
+    levels = [int(x) for x in args.media_levels.split(",")]
+    hold = 8.2  # pcap 7.05 s inside an 8 s pause, plus set-up
+    secs = args.media_secs
+    t = DrbridgeMedia(lab, Path(args.work) / DrbridgeMedia.name)
+    t.out.mkdir(parents=True, exist_ok=True)
+    log(f"== {t.label}: start")
+    steps = []
+    t.start()
+    try:
+        for i, n in enumerate(levels):
+            if time.time() > lab.deadline:
+                log("media: time budget used up")
+                break
+            rate = max(1, int(round(n / hold)))
+            level_dir = t.out / f"{i:02d}_media_{n}"
+            t.start_level_uas(level_dir)
+            time.sleep(0.5)
+            rec = run_step(t, rate, secs, level_dir, watch=lambda: socket_drops(lab.p["pbx_media"]))
+            time.sleep(1.0)
+            echo0, echo1 = 0, (t.stop_level_uas(level_dir) or 0)
+            sink0, sink1 = 0, (rec.get("watched") or 0)
+            # every completed call played the whole pcap (236 packets) from the PBX side
+            sent = rec["successful"] * PCAP_PACKETS
+            echoed = echo1 - echo0
+            rec["concurrent_target"] = n
+            rec["rtp_sent_pbx_side"] = sent
+            rec["rtp_received_teams_side"] = echoed
+            rec["rtp_loss_pct"] = round(100.0 * (1 - echoed / sent), 3) if sent else None
+            # the echo comes back through drbridge to the PBX UAC's media socket, which SIPp does
+            # not read: those kernel drops are expected and not counted as loss
+            rec["udp_drops_pbx_uac_media_socket"] = sink1 - sink0
+            rec["udp_rcvbuf_drops_other"] = rec["udp_rcvbuf_drops"] - (sink1 - sink0)
+            steps.append(rec)
+            log_step(t, rec, f" (media, {n} concurrent)")
+            log(f"media {n} concurrent: RTP sent (PBX side) {sent}, received SRTP (Teams side) {echoed}, "
+                f"loss {rec['rtp_loss_pct']} %, other UDP drops {rec['udp_rcvbuf_drops_other']}")
+            time.sleep(args.settle_s + 2)
+    finally:
+        t.stop()
+    return {"status": "ran", "target": t.name, "label": t.label, "hold_s": hold, "steps": steps}
 
 
 if __name__ == "__main__":
