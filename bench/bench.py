@@ -697,8 +697,11 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
     out = t.out
     deadline = min(deadline or t.lab.deadline, t.lab.deadline)
     soak_cost = (args.soak_secs + args.recv_timeout_ms / 1000.0 + 5) if args.soak_secs else 0
-    perf_cost = (secs + 8) if perf_rate else 0
-    ladder_deadline = deadline - soak_cost - perf_cost
+    perf_cost = (secs + 4) if perf_rate else 0
+    # after an unclean step, wait until its calls in flight have timed out (SIPp -recv_timeout)
+    # so that they do not count against the next step
+    drain_s = args.recv_timeout_ms / 1000.0 + 1.5
+    ladder_deadline = deadline - soak_cost - perf_cost - drain_s
     out.mkdir(parents=True, exist_ok=True)
     log(f"== {t.label}: start")
     t.start()
@@ -745,7 +748,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
             lo = knee["rate"] if knee else 0
             mid = int(round((lo + first_bad["rate"]) / 2.0 / 50.0) * 50)
             if lo < mid < first_bad["rate"] and usable(ladder_deadline):
-                time.sleep(args.settle_s + 2)  # let the overload drain
+                time.sleep(drain_s)  # let the overload drain: calls in flight time out first
                 rec = step(mid, secs, "bisect")
                 steps.append(rec)
                 log_step(t, rec, " (bisect)")
@@ -755,20 +758,21 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
             log(f"{t.name}: perf record at {knee['rate']} cps (the knee)")
             time.sleep(args.settle_s + 1)
             rec = step(knee["rate"], secs, "profile", perf=True)
-            profile = profile_report(out / f"{n - 1:02d}_profile_{knee['rate']}", results_dir, t.name, rec)
+            # perf report takes a while (DWARF unwinding): done after all measurements
+            profile = {"dir": str(out / f"{n - 1:02d}_profile_{knee['rate']}"), "step": rec}
         if args.soak_secs and knee:
             rate = knee["rate"]
             for attempt in range(2):
                 if not usable(deadline):
                     break
-                time.sleep(args.settle_s + 2)
+                time.sleep(args.settle_s + 2 if attempt == 0 else drain_s)
                 rec = step(rate, args.soak_secs, "soak")
                 soak.append(rec)
                 log_step(t, rec, f" (soak {args.soak_secs:.0f} s)")
                 if rec["clean"]:
                     break
                 rate = int(round(rate * 0.75 / 50.0) * 50)
-                if rate <= 0 or time.time() + soak_cost + args.settle_s + 2 > deadline:
+                if rate <= 0 or time.time() + soak_cost + drain_s > deadline:
                     break
     finally:
         t.stop()
@@ -1032,7 +1036,8 @@ def main():
         shutil.rmtree(work)
     lab = Lab(args)
     # a step begun just before the deadline may still take secs + recv timeout + 15 s
-    lab.deadline = t_start + budget - (secs + args.recv_timeout_ms / 1000.0 + 15) - 5
+    # (and the perf reports at the end, a few seconds)
+    lab.deadline = t_start + budget - (secs + args.recv_timeout_ms / 1000.0 + 15) - 5 - (0 if args.quick or args.no_profile else 15)
     for name, port in lab.p.items():
         for proto in ("udp", "tcp"):
             if lab.port_busy(proto, port):
@@ -1072,6 +1077,11 @@ def main():
     finally:
         stop_all()
     res["loadavg_after"] = loadavg()
+    for t in res["targets"]:
+        pr = t.get("profile")
+        if pr:
+            log(f"{t['target']}: perf report")
+            t["profile"] = profile_report(Path(pr["dir"]), results_dir, t["target"], pr["step"])
     res["duration_s"] = round(time.time() - t_start, 1)
     # capacity: the sustained (soak) rate where there was a soak, else the highest clean step
     for t in res["targets"]:
