@@ -791,12 +791,19 @@ def profile_report(step_dir, results_dir, name, rec):
                 f"completed {rec['completed_cps']}, p99 {rec['p99_ms']} ms, cpu {rec['cpu_pct']})\n\n")
         f.write("## flat (self time by symbol)\n")
         f.flush()
-        subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,symbol", "--stdio",
+        subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--no-inline", "--sort", "dso,symbol", "--stdio",
                         "-g", "none", "--percent-limit", "0.7"], stdout=f, stderr=subprocess.DEVNULL)
-        f.write("\n## inclusive (children) by symbol\n")
+        f.write("\n## inclusive (self + callees), drbridge, TLS, media and kernel frames only, >= 1 %\n")
         f.flush()
-        subprocess.run(["perf", "report", "-i", str(data), "--children", "--sort", "symbol", "--stdio",
-                        "-g", "none", "--percent-limit", "3"], stdout=f, stderr=subprocess.DEVNULL)
+        r = subprocess.run(["perf", "report", "-i", str(data), "--children", "--no-inline", "--sort", "symbol", "--stdio",
+                            "-g", "none", "--percent-limit", "1"], capture_output=True, text=True)
+        import re
+        keep = re.compile(r"drbridge::|rustls|ring_|sys_|udp_|tcp_|epoll|futex|schedule|malloc|bind|socket|"
+                          r"spawn|close|regex|tracing")
+        for line in r.stdout.splitlines():
+            if line.startswith("#") or "(inlined)" in line or not keep.search(line):
+                continue
+            f.write(line.rstrip()[:160] + "\n")
     return str(txt.relative_to(ROOT))
 
 
@@ -1029,7 +1036,7 @@ def main():
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by everything started below
     t_start = time.time()
-    results_dir = Path(args.results)
+    results_dir = Path(args.results).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
     if work.exists():
