@@ -696,7 +696,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
     args = t.lab.args
     out = t.out
     deadline = min(deadline or t.lab.deadline, t.lab.deadline)
-    soak_cost = (args.soak_secs + args.recv_timeout_ms / 1000.0 + 5) if args.soak_secs else 0
+    soak_cost = (args.soak_secs + args.recv_timeout_ms / 1000.0 + 8) if args.soak_secs else 0
     perf_cost = (secs + 4) if perf_rate else 0
     # after an unclean step, wait until its calls in flight have timed out (SIPp -recv_timeout)
     # so that they do not count against the next step
@@ -765,7 +765,13 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
             for attempt in range(2):
                 if not usable(deadline):
                     break
-                time.sleep(args.settle_s + 2 if attempt == 0 else drain_s)
+                # a fresh server for the soak: the ladder ended in an overload, and what an overload
+                # leaves behind (e.g. media ports) must not decide the sustained rate; whether
+                # the server recovers from an overload is visible in the bisect step
+                t.stop()
+                time.sleep(1.0)
+                t.start()
+                time.sleep(1.0)
                 rec = step(rate, args.soak_secs, "soak")
                 soak.append(rec)
                 log_step(t, rec, f" (soak {args.soak_secs:.0f} s)")
