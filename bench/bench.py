@@ -868,8 +868,8 @@ def markdown(res):
              f"(uniform), clean = no failed call and set-up p99 <= {int(P99_LIMIT_MS)} ms.")
     L.append("")
     soak_h = f"sustained {res['soak_secs']:.0f} s, cps" if res.get("soak_secs") else "sustained (no soak in this mode)"
-    L.append(f"| target | highest clean step, cps | {soak_h} | capacity BHCC | vs Kamailio | server CPU | server memory |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    L.append(f"| target | highest clean step, cps | vs Kamailio (steps) | {soak_h} | capacity BHCC | vs Kamailio (capacity) | server CPU | server memory |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     kam = next((t for t in res["targets"] if t["target"] == "kamailio"), None)
     for t in res["targets"]:
         k = t["knee"]
@@ -878,7 +878,7 @@ def markdown(res):
         ratio = fmt(t.get("ratio_vs_kamailio"), 2) if kam else "-"
         ref = su or k
         soak_txt = fmt(t.get("sustained_cps")) if su else ("not clean at " + ", ".join(str(x["rate"]) for x in t["soak"]) if t.get("soak") else "-")
-        L.append(f"| {t['label']} | {fmt(t.get('knee_cps'))} | {soak_txt} | "
+        L.append(f"| {t['label']} | {fmt(t.get('knee_cps'))} | {fmt(t.get('ratio_vs_kamailio_steps'), 2)} | {soak_txt} | "
                  f"{(f'{round(best * 3600):,}') if best else '-'} | {ratio} | "
                  f"{fmt(ref['sut_cpu_pct'] if ref else None)} % | {fmt(ref['sut_rss_mb'] if ref else None)} MB |")
     L.append("")
@@ -1109,8 +1109,10 @@ def main():
         t["capacity_bhcc"] = round(t["capacity_cps"] * 3600) if t["capacity_cps"] else None
     kam = next((t for t in res["targets"] if t["target"] == "kamailio"), None)
     kcps = kam["capacity_cps"] if kam else None
+    kknee = kam["knee_cps"] if kam else None
     for t in res["targets"]:
         t["ratio_vs_kamailio"] = round(t["capacity_cps"] / kcps, 2) if (t["capacity_cps"] and kcps) else None
+        t["ratio_vs_kamailio_steps"] = round(t["knee_cps"] / kknee, 2) if (t["knee_cps"] and kknee) else None
     res["seed_pbx_bhcc"] = dict(SEED_PBX_BHCC)
     (results_dir / "capacity.json").write_text(json.dumps(res, indent=1))
     md = markdown(res)
