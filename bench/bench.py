@@ -878,7 +878,8 @@ def markdown(res):
         ratio = fmt(t.get("ratio_vs_kamailio"), 2) if kam else "-"
         ref = su or k
         soak_txt = fmt(t.get("sustained_cps")) if su else ("not clean at " + ", ".join(str(x["rate"]) for x in t["soak"]) if t.get("soak") else "-")
-        L.append(f"| {t['label']} | {fmt(t.get('knee_cps'))} | {fmt(t.get('ratio_vs_kamailio_steps'), 2)} | {soak_txt} | "
+        cut = " (ladder cut by the time budget)" if t.get("deadline_hit") and (not t["steps"] or t["steps"][-1]["clean"]) else ""
+        L.append(f"| {t['label']} | {fmt(t.get('knee_cps'))}{cut} | {fmt(t.get('ratio_vs_kamailio_steps'), 2)} | {soak_txt} | "
                  f"{(f'{round(best * 3600):,}') if best else '-'} | {ratio} | "
                  f"{fmt(ref['sut_cpu_pct'] if ref else None)} % | {fmt(ref['sut_rss_mb'] if ref else None)} MB |")
     L.append("")
@@ -1051,7 +1052,8 @@ def main():
     lab = Lab(args)
     # a step begun just before the deadline may still take secs + recv timeout + 15 s
     # (and the perf reports at the end, a few seconds)
-    lab.deadline = t_start + budget - (secs + args.recv_timeout_ms / 1000.0 + 15) - 5 - (0 if args.quick or args.no_profile else 15)
+    margin = (secs + args.recv_timeout_ms / 1000.0 + 5) if args.quick else (secs + args.recv_timeout_ms / 1000.0 + 20)
+    lab.deadline = t_start + budget - margin - (0 if args.quick or args.no_profile else 15)
     for name, port in lab.p.items():
         for proto in ("udp", "tcp"):
             if lab.port_busy(proto, port):
