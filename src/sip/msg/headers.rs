@@ -69,8 +69,16 @@ impl HeaderName {
     }
     /// True if this is `name` (any case, compact form accepted).
     pub fn is(&self, name: &str) -> bool {
-        let want = canonical_name(name).unwrap_or(name);
-        self.0.eq_ignore_ascii_case(want)
+        // Stored names are canonical already: only a compact form needs the table, any other
+        // spelling of a name compares case-insensitively (this runs once per header line per
+        // lookup, so no scan of the canonical table here).
+        if name.len() == 1 {
+            let c = name.as_bytes()[0].to_ascii_lowercase();
+            if let Some((_, full)) = COMPACT.iter().find(|(k, _)| *k == c) {
+                return self.0.eq_ignore_ascii_case(full);
+            }
+        }
+        self.0.eq_ignore_ascii_case(name)
     }
 }
 

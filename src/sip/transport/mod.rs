@@ -138,7 +138,9 @@ impl Default for TransportConfig {
             max_connections: 1024,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
-            write_queue: 256,
+            // One connection to a Teams proxy carries every call: a short queue drops INVITEs
+            // and ACKs under load (measured in bench/PROFILE.md).
+            write_queue: 8192,
             udp_buffer: 4 * 1024 * 1024,
         }
     }
