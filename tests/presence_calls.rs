@@ -611,3 +611,23 @@ async fn admin_view_and_ingest() {
     assert_eq!(http(admin, "GET", "/presence/users/nobody@lab.drbridge.test", Some(ADMIN_TOKEN), None).await.0, 404);
     drop(dr);
 }
+
+/// The same DND report from a SIPp PBX (tests/sipp/uas_presence_dnd.xml): SIPp answers the four
+/// SUBSCRIBEs (4711 and 4712, dialog and presence) and sends a PIDF NOTIFY with DND in each
+/// dialog; drbridge answers every NOTIFY 200 (SIPp fails otherwise) and Graph shows anna
+/// DoNotDisturb/Presenting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_pbx_pidf_dnd_makes_do_not_disturb() {
+    if !sipp::require("sipp_pbx_pidf_dnd_makes_do_not_disturb") {
+        return;
+    }
+    let stub = graph().await;
+    let (_teams, cfg) = lab_cfg(&stub, |s| s.subscribe_pbx = true).await;
+    let pbx = Sipp::uas("uas_presence_dnd.xml", cfg.pbx_address).arg("-m").arg("4").limit(Duration::from_secs(20)).start();
+    let _dr = start(&cfg);
+    expect(&stub, "anna DoNotDisturb/Presenting (PIDF DND from SIPp)", |s| shows(s, ANNA, "DoNotDisturb", "Presenting")).await;
+    assert_set_body(&last_accepted(&stub, ANNA).unwrap(), "DoNotDisturb", "Presenting");
+    let res = pbx.wait_async().await;
+    res.assert_success();
+    assert_eq!(res.received().iter().filter(|m| m.starts_with("SUBSCRIBE ")).count(), 4, "{}", res.report());
+}
