@@ -623,7 +623,8 @@ async fn sipp_pbx_pidf_dnd_makes_do_not_disturb() {
     }
     let stub = graph().await;
     let (_teams, cfg) = lab_cfg(&stub, |s| s.subscribe_pbx = true).await;
-    let pbx = Sipp::uas("uas_presence_dnd.xml", cfg.pbx_address).arg("-m").arg("4").limit(Duration::from_secs(20)).start();
+    // 4 SUBSCRIBEs and drbridge's OPTIONS keep-alive (its own SIPp call).
+    let pbx = Sipp::uas("uas_presence_dnd.xml", cfg.pbx_address).arg("-m").arg("5").limit(Duration::from_secs(20)).start();
     let _dr = start(&cfg);
     expect(&stub, "anna DoNotDisturb/Presenting (PIDF DND from SIPp)", |s| shows(s, ANNA, "DoNotDisturb", "Presenting")).await;
     assert_set_body(&last_accepted(&stub, ANNA).unwrap(), "DoNotDisturb", "Presenting");
