@@ -21,8 +21,10 @@ cd "$(dirname "$0")/.."
 install=1
 build=1
 pass=()
+media=0
 for a in "$@"; do
     case "$a" in
+        --media) media=1; pass+=("$a") ;;
         --no-install) install=0 ;;
         --no-build) build=0 ;;
         -h|--help)
@@ -93,3 +95,25 @@ trap 'exit 130' INT TERM HUP
 /usr/bin/python3 bench/bench.py ${pass[@]+"${pass[@]}"} &
 child=$!
 wait "$child"
+status=$?
+
+# With --media: the media peer in the same run. The call-level media stage above has no peer
+# (rtpengine is not a SIP proxy), so the relay itself is measured against rtpengine in
+# userspace (bench/media/run.sh: 1000 G.711 streams RTP->RTP and RTP->SRTP, ratios
+# drbridge/rtpengine) and the ratios are appended to the results.
+if [ "$media" = 1 ]; then
+    out=bench/results/media_relay_vs_rtpengine.txt
+    if timeout -k 5 300 bash bench/media/run.sh 1000 10 > "$out" 2>&1; then
+        {
+            echo
+            echo "Media relay against rtpengine (userspace) in the same run, 1000 G.711 streams, 10 s per mode:"
+            echo
+            echo '```'
+            sed -n '/^mode  metric/,$p' "$out"
+            echo '```'
+        } >> bench/results/capacity.md
+    else
+        echo "bench/run.sh: the media relay comparison failed, see $out" >&2
+    fi
+fi
+exit "$status"
