@@ -15,20 +15,12 @@ pub const ALLOW_PBX: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NO
 /// cross the B2BUA; `timer` is RFC 4028, `replaces` RFC 3891.
 pub const SUPPORTED: &str = "timer, replaces";
 
-pub fn proto_token(p: Proto) -> &'static str {
-    match p {
-        Proto::Udp => "UDP",
-        Proto::Tcp => "TCP",
-        Proto::Tls => "TLS",
-    }
-}
-
 pub fn via(cfg: &CoreConfig, side: Side, branch: &str) -> String {
     match side {
         Side::Teams => format!("SIP/2.0/TLS {}:{};branch={}", cfg.fqdn, cfg.teams_contact_port, branch),
         Side::Pbx => format!(
             "SIP/2.0/{} {};branch={};rport",
-            proto_token(cfg.pbx.proto),
+            cfg.pbx.proto.as_str(),
             cfg.pbx_local,
             branch
         ),
@@ -49,7 +41,7 @@ pub fn contact(cfg: &CoreConfig, side: Side, user: Option<&str>) -> String {
         Side::Teams => format!("<sip:{user}{}:{};transport=tls>", cfg.fqdn, cfg.teams_contact_port),
         Side::Pbx => match cfg.pbx.proto {
             Proto::Udp => format!("<sip:{user}{}>", cfg.pbx_local),
-            p => format!("<sip:{user}{};transport={}>", cfg.pbx_local, proto_token(p).to_ascii_lowercase()),
+            p => format!("<sip:{user}{};transport={}>", cfg.pbx_local, p.as_str().to_ascii_lowercase()),
         },
     }
 }

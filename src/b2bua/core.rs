@@ -2,7 +2,7 @@
 //! (calls, legs, client transaction purposes, timers) and the event handlers.
 
 use super::build::{self, add_identity, contact, new_call_id, new_tag, number_of, number_of_uri, party_uri, via};
-use super::interwork::{carry_headers, has_token, normalize};
+use super::interwork::{carry_headers, normalize};
 use super::subscribe::{response_expires, SubscriptionDialog, SubscriptionEvent};
 use super::{CallEvent, CoreConfig, Dialplan, EndReason, Hop, Side, Transmit};
 use crate::config::Trunk;
@@ -685,7 +685,7 @@ impl B2bua {
             last_ack: None,
             pending_2xx: None,
             ack_waits: None,
-            allows_update: has_token(&req.headers, "Allow", "UPDATE"),
+            allows_update: req.headers.has_token("Allow", "UPDATE"),
             ended: false,
             sdp: SdpSession::random(),
             offer_in: None,
@@ -910,7 +910,7 @@ impl B2bua {
             },
         };
         r.headers.set("Session-Expires", format!("{interval};refresher={}", if they { "uac" } else { "uas" }));
-        if has_token(&req.headers, "Supported", "timer") {
+        if req.headers.has_token("Supported", "timer") {
             r.headers.set("Require", "timer");
         }
         leg.se = Some(SessionTimer { interval, we_refresh: !they, due: now });
@@ -1199,7 +1199,7 @@ impl B2bua {
         if !rr.is_empty() || resp.is_success() {
             leg.route_set = rr;
         }
-        leg.allows_update = resp.headers.get("Allow").is_none() || has_token(&resp.headers, "Allow", "UPDATE");
+        leg.allows_update = resp.headers.get("Allow").is_none() || resp.headers.has_token("Allow", "UPDATE");
         if !resp.body.is_empty() {
             leg.remote_sdp = resp.body.clone();
         }
@@ -1457,17 +1457,23 @@ impl B2bua {
         call.pair = (0, lid);
         self.stats.calls_answered += 1;
         let (caller, callee) = (call.caller.clone(), call.callee.clone());
-        let a = &mut call.legs[0];
-        let data = r.to_bytes();
-        if a.hop.peer.proto == Proto::Udp {
-            let iv = self.cfg.t1;
-            a.pending_2xx = Some(Pending2xx { data, interval: iv, next: now + iv, give_up: now + self.cfg.t1 * 64 });
-            self.arm(cid, now + iv, CallTimer::Retrans2xx(0));
-        }
+        self.retransmit_2xx(cid, 0, &r, now);
         let _ = self.txns.send_response(stx, &r, now);
         self.invite_stx.remove(&stx);
         tracing::info!(call = cid, "answered");
         self.events.push_back(CallEvent::Answered { call: cid, caller, callee });
+    }
+
+    /// Over UDP, our 2xx to an INVITE on leg `lid` is re-sent until its ACK (RFC 3261
+    /// 13.3.1.4): T1 doubling to T2, given up after 64*T1.
+    fn retransmit_2xx(&mut self, cid: CallId, lid: LegId, r: &Response, now: Instant) {
+        let (t1, give_up) = (self.cfg.t1, now + self.cfg.t1 * 64);
+        let Some(leg) = self.calls.get_mut(&cid).and_then(|c| c.legs.get_mut(lid)) else { return };
+        if leg.hop.peer.proto != Proto::Udp {
+            return;
+        }
+        leg.pending_2xx = Some(Pending2xx { data: r.to_bytes(), interval: t1, next: now + t1, give_up });
+        self.arm(cid, now + t1, CallTimer::Retrans2xx(lid));
     }
 
     fn send_cancel(&mut self, cid: CallId, lid: LegId, now: Instant) {
@@ -1546,14 +1552,7 @@ impl B2bua {
         if resp.is_success() && is_invite {
             let waits = req.body.is_empty();
             self.send_ack(cid, olid, &resp, waits.then_some(()));
-            if let Some(c) = self.calls.get_mut(&cid) {
-                let leg = &mut c.legs[from];
-                if leg.hop.peer.proto == Proto::Udp {
-                    let iv = self.cfg.t1;
-                    leg.pending_2xx = Some(Pending2xx { data: r.to_bytes(), interval: iv, next: now + iv, give_up: now + self.cfg.t1 * 64 });
-                    self.arm(cid, now + iv, CallTimer::Retrans2xx(from));
-                }
-            }
+            self.retransmit_2xx(cid, from, &r, now);
         }
         self.ctx.remove(&ctx);
         let _ = self.txns.send_response(stx, &r, now);
@@ -2229,16 +2228,10 @@ impl B2bua {
                     r.body = b;
                 }
                 self.answer_session_timer(cid, new_leg, &req, &mut r, now);
-                let data = r.to_bytes();
                 if let Some(c) = self.calls.get_mut(&cid) {
                     c.open_stx.retain(|(s, _)| *s != stx);
-                    let leg = &mut c.legs[new_leg];
-                    if leg.hop.peer.proto == Proto::Udp {
-                        let iv = self.cfg.t1;
-                        leg.pending_2xx = Some(Pending2xx { data, interval: iv, next: now + iv, give_up: now + self.cfg.t1 * 64 });
-                        self.arm(cid, now + iv, CallTimer::Retrans2xx(new_leg));
-                    }
                 }
+                self.retransmit_2xx(cid, new_leg, &r, now);
                 let _ = self.txns.send_response(stx, &r, now);
                 let (mut target, mut transferor) = (String::new(), String::new());
                 if let Some(c) = self.calls.get(&cid) {

@@ -5,7 +5,7 @@
 
 use super::build::{number_of, party_uri};
 use super::{Dialplan, Side};
-use crate::sip::msg::{split_commas, Headers, NameAddr};
+use crate::sip::msg::{Headers, NameAddr};
 
 /// Headers copied as they are, when present (no addresses in them).
 const COPIED: &[&str] = &["Content-Type", "Content-Disposition", "Subject", "Priority", "Privacy", "Reason", "Accept"];
@@ -107,11 +107,6 @@ pub fn history_info_to_diversion(hi: &[&str], plan: &dyn Dialplan, host: &str) -
     }
     out.reverse();
     out
-}
-
-/// True if the comma-list header `name` contains `token`.
-pub fn has_token(h: &Headers, name: &str, token: &str) -> bool {
-    h.get_all(name).flat_map(split_commas).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
