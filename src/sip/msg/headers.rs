@@ -99,6 +99,9 @@ impl Headers {
     pub fn new() -> Headers {
         Headers { list: Vec::new() }
     }
+    pub fn with_capacity(n: usize) -> Headers {
+        Headers { list: Vec::with_capacity(n) }
+    }
     pub fn len(&self) -> usize {
         self.list.len()
     }

@@ -72,17 +72,18 @@ fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-fn content_length_of(head: &str) -> Result<Option<usize>, ParseError> {
+/// The Content-Length of a head (bytes: framing needs no UTF-8 check; parsing does it once).
+fn content_length_of(head: &[u8]) -> Result<Option<usize>, ParseError> {
     let mut found = None;
-    for line in head.split('\n') {
-        let Some(colon) = line.find(':') else { continue };
-        let name = line[..colon].trim();
-        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
-            let v = line[colon + 1..].trim();
-            if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+    for line in head.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let name = line[..colon].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
+            let v = line[colon + 1..].trim_ascii();
+            if v.is_empty() || v.len() > 9 || !v.iter().all(|b| b.is_ascii_digit()) {
                 return Err(ParseError::BadContentLength);
             }
-            let n: usize = v.parse().map_err(|_| ParseError::BadContentLength)?;
+            let n = v.iter().fold(0usize, |n, &d| n * 10 + (d - b'0') as usize);
             if let Some(prev) = found {
                 if prev != n {
                     return Err(ParseError::BadContentLength);
@@ -104,8 +105,7 @@ pub fn frame_len(buf: &[u8], limits: &Limits) -> Result<Option<usize>, ParseErro
         }
         return Ok(None);
     };
-    let head = std::str::from_utf8(&buf[..body_start]).map_err(|_| ParseError::NotUtf8)?;
-    let cl = content_length_of(head)?.ok_or(ParseError::MissingContentLength)?;
+    let cl = content_length_of(&buf[..body_start])?.ok_or(ParseError::MissingContentLength)?;
     let total = body_start.checked_add(cl).ok_or(ParseError::BadContentLength)?;
     if total > limits.max_message {
         return Err(ParseError::TooLarge(limits.max_message));
@@ -135,8 +135,11 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
     }
     let (head_end, body_start) = find_header_end(&buf[start..]).ok_or(ParseError::Incomplete)?;
     let (head_end, body_start) = (start + head_end, start + body_start);
-    let head = std::str::from_utf8(&buf[start..head_end]).map_err(|_| ParseError::NotUtf8)?;
-    let cl = content_length_of(head)?;
+    // The head is checked for UTF-8 once; every line, name and value below is a sub-slice of
+    // it (split at ASCII bytes, so at char boundaries) and shares its buffer.
+    let head_str = SipStr::from_utf8(buf.slice(start..head_end)).ok_or(ParseError::NotUtf8)?;
+    let head: &str = &head_str;
+    let cl = content_length_of(head.as_bytes())?;
     let available = buf.len() - body_start;
     let body_len = match cl {
         Some(n) if n > available => return Err(ParseError::Truncated { declared: n, available }),
@@ -146,46 +149,48 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
     };
     let body = buf.slice(body_start..body_start + body_len);
 
-    // Lines, as byte offsets into buf, so values stay zero-copy.
-    let mut lines: Vec<(usize, usize)> = Vec::new();
-    let mut ls = start;
-    for (i, &b) in buf[start..head_end].iter().enumerate() {
+    // Lines, as byte offsets into the head, so values stay zero-copy.
+    let hb = head.as_bytes();
+    let mut lines: Vec<(usize, usize)> = Vec::with_capacity(24);
+    let mut ls = 0;
+    for (i, &b) in hb.iter().enumerate() {
         if b == b'\n' {
-            let mut le = start + i;
-            if le > ls && buf[le - 1] == b'\r' {
+            let mut le = i;
+            if le > ls && hb[le - 1] == b'\r' {
                 le -= 1;
             }
             lines.push((ls, le));
-            ls = start + i + 1;
+            ls = i + 1;
         }
     }
-    if ls < head_end {
-        lines.push((ls, head_end));
+    if ls < hb.len() {
+        lines.push((ls, hb.len()));
     }
     // A CR that does not end a line is not allowed anywhere in the start line or headers
     // (RFC 3261 25.1: not even in a quoted-pair); a peer could read it as a line end.
     for (i, &(s, e)) in lines.iter().enumerate() {
-        if buf[s..e].contains(&b'\r') {
+        if hb[s..e].contains(&b'\r') {
             return Err(if i == 0 { ParseError::BadStartLine } else { ParseError::BadHeader });
         }
     }
+    let line_str = |s: usize, e: usize| head.get(s..e).ok_or(ParseError::NotUtf8);
     let Some(&(s0, e0)) = lines.first() else { return Err(ParseError::BadStartLine) };
-    let start_line = std::str::from_utf8(&buf[s0..e0]).map_err(|_| ParseError::NotUtf8)?;
+    let start_line = line_str(s0, e0)?;
 
     // Logical header lines: a line starting with SP/HT continues the one before (RFC 3261
     // 7.3.1), even before the colon ("Call-ID\r\n : x"). Unfolded lines stay zero-copy.
-    let mut logical: Vec<((usize, usize), Option<String>)> = Vec::new();
+    let mut logical: Vec<((usize, usize), Option<String>)> = Vec::with_capacity(lines.len());
     for &(s, e) in &lines[1..] {
-        let line = &buf[s..e];
+        let line = &hb[s..e];
         if line.is_empty() {
             continue;
         }
         if line[0] == b' ' || line[0] == b'\t' {
             let Some(last) = logical.last_mut() else { return Err(ParseError::BadHeader) };
-            let cont = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?.trim();
+            let cont = line_str(s, e)?.trim();
             let base = match last.1.take() {
                 Some(b) => b,
-                None => std::str::from_utf8(&buf[last.0 .0..last.0 .1]).map_err(|_| ParseError::NotUtf8)?.to_string(),
+                None => line_str(last.0 .0, last.0 .1)?.to_string(),
             };
             let base = base.trim_end();
             last.1 = Some(if cont.is_empty() { base.to_string() } else { format!("{base} {cont}") });
@@ -196,7 +201,7 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
         }
         logical.push(((s, e), None));
     }
-    let mut headers = Headers::new();
+    let mut headers = Headers::with_capacity(logical.len());
     for ((s, e), folded) in logical {
         let header = match folded {
             Some(text) => {
@@ -206,20 +211,12 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
                 Header { name: HeaderName::new(SipStr::from(name)), value: SipStr::from(text[colon + 1..].trim()) }
             }
             None => {
-                let line = &buf[s..e];
-                let colon = line.iter().position(|&b| b == b':').ok_or(ParseError::BadHeader)?;
-                let name = std::str::from_utf8(&line[..colon]).map_err(|_| ParseError::NotUtf8)?.trim();
+                let line = line_str(s, e)?;
+                let colon = line.find(':').ok_or(ParseError::BadHeader)?;
+                let name = line[..colon].trim();
                 check_header_name(name)?;
-                let mut vs = s + colon + 1;
-                let mut ve = e;
-                while vs < ve && (buf[vs] == b' ' || buf[vs] == b'\t') {
-                    vs += 1;
-                }
-                while ve > vs && (buf[ve - 1] == b' ' || buf[ve - 1] == b'\t') {
-                    ve -= 1;
-                }
-                let value = SipStr::from_utf8(buf.slice(vs..ve)).ok_or(ParseError::NotUtf8)?;
-                Header { name: HeaderName::new(SipStr::from(name)), value }
+                let value = line[colon + 1..].trim_matches(|c| c == ' ' || c == '\t');
+                Header { name: HeaderName::new(head_str.slice_ref(name)), value: head_str.slice_ref(value) }
             }
         };
         headers.push_header(header);
@@ -247,7 +244,7 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
             return Err(ParseError::BadStatus);
         }
         let reason = parts.next().unwrap_or("").trim();
-        Message::Response(Response { status, reason: SipStr::from(reason), headers, body })
+        Message::Response(Response { status, reason: head_str.slice_ref(reason), headers, body })
     } else {
         // Exactly one SP between the elements (RFC 3261 25.1; RFC 4475 lwsstart, trws, lwsruri).
         let mut parts = start_line.split(' ');
@@ -266,7 +263,7 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
         if (ruri.scheme == "sip" || ruri.scheme == "sips") && ruri.headers.is_some() {
             return Err(ParseError::BadRequestUri);
         }
-        Message::Request(Request { method: Method::parse(m), uri: SipStr::from(uri), headers, body })
+        Message::Request(Request { method: Method::parse(m), uri: head_str.slice_ref(uri), headers, body })
     };
     for (name, label) in [("Via", "Via"), ("Call-ID", "Call-ID"), ("CSeq", "CSeq"), ("From", "From"), ("To", "To")] {
         match msg.headers().get(name) {
