@@ -328,9 +328,9 @@ enabled = true
 teams_ip = "127.0.0.1"
 pbx_ip = "127.0.0.1"
 teams_port_min = 40000
-teams_port_max = 44999
-pbx_port_min = 45000
-pbx_port_max = 49999
+teams_port_max = 49999
+pbx_port_min = 50000
+pbx_port_max = 59999
 max_sessions = {self.args.media_sessions}
 """
 
@@ -998,8 +998,8 @@ def main():
     ap.add_argument("--media-secs", type=float, help="media stage: seconds of calls started per level")
     ap.add_argument("--no-media-anchoring", dest="media_anchoring", action="store_false",
                     help="[media] enabled = false: signalling only, SDP passed through")
-    ap.add_argument("--media-sessions", type=int, default=2400,
-                    help="drbridge media.max_sessions (port ranges give 2500 pairs per side)")
+    ap.add_argument("--media-sessions", type=int, default=4800,
+                    help="drbridge media.max_sessions (port ranges give 5000 pairs per side)")
     ap.add_argument("--kamailio-workers", type=int, default=4)
     ap.add_argument("--kamailio-mem", default="fm",
                     help="Kamailio memory manager: fm (fast, default here), qm (Debian's default, debug: ~3x slower), tlsf")

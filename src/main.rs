@@ -81,14 +81,29 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            // Signalling (transports, transactions, the B2BUA core) runs on one thread: every
+            // SIP message used to cross threads twice (transport task -> core -> writer), and the
+            // futex wake-ups cost 22-27 % of drbridge's CPU per call at 2,000-3,000 calls/s
+            // (bench A/B, bench/PROFILE.md). Presence, Graph, the admin server and the media
+            // relay run on a second runtime so that nothing slow or blocking (redb commits,
+            // HTTP) and no packet load sits on the signalling thread.
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(&config)) {
+            let aux = match tokio::runtime::Builder::new_multi_thread().worker_threads(aux_threads()).thread_name("drbridge-aux").enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = rt.block_on(run(&config, aux.handle().clone()));
+            aux.shutdown_background();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
@@ -135,7 +150,13 @@ async fn resolve(host: &str, port: u16, fixed: Option<SocketAddr>) -> Result<Soc
         .ok_or_else(|| format!("{host}:{port} has no IPv4 address"))
 }
 
-async fn run(path: &Path) -> Result<(), String> {
+/// Worker threads of the auxiliary runtime (media relay, presence, admin): the cores minus the
+/// signalling thread, at least one.
+fn aux_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get().saturating_sub(1)).unwrap_or(1).max(1)
+}
+
+async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
     let cfg = config::load(path).map_err(|e| e.to_string())?;
     if cfg.teams.lab_certs {
         let dir = cfg.teams.tls_cert.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -214,13 +235,16 @@ async fn run(path: &Path) -> Result<(), String> {
             max_sessions: m.max_sessions,
             ..MediaEngineConfig::default()
         };
-        let (engine, ev) = MediaEngine::new(ecfg, tokio::runtime::Handle::current());
+        let (engine, ev) = MediaEngine::new(ecfg, aux.clone());
         media_events = ev;
         let teams = CodecProfile { allowed: m.teams_codecs.clone(), ..CodecProfile::teams() };
         let pbx = CodecProfile { allowed: m.pbx_codecs.clone(), strip_ice: pbx_proto == Proto::Udp, ..CodecProfile::pbx_default() };
         core = core.with_media(Box::new(engine), teams, pbx);
     }
-    let (mut presence, _admin) = start_presence(&cfg).await?;
+    let (mut presence, _admin) = {
+        let c = cfg.clone();
+        aux.spawn(async move { start_presence(&c).await }).await.map_err(|e| format!("presence start-up: {e}"))??
+    };
     let (no_cmd_tx, mut no_cmds) = tokio::sync::mpsc::channel::<SubscribeCommand>(1);
     let _keep_no_cmd_tx = no_cmd_tx;
     let mut pbx_was_up = true;
