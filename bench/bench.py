@@ -327,10 +327,10 @@ level = "{self.args.log_level}"
 enabled = true
 teams_ip = "127.0.0.1"
 pbx_ip = "127.0.0.1"
-teams_port_min = 40000
-teams_port_max = 49999
-pbx_port_min = 50000
-pbx_port_max = 59999
+teams_port_min = 51000
+teams_port_max = 60999
+pbx_port_min = 40000
+pbx_port_max = 49999
 max_sessions = {self.args.media_sessions}
 """
 

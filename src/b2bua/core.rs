@@ -1682,6 +1682,8 @@ impl B2bua {
             for l in &mut call.legs {
                 l.remote_sdp = Bytes::new();
                 l.last_sent = Bytes::new();
+                l.sdp.forget();
+                l.ack_waits = None;
                 l.offer_in = None;
                 l.offer_out = None;
                 l.remote_media = None;

@@ -117,6 +117,13 @@ impl SdpSession {
     pub fn new(session_id: u64) -> SdpSession {
         SdpSession { session_id, version: 1, last_offer: None, last_answer: None, last_sent: None }
     }
+    /// Drops the SDP kept for the next offer/answer (the call ended; its record lingers for
+    /// retransmissions only).
+    pub fn forget(&mut self) {
+        self.last_offer = None;
+        self.last_answer = None;
+        self.last_sent = None;
+    }
 
     /// A session with a random id (62 bits, so it prints as a positive number everywhere).
     pub fn random() -> SdpSession {

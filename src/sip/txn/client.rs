@@ -1,7 +1,7 @@
 //! Client transactions: INVITE (RFC 3261 17.1.1 with RFC 6026 Accepted) and non-INVITE (17.1.2).
 
 use super::{next_retransmit, ClientState, TxnTimers};
-use crate::sip::msg::{Method, Request, Response};
+use crate::sip::msg::{Headers, Method, Request, Response};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -74,6 +74,11 @@ impl<D: Clone> ClientTxn<D> {
     fn finish(&mut self, state: ClientState, linger: Duration, now: Instant) {
         self.retransmit_at = None;
         self.timeout_at = None;
+        // Nothing is retransmitted or cancelled from here on: only the method stays (the
+        // record lingers up to 64*T1 and held every sent request and its wire copy).
+        self.wire = Bytes::new();
+        self.request.headers = Headers::new();
+        self.request.body = Bytes::new();
         if linger.is_zero() {
             self.state = ClientState::Terminated;
             self.end_at = None;
