@@ -9,7 +9,7 @@ use crate::config::Trunk;
 use crate::media::sdp::{ice_restart_requested, offer_remote_media, rewrite_answer, rewrite_offer, CodecProfile, SdpSession};
 use crate::media::{MediaControl, MediaEnd, MediaError, MediaEvent, MediaSessionId, RemoteMedia};
 use crate::routing::{FailoverPlan, ProxySet, TrunkHealth};
-use crate::sip::msg::sdp::Sdp;
+use crate::sip::msg::sdp::{Direction, Sdp};
 use crate::sip::msg::{Message, Method, NameAddr, Request, Response, SipStr, Uri};
 use crate::sip::transport::{Peer, Proto};
 use crate::sip::txn::{new_branch, ClientTxnId, RequestDisposition, ServerTxnId, Transactions, TxnEvent, TxnTimers};
@@ -2309,10 +2309,10 @@ fn map_status(status: u16) -> u16 {
 }
 
 /// True if an SDP body puts the call on hold (sendonly / inactive, or c=0.0.0.0).
-fn sdp_is_hold(body: &[u8]) -> bool {
-    let s = String::from_utf8_lossy(body);
-    s.lines().any(|l| {
-        let l = l.trim();
-        l == "a=sendonly" || l == "a=inactive" || l.starts_with("c=IN IP4 0.0.0.0")
-    })
+/// An offer that puts the far end on hold: the first media section (or the session) is
+/// sendonly or inactive, or its connection address is 0.0.0.0 (RFC 2543 style).
+fn sdp_is_hold(body: &Bytes) -> bool {
+    let Ok(sdp) = Sdp::parse(body.clone()) else { return false };
+    matches!(sdp.media_direction(0), Direction::SendOnly | Direction::Inactive)
+        || sdp.media_connection(0).is_some_and(|c| &*c.address == "0.0.0.0")
 }

@@ -44,6 +44,7 @@ use crate::sip::msg::sdp::{Connection, Crypto, Direction, Media, Origin, Rtcp, R
 use crate::sip::msg::SipStr;
 use base64::Engine as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// The ICE priority of a host candidate for component 1 (RFC 8445 5.1.2.1: type preference
 /// 126, local preference 65535); component 2 is one less.
@@ -106,10 +107,11 @@ impl CodecProfile {
 pub struct SdpSession {
     session_id: u64,
     version: u64,
-    last_offer: Option<Sdp>,
-    last_answer: Option<Sdp>,
-    /// The last SDP sent (offer or answer), for "changed or not".
-    last_sent: Option<Sdp>,
+    last_offer: Option<Arc<Sdp>>,
+    last_answer: Option<Arc<Sdp>>,
+    /// The last SDP sent (offer or answer), for "changed or not" (shared with the above: one
+    /// copy per SDP sent, not three).
+    last_sent: Option<Arc<Sdp>>,
 }
 
 impl SdpSession {
@@ -141,12 +143,12 @@ impl SdpSession {
 
     /// The last offer sent to this side.
     pub fn last_offer(&self) -> Option<&Sdp> {
-        self.last_offer.as_ref()
+        self.last_offer.as_deref()
     }
 
     /// The last answer sent to this side.
     pub fn last_answer(&self) -> Option<&Sdp> {
-        self.last_answer.as_ref()
+        self.last_answer.as_deref()
     }
 
     fn origin(&self, ip: IpAddr) -> Origin {
@@ -165,17 +167,18 @@ impl SdpSession {
     fn stamp(&mut self, sdp: &mut Sdp, ip: IpAddr, offer: bool) {
         sdp.set_origin(&self.origin(ip));
         if let Some(prev) = &self.last_sent {
-            if prev != sdp {
+            if **prev != *sdp {
                 self.version = self.version.wrapping_add(1);
                 sdp.set_origin(&self.origin(ip));
             }
         }
-        self.last_sent = Some(sdp.clone());
+        let sent = Arc::new(sdp.clone());
         if offer {
-            self.last_offer = Some(sdp.clone());
+            self.last_offer = Some(sent.clone());
         } else {
-            self.last_answer = Some(sdp.clone());
+            self.last_answer = Some(sent.clone());
         }
+        self.last_sent = Some(sent);
     }
 }
 
