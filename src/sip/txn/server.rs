@@ -125,8 +125,15 @@ impl<D: Clone> ServerTxn<D> {
             }
             (_, state) => return Err(TxnError::InvalidState { status, state }),
         }
-        tx.push_back((self.src.clone(), wire.clone()));
-        self.last = Some(wire);
+        if self.state == Accepted {
+            // Accepted absorbs INVITE retransmissions: the 2xx is never resent from here, so
+            // it is not kept for the 64*T1 this state lasts.
+            tx.push_back((self.src.clone(), wire));
+            self.last = None;
+        } else {
+            tx.push_back((self.src.clone(), wire.clone()));
+            self.last = Some(wire);
+        }
         Ok(())
     }
 
