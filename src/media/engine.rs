@@ -14,7 +14,7 @@
 //! with signalling. Its only heap allocations are the output buffers `rtc-srtp` returns.
 
 use super::pool::PortPool;
-use super::relay::{Action, LegSetup, Pending, Port, Relay, SessionStats, SessionStatsSnapshot};
+use super::relay::{Action, LegSetup, Pending, Port, Relay, SessionStats, SessionStatsSnapshot, HEADROOM};
 use super::{IceCredentials, LocalMedia, MediaControl, MediaEnd, MediaError, MediaEvent, MediaSessionId, RemoteMedia, SrtpKey, SrtpSuite};
 use crate::config::Trunk;
 use rand::distr::{Alphanumeric, SampleString};
@@ -475,7 +475,7 @@ async fn readable(s: Option<&UdpSocket>) -> io::Result<()> {
 const BATCH: usize = 64;
 
 async fn run_session(mut relay: Relay, socks: Sockets, shared: Arc<SessionShared>, epoch: Instant) {
-    let mut buf = vec![0u8; 2048];
+    let mut buf = vec![0u8; 2048 + HEADROOM];
     loop {
         let port = tokio::select! {
             biased;
@@ -499,13 +499,13 @@ async fn run_session(mut relay: Relay, socks: Sockets, shared: Arc<SessionShared
         let Some(sock) = socks.get(port) else { continue };
         let now = now_ms(epoch);
         for _ in 0..BATCH {
-            let (n, src) = match sock.try_recv_from(&mut buf) {
+            let (n, src) = match sock.try_recv_from(&mut buf[..2048]) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => continue, // e.g. ECONNREFUSED from an ICMP error
             };
-            if let Action::Send { via, to, data } = relay.on_packet(port, src, &mut buf[..n], now, &shared.stats) {
-                let sent = socks.get(via).map(|s| s.try_send_to(data.as_ref(), to));
+            if let Action::Send { via, to, data } = relay.on_packet(port, src, &mut buf, n, now, &shared.stats) {
+                let sent = socks.get(via).map(|s| s.try_send_to(data, to));
                 if !matches!(sent, Some(Ok(_))) {
                     shared.stats.dropped_other.fetch_add(1, Relaxed);
                 }
