@@ -1,10 +1,11 @@
 //! Media relay benchmark: N concurrent G.711 streams (20 ms, 172-byte RTP packets) pushed
-//! PBX -> Teams through drbridge's MediaEngine (in this process, on its own 2-worker runtime)
+//! PBX -> Teams through drbridge's MediaEngine (in this process: its media threads, one per
+//! core, plus a 2-worker runtime for its sweeper)
 //! or through rtpengine (allocated over its ng protocol), RTP->RTP or RTP->SRTP.
 //!
 //! The load generator (one sending thread, one receiving thread) is the same for both targets.
-//! Reported: packets/s delivered, CPU of the relay (drbridge: its runtime's worker threads from
-//! /proc/self/task/*/stat; rtpengine: /proc/PID/stat), packets/s per core of relay CPU, loss, and
+//! Reported: packets/s delivered, CPU of the relay (drbridge: its media threads and its
+//! runtime's worker threads from /proc/self/task/*/stat; rtpengine: /proc/PID/stat), packets/s per core of relay CPU, loss, and
 //! added latency p50/p99 (send -> receive on loopback, including the generator's own scheduling).
 //!
 //! cargo bench --bench media_bench -- --target drbridge|rtpengine --mode rtp|srtp
@@ -71,14 +72,15 @@ fn udp(buf: usize) -> UdpSocket {
     s.into()
 }
 
-/// utime+stime in clock ticks (USER_HZ = 100 on Linux) of the threads named `comm`.
-fn threads_cpu_ticks(comm: &str) -> u64 {
+/// utime+stime in clock ticks (USER_HZ = 100 on Linux) of the threads whose name starts with
+/// `prefix`.
+fn threads_cpu_ticks(prefix: &str) -> u64 {
     let mut t = 0;
     if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
         for e in rd.flatten() {
             let p = e.path();
             let name = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-            if name.trim() == comm {
+            if name.trim().starts_with(prefix) {
                 t += stat_ticks(&std::fs::read_to_string(p.join("stat")).unwrap_or_default());
             }
         }
@@ -286,7 +288,9 @@ fn main() {
             dests.push(engine.local(id, MediaEnd::B).unwrap().rtp);
         }
         _engine_keepalive = Some((rt, engine, events));
-        cpu = Box::new(|| threads_cpu_ticks("media-worker"));
+        // the engine's media threads (`media-relay-N`) and the runtime (`media-worker`: the
+        // inactivity sweeper)
+        cpu = Box::new(|| threads_cpu_ticks("media-"));
     } else {
         let pid = a.pid.expect("--pid of rtpengine");
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -265,7 +265,7 @@ pub enum Action<'a> {
 /// Adds one to a counter that only the session's media thread writes: a plain load and store,
 /// no locked read-modify-write on the packet path (readers see a value at most one behind).
 #[inline]
-fn bump(c: &AtomicU64) {
+pub(crate) fn bump(c: &AtomicU64) {
     c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
 }
 
