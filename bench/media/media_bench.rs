@@ -334,7 +334,7 @@ fn main() {
                         rtp: Some(r_addr),
                         rtcp: Some(r_addr),
                         rtcp_mux: true,
-                        srtp: srtp.then(|| SrtpKey {
+                        srtp: srtp.then_some(SrtpKey {
                             suite: SrtpSuite::AesCm128HmacSha1_80,
                             tag: 1,
                             key: [1; 16],

@@ -138,7 +138,7 @@ type Registry = Arc<Mutex<HashMap<MediaSessionId, Arc<SessionShared>>>>;
 /// Commands to a media thread.
 enum Control {
     Add(Box<Session>),
-    Apply(MediaSessionId, Pending),
+    Apply(MediaSessionId, Box<Pending>),
     Stop(MediaSessionId),
     Shutdown,
 }
@@ -424,7 +424,7 @@ impl MediaControl for MediaEngine {
         st.local.ice = Some(creds.clone());
         let local = st.local.clone();
         let thread = e.thread;
-        self.command(thread, Control::Apply(id, Pending { ice_restart: Some(creds), ..Default::default() }));
+        self.command(thread, Control::Apply(id, Box::new(Pending { ice_restart: Some(creds), ..Default::default() })));
         Some(local)
     }
 
@@ -440,10 +440,10 @@ impl MediaControl for MediaEngine {
             ours.suite = theirs.suite;
             ours.tag = theirs.tag;
         }
-        let pending = match side {
+        let pending = Box::new(match side {
             Trunk::Teams => Pending { teams: Some(remote), ..Default::default() },
             Trunk::Pbx => Pending { pbx: Some(remote), ..Default::default() },
-        };
+        });
         let thread = e.thread;
         self.command(thread, Control::Apply(id, pending));
         Ok(())
@@ -601,7 +601,7 @@ impl MediaLoop {
                 Ok(Control::Add(s)) => self.add(*s),
                 Ok(Control::Apply(id, p)) => {
                     if let Some(s) = self.by_id.get(&id).and_then(|&i| self.slots[i].as_mut()) {
-                        s.relay.apply(p);
+                        s.relay.apply(*p);
                     }
                 }
                 Ok(Control::Stop(id)) => {
