@@ -117,7 +117,7 @@ impl SessionKeys {
         aes_ctr(&self.enc, &iv).apply_keystream(data);
     }
 
-    /// HMAC-SHA1 over `parts`, the full 20 bytes.
+    /// HMAC-SHA1 over `a` then `b` (the packet, then the ROC for SRTP), all 20 bytes.
     fn tag(&self, a: &[u8], b: &[u8]) -> [u8; 20] {
         let mut m = self.auth.clone();
         m.update(a);
