@@ -2,7 +2,7 @@
 //! (which does its own SRTP and ICE check) through one engine session.
 
 use drbridge::config::Trunk;
-use drbridge::media::srtp::SrtpStream;
+use drbridge::media::srtp::{SrtpError, SrtpStream, MAX_TRAILER};
 use drbridge::media::stun::{build_check, error_code, verify_success};
 use drbridge::media::{
     MediaEnd,
@@ -41,6 +41,22 @@ fn rtp(pt: u8, seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
     p.extend_from_slice(&ssrc.to_be_bytes());
     p.extend_from_slice(payload);
     p
+}
+
+/// SRTP/SRTCP of a copy of `plain` (the context works in place).
+fn protect(tx: &mut SrtpStream, plain: &[u8], rtcp: bool) -> Vec<u8> {
+    let mut b = plain.to_vec();
+    b.resize(plain.len() + MAX_TRAILER, 0);
+    let n = if rtcp { tx.protect_rtcp(&mut b, plain.len()) } else { tx.protect_rtp(&mut b, plain.len()) }.unwrap();
+    b.truncate(n);
+    b
+}
+
+fn unprotect(rx: &mut SrtpStream, srtp: &[u8], rtcp: bool) -> Result<Vec<u8>, SrtpError> {
+    let mut b = srtp.to_vec();
+    let n = if rtcp { rx.unprotect_rtcp(&mut b) } else { rx.unprotect_rtp(&mut b) }?;
+    b.truncate(n);
+    Ok(b)
 }
 
 fn teams_key() -> SrtpKey {
@@ -134,13 +150,13 @@ async fn ice_check_srtp_both_ways_dtmf_rtcp_and_latching() {
         let (s, from) = recv(&c.teams).await;
         assert_eq!(from, c.teams_port);
         assert_eq!(s.len(), p.len() + 10);
-        assert_eq!(&teams_rx.unprotect_rtp(&s).unwrap()[..], &p[..]);
+        assert_eq!(&unprotect(&mut teams_rx, &s, false).unwrap()[..], &p[..]);
     }
 
     // Teams -> PBX: SRTP in, plain out
     for seq in 5..10u16 {
         let p = rtp(8, seq, 0x11223344, &[0x2a; 160]);
-        c.teams.send_to(&teams_tx.protect_rtp(&p).unwrap(), c.teams_port).await.unwrap();
+        c.teams.send_to(&protect(&mut teams_tx, &p, false), c.teams_port).await.unwrap();
         let (got, from) = recv(&c.pbx).await;
         assert_eq!(from, c.pbx_port);
         assert_eq!(got, p);
@@ -150,12 +166,12 @@ async fn ice_check_srtp_both_ways_dtmf_rtcp_and_latching() {
     let ev = [5u8, 0x0a, 0x00, 0xa0]; // digit 5, volume 10, duration 160
     let p = rtp(0x80 | 96, 2000, 0xabcdef01, &ev);
     c.pbx.send_to(&p, c.pbx_port).await.unwrap();
-    let got = teams_rx.unprotect_rtp(&recv(&c.teams).await.0).unwrap();
+    let got = unprotect(&mut teams_rx, &recv(&c.teams).await.0, false).unwrap();
     assert_eq!(got[1], 0x80 | 101);
     assert_eq!(&got[2..], &p[2..]);
     let end = [5u8, 0x8a, 0x03, 0x20]; // E bit
     let p = rtp(101, 10, 0x11223344, &end);
-    c.teams.send_to(&teams_tx.protect_rtp(&p).unwrap(), c.teams_port).await.unwrap();
+    c.teams.send_to(&protect(&mut teams_tx, &p, false), c.teams_port).await.unwrap();
     let got = recv(&c.pbx).await.0;
     assert_eq!(got[1], 96);
     assert_eq!(&got[2..], &p[2..]);
@@ -167,10 +183,10 @@ async fn ice_check_srtp_both_ways_dtmf_rtcp_and_latching() {
         pbx_rtcp.send_to(&sr, c.pbx_rtcp_port).await.unwrap();
         let (s, from) = recv(&c.teams).await;
         assert_eq!(from, c.teams_port);
-        assert_eq!(&teams_rx.unprotect_rtcp(&s).unwrap()[..], &sr[..]);
+        assert_eq!(&unprotect(&mut teams_rx, &s, true).unwrap()[..], &sr[..]);
         let mut rr = sr;
         rr[1] = 0xc9;
-        c.teams.send_to(&teams_tx.protect_rtcp(&rr).unwrap(), c.teams_port).await.unwrap();
+        c.teams.send_to(&protect(&mut teams_tx, &rr, true), c.teams_port).await.unwrap();
         let (got, from) = recv(&pbx_rtcp).await;
         assert_eq!(from, c.pbx_rtcp_port);
         assert_eq!(got, rr);
@@ -182,12 +198,12 @@ async fn ice_check_srtp_both_ways_dtmf_rtcp_and_latching() {
     intruder.send_to(&rtp(0, 3000, 0x66666666, &[1; 160]), c.pbx_port).await.unwrap();
     let marker = rtp(0, 3001, 0xabcdef01, &[2; 160]);
     c.pbx.send_to(&marker, c.pbx_port).await.unwrap();
-    assert_eq!(&teams_rx.unprotect_rtp(&recv(&c.teams).await.0).unwrap()[..], &marker[..]);
+    assert_eq!(&unprotect(&mut teams_rx, &recv(&c.teams).await.0, false).unwrap()[..], &marker[..]);
     // Teams side latched by the nomination: SRTP from another address (valid key) is dropped too
     let other_teams = sock().await;
-    other_teams.send_to(&teams_tx.protect_rtp(&rtp(0, 11, 0x11223344, &[3; 160])).unwrap(), c.teams_port).await.unwrap();
+    other_teams.send_to(&protect(&mut teams_tx, &rtp(0, 11, 0x11223344, &[3; 160]), false), c.teams_port).await.unwrap();
     let marker = rtp(0, 12, 0x11223344, &[4; 160]);
-    c.teams.send_to(&teams_tx.protect_rtp(&marker).unwrap(), c.teams_port).await.unwrap();
+    c.teams.send_to(&protect(&mut teams_tx, &marker, false), c.teams_port).await.unwrap();
     assert_eq!(recv(&c.pbx).await.0, marker);
     let st = c.engine.session_stats(c.id).unwrap();
     assert_eq!(st.dropped_unknown_source, 2);
@@ -226,13 +242,13 @@ async fn srtp_toward_pbx_when_the_trunk_asks() {
     let mut teams_rx = SrtpStream::receiver(&ours_key(&c.engine, c.id, MediaEnd::A)).unwrap();
     let mut teams_tx = SrtpStream::sender(&teams_key()).unwrap();
     let p = rtp(0, 1, 42, &[0xd5; 160]);
-    c.pbx.send_to(&pbx_tx.protect_rtp(&p).unwrap(), c.pbx_port).await.unwrap();
-    assert_eq!(&teams_rx.unprotect_rtp(&recv(&c.teams).await.0).unwrap()[..], &p[..]);
+    c.pbx.send_to(&protect(&mut pbx_tx, &p, false), c.pbx_port).await.unwrap();
+    assert_eq!(&unprotect(&mut teams_rx, &recv(&c.teams).await.0, false).unwrap()[..], &p[..]);
     let q = rtp(0, 9, 43, &[0x55; 160]);
-    c.teams.send_to(&teams_tx.protect_rtp(&q).unwrap(), c.teams_port).await.unwrap();
+    c.teams.send_to(&protect(&mut teams_tx, &q, false), c.teams_port).await.unwrap();
     let got = recv(&c.pbx).await.0;
     assert_eq!(got.len(), q.len() + 4, "32-bit tag toward the PBX");
-    assert_eq!(&pbx_rx.unprotect_rtp(&got).unwrap()[..], &q[..]);
+    assert_eq!(&unprotect(&mut pbx_rx, &got, false).unwrap()[..], &q[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,17 @@
 //! Media relay benchmark: N concurrent G.711 streams (20 ms, 172-byte RTP packets) pushed
-//! PBX -> Teams through drbridge's MediaEngine (in this process, on its own 2-worker runtime)
-//! or through rtpengine (allocated over its ng protocol), RTP->RTP or RTP->SRTP.
+//! PBX -> Teams through drbridge's MediaEngine (in this process: its media threads, one per
+//! core, plus a 2-worker runtime for its sweeper) or through rtpengine (allocated over its ng
+//! protocol), RTP->RTP or RTP->SRTP.
 //!
 //! The load generator (one sending thread, one receiving thread) is the same for both targets.
-//! Reported: packets/s delivered, CPU of the relay (drbridge: its runtime's worker threads from
-//! /proc/self/task/*/stat; rtpengine: /proc/PID/stat), packets/s per core of relay CPU, loss, and
-//! added latency p50/p99 (send -> receive on loopback, including the generator's own scheduling).
+//! Reported: packets/s delivered, CPU of the relay (drbridge: its media threads and its
+//! runtime's worker threads from /proc/self/task/*/stat; rtpengine: /proc/PID/stat), packets/s
+//! per core of relay CPU, loss, and added latency p50/p99 (send -> receive on loopback,
+//! including the generator's own scheduling).
 //!
 //! cargo bench --bench media_bench -- --target drbridge|rtpengine --mode rtp|srtp
 //!     [--streams 1000] [--secs 12] [--ng 127.0.0.1:2223] [--pid PID]
+//! cargo bench --bench media_bench -- --target srtp     (ns per SRTP protect/unprotect, vs rtc-srtp)
 
 use drbridge::config::Trunk;
 use drbridge::media::{MediaControl, MediaEnd, MediaEngine, MediaEngineConfig, RemoteMedia, SrtpKey, SrtpSuite};
@@ -71,14 +74,15 @@ fn udp(buf: usize) -> UdpSocket {
     s.into()
 }
 
-/// utime+stime in clock ticks (USER_HZ = 100 on Linux) of the threads named `comm`.
-fn threads_cpu_ticks(comm: &str) -> u64 {
+/// utime+stime in clock ticks (USER_HZ = 100 on Linux) of the threads whose name starts with
+/// `prefix`.
+fn threads_cpu_ticks(prefix: &str) -> u64 {
     let mut t = 0;
     if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
         for e in rd.flatten() {
             let p = e.path();
             let name = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-            if name.trim() == comm {
+            if name.trim().starts_with(prefix) {
                 t += stat_ticks(&std::fs::read_to_string(p.join("stat")).unwrap_or_default());
             }
         }
@@ -229,8 +233,70 @@ fn sdp(port: u16, crypto_tag: Option<u32>) -> String {
     x
 }
 
+/// `--target srtp`: nanoseconds per protect / unprotect of one 172-byte RTP packet, drbridge's
+/// in-place SRTP against `rtc-srtp` (which returns a new buffer per packet), same key, one thread.
+fn srtp_micro(packets: usize) {
+    use drbridge::media::srtp::{SrtpStream, MAX_TRAILER};
+    use rtc_srtp::context::Context;
+    use rtc_srtp::protection_profile::ProtectionProfile;
+    let key = SrtpKey { suite: SrtpSuite::AesCm128HmacSha1_80, tag: 1, key: [1; 16], salt: [2; 14] };
+    let mut pkt = [0u8; 172];
+    pkt[0] = 0x80;
+    pkt[8..12].copy_from_slice(&7u32.to_be_bytes());
+    let per = |t: Instant| t.elapsed().as_nanos() as f64 / packets as f64;
+
+    let mut tx = SrtpStream::sender(&key).unwrap();
+    let mut rx = SrtpStream::receiver(&key).unwrap();
+    let mut buf = [0u8; 172 + MAX_TRAILER];
+    let mut wire: Vec<Vec<u8>> = Vec::with_capacity(packets);
+    let t = Instant::now();
+    for i in 0..packets {
+        buf[..172].copy_from_slice(&pkt);
+        buf[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+        let n = tx.protect_rtp(&mut buf, 172).unwrap();
+        std::hint::black_box(&buf[..n]);
+    }
+    let ours_protect = per(t);
+    let mut tx2 = SrtpStream::sender(&key).unwrap();
+    for i in 0..packets {
+        buf[..172].copy_from_slice(&pkt);
+        buf[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+        let n = tx2.protect_rtp(&mut buf, 172).unwrap();
+        wire.push(buf[..n].to_vec());
+    }
+    let t = Instant::now();
+    for w in wire.iter_mut() {
+        let n = rx.unprotect_rtp(w).unwrap();
+        std::hint::black_box(&w[..n]);
+    }
+    let ours_unprotect = per(t);
+
+    let provider = rtc_srtp::crypto::default_provider().unwrap();
+    let ctx = || Context::new(&key.key, &key.salt, ProtectionProfile::Aes128CmHmacSha1_80, None, None, provider.crypto()).unwrap();
+    let (mut ttx, mut trx) = (ctx(), ctx());
+    let mut theirs_wire = Vec::with_capacity(packets);
+    let t = Instant::now();
+    for i in 0..packets {
+        pkt[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+        theirs_wire.push(ttx.encrypt_rtp(&pkt).unwrap());
+    }
+    let theirs_protect = per(t);
+    let t = Instant::now();
+    for w in &theirs_wire {
+        std::hint::black_box(trx.decrypt_rtp(w).unwrap());
+    }
+    let theirs_unprotect = per(t);
+    println!(
+        "RESULT target=srtp packets={packets} protect_ns={ours_protect:.0} unprotect_ns={ours_unprotect:.0} rtc_srtp_protect_ns={theirs_protect:.0} rtc_srtp_unprotect_ns={theirs_unprotect:.0}"
+    );
+}
+
 fn main() {
     let a = args();
+    if a.target == "srtp" {
+        srtp_micro(if a.secs <= 1 { 10_000 } else { 200_000 });
+        return;
+    }
     let srtp = a.mode == "srtp";
     let n = a.streams;
     let sender = udp(8 << 20);
@@ -268,7 +334,7 @@ fn main() {
                         rtp: Some(r_addr),
                         rtcp: Some(r_addr),
                         rtcp_mux: true,
-                        srtp: srtp.then(|| SrtpKey {
+                        srtp: srtp.then_some(SrtpKey {
                             suite: SrtpSuite::AesCm128HmacSha1_80,
                             tag: 1,
                             key: [1; 16],
@@ -286,7 +352,9 @@ fn main() {
             dests.push(engine.local(id, MediaEnd::B).unwrap().rtp);
         }
         _engine_keepalive = Some((rt, engine, events));
-        cpu = Box::new(|| threads_cpu_ticks("media-worker"));
+        // the engine's media threads (`media-relay-N`) and the runtime (`media-worker`: the
+        // inactivity sweeper)
+        cpu = Box::new(|| threads_cpu_ticks("media-"));
     } else {
         let pid = a.pid.expect("--pid of rtpengine");
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -17,7 +17,7 @@ BIN=$(cargo bench --bench media_bench --no-run 2>&1 | sed -n 's/.*Executable .*(
 OUT=$(mktemp -d)
 LOG=$OUT/rtpengine.log
 timeout -k 5 300 rtpengine --config-file=none --table=-1 --interface=127.0.0.1 --listen-ng=$NG \
-  --foreground --port-min=30000 --port-max=40000 --num-threads=2 --log-level=4 >"$LOG" 2>&1 &
+  --foreground --port-min=20000 --port-max=40000 --num-threads=2 --log-level=4 >"$LOG" 2>&1 &
 WRAP=$!
 trap 'kill $WRAP 2>/dev/null || true; wait $WRAP 2>/dev/null || true' EXIT
 # wait until the ng port answers a ping (bounded)

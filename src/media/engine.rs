@@ -4,30 +4,42 @@
 //! - `allocate` takes an even port pair from each side's [`PortPool`], binds non-blocking std
 //!   sockets (RTP on the even port, RTCP on port+1 unless muxed), generates SRTP keys (Teams side,
 //!   and PBX side when `srtp_to_pbx`) and ICE-lite credentials (Teams side) with the OS-seeded
-//!   CSPRNG, and spawns one relay task per session on the runtime `Handle` given at construction.
-//! - `update` / `restart_ice` / `free` write into the session's [`Pending`] slot (a mutex the
-//!   relay task takes only after a `Notify` wake-up, never per packet) and wake the task.
-//! - A sweeper task checks each session's last-packet timestamp (an atomic the relay writes)
-//!   every `inactivity_timeout / 4` (bounded to 50 ms..1 s) and emits [`MediaEvent::Inactive`] once.
+//!   CSPRNG, and hands the session (its [`Relay`] and sockets) to one of a fixed set of media
+//!   threads, round-robin.
+//! - `update` / `restart_ice` / `free` send a command to the session's media thread over its
+//!   control channel and wake the thread.
+//! - A sweeper task (on the runtime `Handle` given at construction) checks each session's
+//!   last-packet timestamp (an atomic the media thread writes) every `inactivity_timeout / 4`
+//!   (bounded to 50 ms..1 s) and emits [`MediaEvent::Inactive`] once.
 //!
-//! The packet path (the relay task) owns its sockets and SRTP contexts; it takes no lock shared
-//! with signalling. Its only heap allocations are the output buffers `rtc-srtp` returns.
+//! The packet path: each media thread (`media-relay-N`, [`MediaEngineConfig::threads`] of them,
+//! default one per core) owns its sessions outright and waits on one level-triggered readiness
+//! set (`poll::EventSet`) holding all their sockets. A readable socket costs one `recvfrom`
+//! into the thread's buffer, SRTP undone and redone in place by the relay, and one `sendto` of
+//! a slice of that same buffer: no allocation, no copy, no lock, and no second `recvfrom` that
+//! only learns `EWOULDBLOCK` (a socket with more datagrams queued is simply reported ready
+//! again by the next wait). Commands from signalling are taken from the channel only after a
+//! wake-up; the only state shared with signalling is the per-session counters (atomics
+//! written by the media thread only).
+//!
+//! Ports are returned to the pools only once the sockets are closed: `PortsBack` is the last
+//! field of a session's sockets and sends the pair back when dropped, after the sockets.
 
+use super::poll::{EventSet, Ready};
 use super::pool::PortPool;
-use super::relay::{Action, LegSetup, Pending, Port, Relay, SessionStats, SessionStatsSnapshot};
+use super::relay::{bump, Action, LegSetup, Pending, Port, Relay, SessionStats, SessionStatsSnapshot, HEADROOM};
 use super::{IceCredentials, LocalMedia, MediaControl, MediaEnd, MediaError, MediaEvent, MediaSessionId, RemoteMedia, SrtpKey, SrtpSuite};
 use crate::config::Trunk;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Configuration of the media engine.
@@ -54,6 +66,8 @@ pub struct MediaEngineConfig {
     pub max_sessions: usize,
     /// Capacity of the event channel.
     pub event_queue: usize,
+    /// Media threads (packet path); 0 = one per core (`available_parallelism`).
+    pub threads: usize,
 }
 
 impl Default for MediaEngineConfig {
@@ -71,6 +85,7 @@ impl Default for MediaEngineConfig {
             inactivity_timeout: Duration::from_secs(60),
             max_sessions: 2000,
             event_queue: 1024,
+            threads: 0,
         }
     }
 }
@@ -88,10 +103,8 @@ pub struct EngineStats {
     pub freed: SessionStatsSnapshot,
 }
 
-/// What signalling and the relay task share for one session.
+/// What signalling (and the sweeper) and the media thread share for one session: atomics only.
 struct SessionShared {
-    pending: Mutex<Pending>,
-    notify: Notify,
     stats: SessionStats,
     inactive_reported: AtomicBool,
 }
@@ -106,7 +119,8 @@ struct SessionEntry {
     shared: Arc<SessionShared>,
     teams: SideState,
     pbx: SideState,
-    task: JoinHandle<()>,
+    /// Index of the media thread that owns the session.
+    thread: usize,
 }
 
 impl SessionEntry {
@@ -121,21 +135,45 @@ impl SessionEntry {
 
 type Registry = Arc<Mutex<HashMap<MediaSessionId, Arc<SessionShared>>>>;
 
+/// Commands to a media thread.
+enum Control {
+    Add(Box<Session>),
+    Apply(MediaSessionId, Box<Pending>),
+    Stop(MediaSessionId),
+    Shutdown,
+}
+
+/// The engine's handle on one media thread.
+struct MediaThread {
+    control: std_mpsc::Sender<Control>,
+    events: Arc<EventSet>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MediaThread {
+    fn send(&self, c: Control) -> Result<(), Control> {
+        self.control.send(c).map_err(|e| e.0)?;
+        self.events.wake();
+        Ok(())
+    }
+}
+
 pub struct MediaEngine {
     cfg: MediaEngineConfig,
-    handle: tokio::runtime::Handle,
     teams_pool: PortPool,
     pbx_pool: PortPool,
     sessions: HashMap<MediaSessionId, SessionEntry>,
     registry: Registry,
     next_id: u64,
+    next_thread: usize,
+    threads: Vec<MediaThread>,
     epoch: Instant,
     stats: EngineStats,
     inactive_count: Arc<AtomicU64>,
     sweeper: JoinHandle<()>,
-    /// Port pairs whose sockets are closed (sent by ending relay tasks).
-    released_tx: std::sync::mpsc::Sender<(u16, u16)>,
-    released_rx: std::sync::mpsc::Receiver<(u16, u16)>,
+    /// Port pairs whose sockets are closed (sent by the media threads, see `PortsBack`).
+    released_tx: std_mpsc::Sender<(u16, u16)>,
+    released_rx: std_mpsc::Receiver<(u16, u16)>,
 }
 
 impl std::fmt::Debug for MediaEngine {
@@ -149,6 +187,10 @@ fn now_ms(epoch: Instant) -> u64 {
 }
 
 impl MediaEngine {
+    /// Starts the media threads and the inactivity sweeper (on `handle`).
+    ///
+    /// # Panics
+    /// When the OS refuses to create a media thread or its epoll set (at start-up only).
     pub fn new(cfg: MediaEngineConfig, handle: tokio::runtime::Handle) -> (MediaEngine, mpsc::Receiver<MediaEvent>) {
         let (tx, rx) = mpsc::channel(cfg.event_queue.max(1));
         let registry: Registry = Arc::default();
@@ -163,15 +205,21 @@ impl MediaEngine {
             period,
             inactive_count.clone(),
         ));
-        let (released_tx, released_rx) = std::sync::mpsc::channel();
+        let n = match cfg.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let threads = (0..n).map(|i| spawn_media_thread(i, epoch)).collect();
+        let (released_tx, released_rx) = std_mpsc::channel();
         let engine = MediaEngine {
             teams_pool: PortPool::new(cfg.teams_ports.clone()),
             pbx_pool: PortPool::new(cfg.pbx_ports.clone()),
             cfg,
-            handle,
             sessions: HashMap::new(),
             registry,
             next_id: 1,
+            next_thread: 0,
+            threads,
             epoch,
             stats: EngineStats::default(),
             inactive_count,
@@ -219,7 +267,7 @@ impl MediaEngine {
         ip: IpAddr,
         with_rtcp: bool,
         bind_failures: &mut u64,
-    ) -> Option<(u16, std::net::UdpSocket, Option<std::net::UdpSocket>)> {
+    ) -> Option<(u16, UdpSocket, Option<UdpSocket>)> {
         for _ in 0..pool.available() {
             let port = pool.allocate()?;
             match bind_udp(SocketAddr::new(ip, port)) {
@@ -238,9 +286,18 @@ impl MediaEngine {
         }
         None
     }
+
+    /// Sends a command to media thread `thread` and wakes it.
+    fn command(&self, thread: usize, c: Control) {
+        if let Some(t) = self.threads.get(thread) {
+            if t.send(c).is_err() {
+                tracing::error!(thread, "media thread is gone");
+            }
+        }
+    }
 }
 
-fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_nonblocking(true)?;
@@ -288,27 +345,12 @@ impl MediaControl for MediaEngine {
             self.stats.exhausted_pbx += 1;
             return Err(MediaError::Exhausted("pbx"));
         };
-        let socks = {
-            let _g = self.handle.enter();
-            let conv = |s: std::net::UdpSocket| UdpSocket::from_std(s);
-            let r = (|| -> io::Result<Sockets> {
-                Ok(Sockets {
-                    teams_rtp: conv(trtp)?,
-                    teams_rtcp: trtcp.map(conv).transpose()?,
-                    pbx_rtp: conv(prtp)?,
-                    pbx_rtcp: prtcp.map(conv).transpose()?,
-                    _release: PortsBack { tx: self.released_tx.clone(), teams: tport, pbx: pport },
-                })
-            })();
-            match r {
-                Ok(s) => s,
-                Err(_) => {
-                    self.teams_pool.release(tport);
-                    self.pbx_pool.release(pport);
-                    self.stats.bind_failures += 1;
-                    return Err(MediaError::Exhausted("teams"));
-                }
-            }
+        let socks = Sockets {
+            teams_rtp: trtp,
+            teams_rtcp: trtcp,
+            pbx_rtp: prtp,
+            pbx_rtcp: prtcp,
+            _release: PortsBack { tx: self.released_tx.clone(), teams: tport, pbx: pport },
         };
 
         let tip = self.cfg.teams_advertised_ip.unwrap_or(self.cfg.teams_ip);
@@ -329,16 +371,21 @@ impl MediaControl for MediaEngine {
             LegSetup { key: teams_local.srtp.clone(), ice: teams_local.ice.clone(), rtcp_mux: mux_teams },
             LegSetup { key: pbx_local.srtp.clone(), ice: None, rtcp_mux: false },
         );
-        let shared = Arc::new(SessionShared {
-            pending: Mutex::new(Pending::default()),
-            notify: Notify::new(),
-            stats: SessionStats::default(),
-            inactive_reported: AtomicBool::new(false),
-        });
+        let shared = Arc::new(SessionShared { stats: SessionStats::default(), inactive_reported: AtomicBool::new(false) });
         shared.stats.last_rx_ms.store(now_ms(self.epoch), Relaxed);
         let id = MediaSessionId(self.next_id);
+        let thread = self.next_thread % self.threads.len().max(1);
+        let session = Box::new(Session { id, relay, socks, shared: shared.clone() });
+        match self.threads.get(thread).map(|t| t.send(Control::Add(session))) {
+            Some(Ok(())) => {}
+            _ => {
+                // the sockets are closed with the command; PortsBack returns the ports
+                tracing::error!(thread, "media thread is gone");
+                return Err(MediaError::Exhausted("media threads"));
+            }
+        }
         self.next_id += 1;
-        let task = self.handle.spawn(run_session(relay, socks, shared.clone(), self.epoch));
+        self.next_thread = self.next_thread.wrapping_add(1);
         if let Ok(mut r) = self.registry.lock() {
             r.insert(id, shared.clone());
         }
@@ -349,10 +396,10 @@ impl MediaControl for MediaEngine {
                 shared,
                 teams: SideState { local: teams_local },
                 pbx: SideState { local: pbx_local },
-                task,
+                thread,
             },
         );
-        tracing::debug!(session = id.0, teams_port = tport, pbx_port = pport, "media session allocated");
+        tracing::debug!(session = id.0, teams_port = tport, pbx_port = pport, thread, "media session allocated");
         Ok(id)
     }
 
@@ -376,10 +423,8 @@ impl MediaControl for MediaEngine {
         let creds = new_ice();
         st.local.ice = Some(creds.clone());
         let local = st.local.clone();
-        if let Ok(mut p) = e.shared.pending.lock() {
-            p.ice_restart = Some(creds);
-        }
-        e.shared.notify.notify_one();
+        let thread = e.thread;
+        self.command(thread, Control::Apply(id, Box::new(Pending { ice_restart: Some(creds), ..Default::default() })));
         Some(local)
     }
 
@@ -395,28 +440,23 @@ impl MediaControl for MediaEngine {
             ours.suite = theirs.suite;
             ours.tag = theirs.tag;
         }
-        if let Ok(mut p) = e.shared.pending.lock() {
-            match side {
-                Trunk::Teams => p.teams = Some(remote),
-                Trunk::Pbx => p.pbx = Some(remote),
-            }
-        }
-        e.shared.notify.notify_one();
+        let pending = Box::new(match side {
+            Trunk::Teams => Pending { teams: Some(remote), ..Default::default() },
+            Trunk::Pbx => Pending { pbx: Some(remote), ..Default::default() },
+        });
+        let thread = e.thread;
+        self.command(thread, Control::Apply(id, pending));
         Ok(())
     }
 
     fn free(&mut self, id: MediaSessionId) {
         let Some(e) = self.sessions.remove(&id) else { return };
-        if let Ok(mut p) = e.shared.pending.lock() {
-            p.stop = true;
-        }
-        e.shared.notify.notify_one();
-        e.task.abort();
+        self.command(e.thread, Control::Stop(id));
         if let Ok(mut r) = self.registry.lock() {
             r.remove(&id);
         }
         self.stats.freed.add(&e.shared.stats.snapshot());
-        // The ports go back to the pools when the task has closed its sockets (PortsBack).
+        // The ports go back to the pools when the media thread has closed the sockets (PortsBack).
         tracing::debug!(session = id.0, "media session freed");
     }
 }
@@ -424,10 +464,23 @@ impl MediaControl for MediaEngine {
 impl Drop for MediaEngine {
     fn drop(&mut self) {
         self.sweeper.abort();
-        for (_, e) in self.sessions.drain() {
-            e.task.abort();
+        for t in &self.threads {
+            let _ = t.send(Control::Shutdown);
+        }
+        for t in &mut self.threads {
+            if let Some(j) = t.join.take() {
+                let _ = j.join();
+            }
         }
     }
+}
+
+/// A session as its media thread holds it.
+struct Session {
+    id: MediaSessionId,
+    relay: Relay,
+    socks: Sockets,
+    shared: Arc<SessionShared>,
 }
 
 struct Sockets {
@@ -439,10 +492,11 @@ struct Sockets {
     _release: PortsBack,
 }
 
-/// Hands a session's port pairs back to the engine once its sockets are closed (the relay task
-/// ended or was aborted), so a freed port is never handed out while still bound.
+/// Hands a session's port pairs back to the engine once its sockets are closed (the session
+/// was stopped, or its media thread ended), so a freed port is never handed out while still
+/// bound.
 struct PortsBack {
-    tx: std::sync::mpsc::Sender<(u16, u16)>,
+    tx: std_mpsc::Sender<(u16, u16)>,
     teams: u16,
     pbx: u16,
 }
@@ -452,6 +506,8 @@ impl Drop for PortsBack {
         let _ = self.tx.send((self.teams, self.pbx));
     }
 }
+
+const PORTS: [Port; 4] = [Port::TeamsRtp, Port::TeamsRtcp, Port::PbxRtp, Port::PbxRtcp];
 
 impl Sockets {
     fn get(&self, p: Port) -> Option<&UdpSocket> {
@@ -464,52 +520,127 @@ impl Sockets {
     }
 }
 
-async fn readable(s: Option<&UdpSocket>) -> io::Result<()> {
-    match s {
-        Some(s) => s.readable().await,
-        None => std::future::pending().await,
-    }
+/// Largest datagram relayed; a datagram that fills the receive area may have been truncated by
+/// the kernel and is dropped.
+const MAX_DATAGRAM: usize = 2048;
+/// Readiness events taken per wait.
+const EVENTS_PER_WAIT: usize = 256;
+
+fn spawn_media_thread(index: usize, epoch: Instant) -> MediaThread {
+    let events = Arc::new(EventSet::new().expect("media thread: cannot create an epoll set"));
+    let (control, rx) = std_mpsc::channel();
+    let ev = events.clone();
+    let join = std::thread::Builder::new()
+        .name(format!("media-relay-{index}"))
+        .spawn(move || MediaLoop::new(ev, rx, epoch).run())
+        .expect("cannot start a media thread");
+    MediaThread { control, events, join: Some(join) }
 }
 
-/// Datagrams handled per wake-up of one socket before the task looks at the others.
-const BATCH: usize = 64;
+/// One media thread: its sessions in a slab (readiness key = slot * 4 + port), its buffer.
+struct MediaLoop {
+    events: Arc<EventSet>,
+    control: std_mpsc::Receiver<Control>,
+    epoch: Instant,
+    slots: Vec<Option<Session>>,
+    free_slots: Vec<usize>,
+    by_id: HashMap<MediaSessionId, usize>,
+}
 
-async fn run_session(mut relay: Relay, socks: Sockets, shared: Arc<SessionShared>, epoch: Instant) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let port = tokio::select! {
-            biased;
-            _ = shared.notify.notified() => {
-                let p = match shared.pending.lock() {
-                    Ok(mut g) => std::mem::take(&mut *g),
-                    Err(_) => return,
+impl MediaLoop {
+    fn new(events: Arc<EventSet>, control: std_mpsc::Receiver<Control>, epoch: Instant) -> MediaLoop {
+        MediaLoop { events, control, epoch, slots: Vec::new(), free_slots: Vec::new(), by_id: HashMap::new() }
+    }
+
+    fn run(mut self) {
+        let mut ready = Ready::with_capacity(EVENTS_PER_WAIT);
+        let mut buf = vec![0u8; MAX_DATAGRAM + HEADROOM];
+        loop {
+            if let Err(e) = self.events.wait(&mut ready) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "media thread: wait failed");
+                    break;
+                }
+            }
+            if !self.take_commands() {
+                break;
+            }
+            let now = now_ms(self.epoch);
+            for key in ready.keys() {
+                let (slot, port) = (key / 4, PORTS[key % 4]);
+                // a key of a session stopped by the commands just taken finds no session (or a
+                // new one in the slot): the non-blocking read below then finds nothing
+                let Some(Some(s)) = self.slots.get_mut(slot) else { continue };
+                let Some(sock) = s.socks.get(port) else { continue };
+                let (n, src) = match sock.recv_from(&mut buf[..MAX_DATAGRAM]) {
+                    Ok(x) => x,
+                    Err(_) => continue, // WouldBlock, or an ICMP error (consumed by this read)
                 };
-                if p.stop {
-                    return;
+                if n == MAX_DATAGRAM {
+                    bump(&s.shared.stats.dropped_other);
+                    continue;
                 }
-                relay.apply(p);
-                continue;
-            }
-            r = socks.teams_rtp.readable() => r.map(|_| Port::TeamsRtp),
-            r = socks.pbx_rtp.readable() => r.map(|_| Port::PbxRtp),
-            r = readable(socks.teams_rtcp.as_ref()) => r.map(|_| Port::TeamsRtcp),
-            r = readable(socks.pbx_rtcp.as_ref()) => r.map(|_| Port::PbxRtcp),
-        };
-        let Ok(port) = port else { return };
-        let Some(sock) = socks.get(port) else { continue };
-        let now = now_ms(epoch);
-        for _ in 0..BATCH {
-            let (n, src) = match sock.try_recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => continue, // e.g. ECONNREFUSED from an ICMP error
-            };
-            if let Action::Send { via, to, data } = relay.on_packet(port, src, &mut buf[..n], now, &shared.stats) {
-                let sent = socks.get(via).map(|s| s.try_send_to(data.as_ref(), to));
-                if !matches!(sent, Some(Ok(_))) {
-                    shared.stats.dropped_other.fetch_add(1, Relaxed);
+                if let Action::Send { via, to, data } = s.relay.on_packet(port, src, &mut buf, n, now, &s.shared.stats) {
+                    let sent = s.socks.get(via).map(|v| v.send_to(data, to));
+                    if !matches!(sent, Some(Ok(_))) {
+                        bump(&s.shared.stats.dropped_other);
+                    }
                 }
             }
+        }
+        // Shutdown: close every socket (PortsBack after each session's sockets).
+        for slot in 0..self.slots.len() {
+            self.remove(slot);
+        }
+    }
+
+    /// Applies the queued commands; false on shutdown (or when the engine is gone).
+    fn take_commands(&mut self) -> bool {
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Add(s)) => self.add(*s),
+                Ok(Control::Apply(id, p)) => {
+                    if let Some(s) = self.by_id.get(&id).and_then(|&i| self.slots[i].as_mut()) {
+                        s.relay.apply(*p);
+                    }
+                }
+                Ok(Control::Stop(id)) => {
+                    if let Some(i) = self.by_id.remove(&id) {
+                        self.remove(i);
+                    }
+                }
+                Ok(Control::Shutdown) | Err(std_mpsc::TryRecvError::Disconnected) => return false,
+                Err(std_mpsc::TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn add(&mut self, s: Session) {
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        for (i, p) in PORTS.iter().enumerate() {
+            if let Some(sock) = s.socks.get(*p) {
+                if let Err(e) = self.events.add(sock, slot * 4 + i) {
+                    tracing::error!(session = s.id.0, error = %e, "media socket not watched");
+                }
+            }
+        }
+        self.by_id.insert(s.id, slot);
+        self.slots[slot] = Some(s);
+    }
+
+    /// Stops watching a session's sockets, then closes them (and so returns its ports).
+    fn remove(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot).and_then(Option::take) {
+            for p in PORTS {
+                if let Some(sock) = s.socks.get(p) {
+                    self.events.delete(sock);
+                }
+            }
+            drop(s);
+            self.free_slots.push(slot);
         }
     }
 }

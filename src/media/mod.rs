@@ -7,10 +7,12 @@
 //!   side with drbridge's own address, keys and ICE credentials ([`LocalMedia`]), and extracts
 //!   what the far end told us ([`RemoteMedia`]).
 //! - the engine (sockets, packet path): a port pool per side, one relay per call, SRTP
-//!   protect/unprotect, STUN answers, latching. Controlled through [`MediaControl`] by `b2bua`.
+//!   protect/unprotect in place, STUN answers, latching, on a few dedicated media threads.
+//!   Controlled through [`MediaControl`] by `b2bua`.
 
 pub mod sdp;
 pub mod engine;
+pub mod poll;
 pub mod pool;
 pub mod relay;
 pub mod srtp;

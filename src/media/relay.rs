@@ -1,7 +1,11 @@
 //! The per-call packet path, sans-IO: a [`Relay`] takes one datagram received on one of the
-//! session's ports and says what to send where. The engine's session task owns a `Relay` and the
-//! sockets; nothing here is shared with signalling except the atomics in [`SessionStats`] and the
-//! [`Pending`] slot, which the task reads only when signalling has notified it (never per packet).
+//! session's ports and says what to send where. One of the engine's media threads owns the
+//! `Relay` and the sockets; nothing here is shared with signalling except the atomics in
+//! [`SessionStats`] (written by that thread only) and the [`Pending`] commands, which reach the
+//! thread over its control channel (never looked at per packet).
+//!
+//! The packet path neither allocates nor copies: SRTP is removed and applied in place in the
+//! receive buffer (which has [`HEADROOM`] for the tag), and the bytes to send are a slice of it.
 //!
 //! Per leg (Teams, PBX):
 //! - SRTP: a receive context (the far end's key, replay protection on) and a send context (our
@@ -14,13 +18,15 @@
 //! - Payload types are remapped with the leg's `pt_map` (e.g. telephone-event 101 <-> 96);
 //!   SSRC, sequence numbers, timestamps and marker pass through.
 
-use super::srtp::{SrtpError, SrtpStream};
+use super::srtp::{SrtpError, SrtpStream, MAX_TRAILER};
 use super::stun::{classify, CheckOutcome, IceLite, PacketKind};
 use super::{IceCredentials, RemoteMedia, SrtpKey};
 use crate::config::Trunk;
-use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Room a receive buffer needs after the datagram: SRTP tag, or SRTCP index and tag.
+pub const HEADROOM: usize = MAX_TRAILER;
 
 /// One of the session's (up to) four sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +61,7 @@ impl Port {
     }
 }
 
-/// Counters of one session, written by its relay task only.
+/// Counters of one session, written by its media thread only (see `bump`).
 #[derive(Debug, Default)]
 pub struct SessionStats {
     /// Milliseconds since the engine's epoch of the last accepted RTP/RTCP packet.
@@ -248,27 +254,19 @@ impl Leg {
     }
 }
 
-/// Bytes to send: either a slice of the receive buffer or a buffer the SRTP layer produced.
-#[derive(Debug)]
-pub enum Payload<'a> {
-    Borrowed(&'a [u8]),
-    Owned(BytesMut),
-}
-
-impl AsRef<[u8]> for Payload<'_> {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            Payload::Borrowed(b) => b,
-            Payload::Owned(b) => b,
-        }
-    }
-}
-
 /// What to do after a datagram.
 #[derive(Debug)]
 pub enum Action<'a> {
     Nothing,
-    Send { via: Port, to: SocketAddr, data: Payload<'a> },
+    /// Send `data` (a slice of the receive buffer, or of the relay's STUN answer buffer).
+    Send { via: Port, to: SocketAddr, data: &'a [u8] },
+}
+
+/// Adds one to a counter that only the session's media thread writes: a plain load and store,
+/// no locked read-modify-write on the packet path (readers see a value at most one behind).
+#[inline]
+pub(crate) fn bump(c: &AtomicU64) {
+    c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
 }
 
 pub struct Relay {
@@ -305,17 +303,22 @@ impl Relay {
         }
     }
 
-    /// One datagram received on `port` from `src`.
+    /// One datagram of `len` bytes received on `port` from `src` into `buf`. SRTP is removed
+    /// and applied in place, so `buf` needs [`HEADROOM`] bytes of room after the datagram for
+    /// the tag and SRTCP index (without it, packets that must be protected are dropped). The
+    /// bytes to send are borrowed from `buf` (or, for a STUN answer, from the relay).
     pub fn on_packet<'a>(
         &'a mut self,
         port: Port,
         src: SocketAddr,
-        pkt: &'a mut [u8],
+        buf: &'a mut [u8],
+        len: usize,
         now_ms: u64,
         stats: &SessionStats,
     ) -> Action<'a> {
+        let len = len.min(buf.len());
         let side = port.side();
-        let kind = classify(pkt);
+        let kind = classify(&buf[..len]);
         let Relay { teams, pbx, stun_out } = self;
         let (from, to) = match side {
             Trunk::Teams => (teams, pbx),
@@ -324,12 +327,12 @@ impl Relay {
         match kind {
             PacketKind::Stun => {
                 let Some(ice) = from.ice.as_mut() else {
-                    stats.dropped_other.fetch_add(1, Relaxed);
+                    bump(&stats.dropped_other);
                     return Action::Nothing;
                 };
-                match ice.handle(pkt, src, stun_out) {
+                match ice.handle(&buf[..len], src, stun_out) {
                     CheckOutcome::Success { len, nominated } => {
-                        stats.stun_answered.fetch_add(1, Relaxed);
+                        bump(&stats.stun_answered);
                         if nominated {
                             from.nominated = true;
                             if port.is_rtcp() {
@@ -338,78 +341,75 @@ impl Relay {
                                 from.latched_rtp = Some(src);
                             }
                         }
-                        Action::Send { via: port, to: src, data: Payload::Borrowed(&stun_out[..len]) }
+                        Action::Send { via: port, to: src, data: &stun_out[..len] }
                     }
                     CheckOutcome::Error { len, .. } => {
-                        stats.stun_rejected.fetch_add(1, Relaxed);
-                        Action::Send { via: port, to: src, data: Payload::Borrowed(&stun_out[..len]) }
+                        bump(&stats.stun_rejected);
+                        Action::Send { via: port, to: src, data: &stun_out[..len] }
                     }
                     CheckOutcome::Drop => {
-                        stats.stun_rejected.fetch_add(1, Relaxed);
+                        bump(&stats.stun_rejected);
                         Action::Nothing
                     }
                 }
             }
             PacketKind::Other => {
-                stats.dropped_other.fetch_add(1, Relaxed);
+                bump(&stats.dropped_other);
                 Action::Nothing
             }
             PacketKind::Rtp | PacketKind::Rtcp => {
                 let rtcp = kind == PacketKind::Rtcp;
                 if !rtcp && port.is_rtcp() {
                     // RTP arriving on an RTCP port
-                    stats.dropped_other.fetch_add(1, Relaxed);
+                    bump(&stats.dropped_other);
                     return Action::Nothing;
                 }
                 if !from.source_ok(port.is_rtcp(), src) {
-                    stats.dropped_unknown_source.fetch_add(1, Relaxed);
+                    bump(&stats.dropped_unknown_source);
                     return Action::Nothing;
                 }
                 if from.waiting_for_key() {
-                    stats.dropped_other.fetch_add(1, Relaxed);
+                    bump(&stats.dropped_other);
                     return Action::Nothing;
                 }
-                // 1. unprotect
-                let mut owned: Option<BytesMut> = None;
+                // 1. unprotect, in place
+                let mut plain_len = len;
                 if let Some(rx) = from.rx.as_mut() {
+                    let pkt = &mut buf[..len];
                     let r = if rtcp { rx.unprotect_rtcp(pkt) } else { rx.unprotect_rtp(pkt) };
                     match r {
-                        Ok(p) => owned = Some(p),
+                        Ok(n) => plain_len = n,
                         Err(SrtpError::Replay) => {
-                            stats.dropped_replay.fetch_add(1, Relaxed);
+                            bump(&stats.dropped_replay);
                             return Action::Nothing;
                         }
                         Err(SrtpError::Auth) | Err(SrtpError::Unencrypted) => {
-                            stats.dropped_auth.fetch_add(1, Relaxed);
+                            bump(&stats.dropped_auth);
                             return Action::Nothing;
                         }
                         Err(_) => {
-                            stats.dropped_other.fetch_add(1, Relaxed);
+                            bump(&stats.dropped_other);
                             return Action::Nothing;
                         }
                     }
                 } else if from.local_key.is_some() && from.remote.as_ref().is_some_and(|r| r.srtp.is_some()) {
                     // keys negotiated but the context could not be built
-                    stats.dropped_other.fetch_add(1, Relaxed);
+                    bump(&stats.dropped_other);
                     return Action::Nothing;
                 }
                 // 2. accepted: latch, count, timestamp
                 from.latch(port.is_rtcp(), src);
-                stats.rx_packets.fetch_add(1, Relaxed);
+                bump(&stats.rx_packets);
                 stats.last_rx_ms.store(now_ms, Relaxed);
-                // 3. payload type
-                let plain: &mut [u8] = match owned.as_mut() {
-                    Some(b) => &mut b[..],
-                    None => &mut *pkt,
-                };
-                if !rtcp {
-                    let pt = plain[1] & 0x7f;
+                // 3. payload type (an RTP packet is at least 12 bytes, with or without SRTP)
+                if !rtcp && plain_len >= 2 {
+                    let pt = buf[1] & 0x7f;
                     let mapped = to.pt_out[from.pt_map[pt as usize] as usize];
                     if mapped != pt {
-                        plain[1] = (plain[1] & 0x80) | mapped;
+                        buf[1] = (buf[1] & 0x80) | mapped;
                     }
                 }
-                // 4. destination and protect
+                // 4. destination and protect, in place
                 let (via, dest) = if rtcp {
                     let via = if to.rtcp_muxed() { Port::rtp_of(side.other()) } else { Port::rtcp_of(side.other()) };
                     (via, to.rtcp_dest())
@@ -417,30 +417,27 @@ impl Relay {
                     (Port::rtp_of(side.other()), to.rtp_dest())
                 };
                 let Some(dest) = dest else {
-                    stats.dropped_other.fetch_add(1, Relaxed);
+                    bump(&stats.dropped_other);
                     return Action::Nothing;
                 };
                 if to.waiting_for_key() {
-                    stats.dropped_other.fetch_add(1, Relaxed);
+                    bump(&stats.dropped_other);
                     return Action::Nothing;
                 }
-                let data = if let Some(tx) = to.tx.as_mut() {
-                    let r = if rtcp { tx.protect_rtcp(plain) } else { tx.protect_rtp(plain) };
+                let out_len = if let Some(tx) = to.tx.as_mut() {
+                    let r = if rtcp { tx.protect_rtcp(buf, plain_len) } else { tx.protect_rtp(buf, plain_len) };
                     match r {
-                        Ok(p) => Payload::Owned(p),
+                        Ok(n) => n,
                         Err(_) => {
-                            stats.dropped_other.fetch_add(1, Relaxed);
+                            bump(&stats.dropped_other);
                             return Action::Nothing;
                         }
                     }
                 } else {
-                    match owned {
-                        Some(b) => Payload::Owned(b),
-                        None => Payload::Borrowed(pkt),
-                    }
+                    plain_len
                 };
-                stats.tx_packets.fetch_add(1, Relaxed);
-                Action::Send { via, to: dest, data }
+                bump(&stats.tx_packets);
+                Action::Send { via, to: dest, data: &buf[..out_len] }
             }
         }
     }
@@ -499,11 +496,34 @@ mod tests {
     fn pbx_remote() -> RemoteMedia {
         RemoteMedia { rtp: Some(addr(6000)), pt_map: vec![(96, 101)], sends: true, receives: true, ..Default::default() }
     }
-    fn send(a: Action<'_>) -> Option<(Port, SocketAddr, Vec<u8>)> {
-        match a {
-            Action::Send { via, to, data } => Some((via, to, data.as_ref().to_vec())),
+    /// Feeds `p` as a datagram received from `src` on `port` (in a buffer with headroom).
+    fn feed(r: &mut Relay, port: Port, src: SocketAddr, p: &[u8], now: u64, st: &SessionStats) -> Option<(Port, SocketAddr, Vec<u8>)> {
+        let mut buf = vec![0u8; p.len() + HEADROOM];
+        buf[..p.len()].copy_from_slice(p);
+        match r.on_packet(port, src, &mut buf, p.len(), now, st) {
+            Action::Send { via, to, data } => Some((via, to, data.to_vec())),
             Action::Nothing => None,
         }
+    }
+    fn prot(tx: &mut SrtpStream, p: &[u8]) -> Vec<u8> {
+        let mut b = p.to_vec();
+        b.resize(p.len() + HEADROOM, 0);
+        let n = tx.protect_rtp(&mut b, p.len()).unwrap();
+        b.truncate(n);
+        b
+    }
+    fn prot_rtcp(tx: &mut SrtpStream, p: &[u8]) -> Vec<u8> {
+        let mut b = p.to_vec();
+        b.resize(p.len() + HEADROOM, 0);
+        let n = tx.protect_rtcp(&mut b, p.len()).unwrap();
+        b.truncate(n);
+        b
+    }
+    fn unprot(rx: &mut SrtpStream, p: &[u8], rtcp: bool) -> Vec<u8> {
+        let mut b = p.to_vec();
+        let n = if rtcp { rx.unprotect_rtcp(&mut b) } else { rx.unprotect_rtp(&mut b) }.unwrap();
+        b.truncate(n);
+        b
     }
 
     #[test]
@@ -512,18 +532,18 @@ mod tests {
         let st = SessionStats::default();
         r.apply(Pending { teams: Some(teams_remote()), pbx: Some(pbx_remote()), ..Default::default() });
         assert_eq!(r.destination(Trunk::Pbx), Some(addr(6000)));
-        let mut p = rtp(96 | 0x80, 7);
-        let (via, to, out) = send(r.on_packet(Port::PbxRtp, addr(7000), &mut p, 5, &st)).unwrap();
+        let p = rtp(96 | 0x80, 7);
+        let (via, to, out) = feed(&mut r, Port::PbxRtp, addr(7000), &p, 5, &st).unwrap();
         assert_eq!((via, to), (Port::TeamsRtp, addr(50000)));
         let mut teams_rx = SrtpStream::receiver(&key(1)).unwrap();
-        let plain = teams_rx.unprotect_rtp(&out).unwrap();
+        let plain = unprot(&mut teams_rx, &out, false);
         assert_eq!(plain[1], 0x80 | 101, "marker kept, PT remapped 96 -> 101");
         assert_eq!(&plain[2..], &rtp(96, 7)[2..]);
         // NAT: the PBX's packets came from 7000, so media goes there, not to the SDP's 6000
         assert_eq!(r.destination(Trunk::Pbx), Some(addr(7000)));
         // another source on the latched port is dropped and counted
-        let mut p = rtp(0, 8);
-        assert!(send(r.on_packet(Port::PbxRtp, addr(7001), &mut p, 6, &st)).is_none());
+        let p = rtp(0, 8);
+        assert!(feed(&mut r, Port::PbxRtp, addr(7001), &p, 6, &st).is_none());
         assert_eq!(st.snapshot().dropped_unknown_source, 1);
         assert_eq!(st.last_rx_ms.load(Relaxed), 5);
         // a re-INVITE with a new address un-latches
@@ -538,27 +558,27 @@ mod tests {
         let mut r = relay();
         let st = SessionStats::default();
         let mut tx = SrtpStream::sender(&key(2)).unwrap();
-        let mut p = tx.protect_rtp(&rtp(0, 1)).unwrap().to_vec();
-        assert!(send(r.on_packet(Port::TeamsRtp, addr(50000), &mut p, 1, &st)).is_none(), "no key yet");
+        let p = prot(&mut tx, &rtp(0, 1));
+        assert!(feed(&mut r, Port::TeamsRtp, addr(50000), &p, 1, &st).is_none(), "no key yet");
         r.apply(Pending { teams: Some(teams_remote()), pbx: Some(pbx_remote()), ..Default::default() });
         // a forged packet does not latch
-        let mut forged = SrtpStream::sender(&key(9)).unwrap().protect_rtp(&rtp(0, 2)).unwrap().to_vec();
-        assert!(send(r.on_packet(Port::TeamsRtp, addr(50002), &mut forged, 2, &st)).is_none());
+        let forged = prot(&mut SrtpStream::sender(&key(9)).unwrap(), &rtp(0, 2));
+        assert!(feed(&mut r, Port::TeamsRtp, addr(50002), &forged, 2, &st).is_none());
         assert_eq!(st.snapshot().dropped_auth, 1);
         // first authenticated stream (fork B at 50004) wins
-        let mut p = tx.protect_rtp(&rtp(101, 3)).unwrap().to_vec();
-        let (via, to, out) = send(r.on_packet(Port::TeamsRtp, addr(50004), &mut p, 3, &st)).unwrap();
+        let p = prot(&mut tx, &rtp(101, 3));
+        let (via, to, out) = feed(&mut r, Port::TeamsRtp, addr(50004), &p, 3, &st).unwrap();
         assert_eq!((via, to), (Port::PbxRtp, addr(6000)));
         assert_eq!(out[1], 96, "telephone-event 101 -> 96");
         assert_eq!(r.destination(Trunk::Teams), Some(addr(50004)));
-        let mut p = tx.protect_rtp(&rtp(0, 4)).unwrap().to_vec();
-        assert!(send(r.on_packet(Port::TeamsRtp, addr(50000), &mut p, 4, &st)).is_none());
+        let p = prot(&mut tx, &rtp(0, 4));
+        assert!(feed(&mut r, Port::TeamsRtp, addr(50000), &p, 4, &st).is_none());
         assert_eq!(st.snapshot().dropped_unknown_source, 1);
         // replay of an accepted packet
-        let mut p = tx.protect_rtp(&rtp(0, 5)).unwrap().to_vec();
-        let mut again = p.clone();
-        assert!(send(r.on_packet(Port::TeamsRtp, addr(50004), &mut p, 5, &st)).is_some());
-        assert!(send(r.on_packet(Port::TeamsRtp, addr(50004), &mut again, 5, &st)).is_none());
+        let p = prot(&mut tx, &rtp(0, 5));
+        let again = p.clone();
+        assert!(feed(&mut r, Port::TeamsRtp, addr(50004), &p, 5, &st).is_some());
+        assert!(feed(&mut r, Port::TeamsRtp, addr(50004), &again, 5, &st).is_none());
         assert_eq!(st.snapshot().dropped_replay, 1);
     }
 
@@ -568,8 +588,8 @@ mod tests {
         let st = SessionStats::default();
         r.apply(Pending { teams: Some(teams_remote()), pbx: Some(pbx_remote()), ..Default::default() });
         let them = IceCredentials { ufrag: "full".into(), pwd: "x".repeat(22) };
-        let mut chk = build_check(&them.ufrag, &ours_ice(), true);
-        let (via, to, out) = send(r.on_packet(Port::TeamsRtp, addr(50100), &mut chk, 1, &st)).unwrap();
+        let chk = build_check(&them.ufrag, &ours_ice(), true);
+        let (via, to, out) = feed(&mut r, Port::TeamsRtp, addr(50100), &chk, 1, &st).unwrap();
         assert_eq!((via, to), (Port::TeamsRtp, addr(50100)));
         assert_eq!(verify_success(&out, &ours_ice().pwd), Some(addr(50100)));
         assert_eq!(r.destination(Trunk::Teams), Some(addr(50100)));
@@ -578,19 +598,47 @@ mod tests {
         // SRTCP from the nominated address, muxed, goes out of the PBX RTCP port to rtp+1
         let mut tx = SrtpStream::sender(&key(2)).unwrap();
         let mut rtcp = vec![0x81, 0xc9, 0x00, 0x01, 9, 9, 9, 9];
-        let mut c = tx.protect_rtcp(&rtcp).unwrap().to_vec();
-        let (via, to, out) = send(r.on_packet(Port::TeamsRtp, addr(50100), &mut c, 2, &st)).unwrap();
+        let c = prot_rtcp(&mut tx, &rtcp);
+        let (via, to, out) = feed(&mut r, Port::TeamsRtp, addr(50100), &c, 2, &st).unwrap();
         assert_eq!((via, to), (Port::PbxRtcp, addr(6001)));
         assert_eq!(out, rtcp);
         // RTCP from the PBX goes to Teams on the muxed RTP port, SRTCP-protected
         rtcp[1] = 0xc8;
-        let (via, to, out) = send(r.on_packet(Port::PbxRtcp, addr(6001), &mut rtcp, 3, &st)).unwrap();
+        let (via, to, out) = feed(&mut r, Port::PbxRtcp, addr(6001), &rtcp, 3, &st).unwrap();
         assert_eq!((via, to), (Port::TeamsRtp, addr(50100)));
         let mut rx = SrtpStream::receiver(&key(1)).unwrap();
-        assert_eq!(rx.unprotect_rtcp(&out).unwrap()[1], 0xc8);
+        assert_eq!(unprot(&mut rx, &out, true)[1], 0xc8);
         // RTP on an RTCP port is dropped
-        let mut p = rtp(0, 1);
-        assert!(send(r.on_packet(Port::PbxRtcp, addr(6001), &mut p, 4, &st)).is_none());
+        let p = rtp(0, 1);
+        assert!(feed(&mut r, Port::PbxRtcp, addr(6001), &p, 4, &st).is_none());
+    }
+
+    #[test]
+    fn srtp_in_place_in_the_receive_buffer_and_headroom_needed() {
+        let mut r = relay();
+        let st = SessionStats::default();
+        r.apply(Pending { teams: Some(teams_remote()), pbx: Some(pbx_remote()), ..Default::default() });
+        let p = rtp(0, 1);
+        let mut buf = vec![0u8; 2048];
+        buf[..p.len()].copy_from_slice(&p);
+        let base = buf.as_ptr();
+        let Action::Send { data, .. } = r.on_packet(Port::PbxRtp, addr(6000), &mut buf, p.len(), 1, &st) else {
+            panic!("not relayed")
+        };
+        assert_eq!((data.as_ptr(), data.len()), (base, p.len() + 10), "sent from the receive buffer");
+        // Teams -> PBX: the plain packet is the front of the receive buffer
+        let mut tx = SrtpStream::sender(&key(2)).unwrap();
+        let c = prot(&mut tx, &rtp(0, 2));
+        buf[..c.len()].copy_from_slice(&c);
+        let Action::Send { data, .. } = r.on_packet(Port::TeamsRtp, addr(50000), &mut buf, c.len(), 2, &st) else {
+            panic!("not relayed")
+        };
+        assert_eq!((data.as_ptr(), data), (base, &rtp(0, 2)[..]));
+        // no room for the tag: dropped and counted, never a panic
+        let mut tight = rtp(0, 3);
+        let n = tight.len();
+        assert!(matches!(r.on_packet(Port::PbxRtp, addr(6000), &mut tight, n, 3, &st), Action::Nothing));
+        assert_eq!(st.snapshot().dropped_other, 1);
     }
 
     #[test]
@@ -613,8 +661,11 @@ mod tests {
                 *b = [0x00, 0x01, 0x80, 0x90, 0xbf][i % 5];
             }
             for port in [Port::TeamsRtp, Port::TeamsRtcp, Port::PbxRtp, Port::PbxRtcp] {
+                let _ = feed(&mut r, port, addr(1), &p, 0, &st);
+                // and without headroom, or with a length past the buffer
                 let mut q = p.clone();
-                let _ = send(r.on_packet(port, addr(1), &mut q, 0, &st));
+                let _ = r.on_packet(port, addr(1), &mut q, len, 0, &st);
+                let _ = r.on_packet(port, addr(1), &mut q, len + 7, 0, &st);
             }
         }
     }

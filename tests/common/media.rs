@@ -10,7 +10,7 @@
 
 use super::util::{base64, loopback, token};
 use base64::Engine as _;
-use drbridge::media::srtp::{SrtpError, SrtpStream};
+use drbridge::media::srtp::{SrtpError, SrtpStream, MAX_TRAILER};
 use drbridge::media::stun::{build_check, classify, verify_success, PacketKind};
 use drbridge::media::{IceCredentials, SrtpKey, SrtpSuite};
 use std::net::{IpAddr, SocketAddr};
@@ -468,12 +468,19 @@ a={direction}\r\n",
 
     /// SRTCP with our key (RTCP is muxed on the RTP socket toward drbridge).
     pub fn protect_rtcp(&mut self, rtcp: &[u8]) -> Vec<u8> {
-        self.tx.protect_rtcp(rtcp).expect("protect RTCP").to_vec()
+        let mut b = rtcp.to_vec();
+        b.resize(rtcp.len() + MAX_TRAILER, 0);
+        let n = self.tx.protect_rtcp(&mut b, rtcp.len()).expect("protect RTCP");
+        b.truncate(n);
+        b
     }
 
     /// Decrypts an SRTCP datagram received (with drbridge's key).
     pub fn unprotect_rtcp(&mut self, raw: &[u8]) -> Result<Vec<u8>, SrtpError> {
-        self.rx.as_mut().expect("set_remote_key first").unprotect_rtcp(raw).map(|b| b.to_vec())
+        let mut b = raw.to_vec();
+        let n = self.rx.as_mut().expect("set_remote_key first").unprotect_rtcp(&mut b)?;
+        b.truncate(n);
+        Ok(b)
     }
 
     /// The next datagram that is not STUN, undecoded (None after `wait`).
@@ -492,7 +499,12 @@ a={direction}\r\n",
     }
 
     pub fn protect(&mut self, rtp: &Rtp) -> Vec<u8> {
-        self.tx.protect_rtp(&rtp.to_bytes()).expect("protect").to_vec()
+        let mut b = rtp.to_bytes();
+        let n = b.len();
+        b.resize(n + MAX_TRAILER, 0);
+        let n = self.tx.protect_rtp(&mut b, n).expect("protect");
+        b.truncate(n);
+        b
     }
 
     pub async fn send(&mut self, rtp: &Rtp, to: SocketAddr) {
@@ -546,7 +558,8 @@ a={direction}\r\n",
                 continue;
             }
             let rx = self.rx.as_mut().expect("set_remote_key first");
-            let plain = rx.unprotect_rtp(&raw).and_then(|p| Rtp::parse(&p).ok_or(SrtpError::Malformed));
+            let mut p = raw.clone();
+            let plain = rx.unprotect_rtp(&mut p).and_then(|n| Rtp::parse(&p[..n]).ok_or(SrtpError::Malformed));
             return Some(SrtpReceived { from, raw, plain });
         }
     }
