@@ -504,10 +504,7 @@ impl Section {
         }
     }
     fn attr_lines<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = (&'a SipStr, &'a str)> + use<'a, 'n> {
-        self.lines.iter().filter(|l| l.kind == b'a').filter_map(move |l| {
-            let (n, v) = split_attr(&l.value);
-            n.eq_ignore_ascii_case(name).then_some((&l.value, v))
-        })
+        self.lines.iter().filter(|l| l.kind == b'a').filter_map(move |l| attr_value(&l.value, name).map(|v| (&l.value, v)))
     }
     fn attr_sips<'a>(&'a self, name: &'a str) -> impl Iterator<Item = SipStr> + 'a {
         self.attr_lines(name).map(|(whole, v)| whole.slice_ref(v))
@@ -563,6 +560,26 @@ impl Section {
 }
 
 /// `name:value` -> (name, value); a flag attribute -> (name, "").
+/// The value of an attribute line if its name is `name` (any case): what `split_attr` gives,
+/// without scanning the value of every other attribute for its colon first.
+fn attr_value<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let b = line.as_bytes();
+    let n = name.len();
+    if b.first().is_some_and(|c| !c.is_ascii_alphanumeric()) || !name.is_ascii() {
+        let (k, v) = split_attr(line);
+        return k.eq_ignore_ascii_case(name).then_some(v);
+    }
+    if b.len() < n || !b[..n].eq_ignore_ascii_case(name.as_bytes()) {
+        return None;
+    }
+    // `name` is ASCII and matched byte for byte, so `n` is a char boundary.
+    let rest = &line[n..];
+    match rest.find(':') {
+        Some(i) => rest[..i].trim().is_empty().then(|| &rest[i + 1..]),
+        None => rest.trim().is_empty().then_some(""),
+    }
+}
+
 fn split_attr(v: &str) -> (&str, &str) {
     match v.find(':') {
         Some(i) => (v[..i].trim(), &v[i + 1..]),
@@ -981,9 +998,9 @@ impl Media {
     /// mapping.
     pub fn rtpmap(&self, pt: u8) -> Option<RtpMap> {
         self.sec
-            .attr_sips("rtpmap")
-            .filter_map(|v| RtpMap::parse_sip(&v))
-            .find(|r| r.payload_type == pt)
+            .attr_lines("rtpmap")
+            .filter(|(_, v)| leading_pt(v) == Some(pt))
+            .find_map(|(whole, v)| RtpMap::parse_sip(&whole.slice_ref(v)).filter(|r| r.payload_type == pt))
             .or_else(|| {
                 STATIC_PAYLOAD_TYPES.iter().find(|(p, _, _)| *p == pt).map(|&(p, e, r)| RtpMap {
                     payload_type: p,
@@ -1008,11 +1025,11 @@ impl Media {
     }
     /// The parameters of the `a=fmtp` of a payload type (e.g. `0-16` for telephone-event).
     pub fn fmtp(&self, pt: u8) -> Option<&str> {
-        let pt = pt.to_string();
         self.sec.attr_lines("fmtp").find_map(|(_, v)| {
             let v = v.trim_start();
             let (p, rest) = v.split_once([' ', '\t']).unwrap_or((v, ""));
-            (p == pt).then(|| rest.trim())
+            (p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().ok() == Some(pt as u16) && (p.len() == 1 || !p.starts_with('0')))
+                .then(|| rest.trim())
         })
     }
     /// Replaces the `a=fmtp` of that payload type, or adds one.
@@ -1073,11 +1090,18 @@ impl Media {
 }
 
 /// True if `line` is `a=<name>:<pt> ...`.
-fn is_pt_attr(line: &str, name: &str, pt: &str) -> bool {
-    let (n, v) = split_attr(line);
-    if !n.eq_ignore_ascii_case(name) {
-        return false;
+/// The payload type a `rtpmap`/`fmtp` value starts with (`96 opus/48000/2` -> 96).
+fn leading_pt(v: &str) -> Option<u8> {
+    let v = v.trim_start();
+    let end = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    if end == 0 || end > 3 {
+        return None;
     }
+    v[..end].parse().ok()
+}
+
+fn is_pt_attr(line: &str, name: &str, pt: &str) -> bool {
+    let Some(v) = attr_value(line, name) else { return false };
     let v = v.trim_start();
     v.split([' ', '\t']).next() == Some(pt)
 }
