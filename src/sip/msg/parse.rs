@@ -56,18 +56,13 @@ pub enum ParseError {
 
 /// Position just after the blank line ending the headers, and the start of that blank line.
 fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            // "\n\n" or "\n\r\n"
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i + 1, i + 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i + 1, i + 3));
-            }
+    for i in memchr::memchr_iter(b'\n', buf) {
+        // "\n\n" or "\n\r\n"
+        match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => return Some((i + 1, i + 2)),
+            (Some(b'\r'), Some(b'\n')) => return Some((i + 1, i + 3)),
+            _ => {}
         }
-        i += 1;
     }
     None
 }
@@ -75,8 +70,16 @@ fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
 /// The Content-Length of a head (bytes: framing needs no UTF-8 check; parsing does it once).
 fn content_length_of(head: &[u8]) -> Result<Option<usize>, ParseError> {
     let mut found = None;
-    for line in head.split(|&b| b == b'\n') {
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', head).chain(std::iter::once(head.len()));
+    for end in ends {
+        let line = &head[start..end];
+        start = end + 1;
+        // Only "Content-Length" and its compact form "l" qualify (any case).
+        if !matches!(line.first(), Some(b'c' | b'C' | b'l' | b'L')) {
+            continue;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else { continue };
         let name = line[..colon].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
             let v = line[colon + 1..].trim_ascii();
@@ -153,15 +156,13 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
     let hb = head.as_bytes();
     let mut lines: Vec<(usize, usize)> = Vec::with_capacity(24);
     let mut ls = 0;
-    for (i, &b) in hb.iter().enumerate() {
-        if b == b'\n' {
-            let mut le = i;
-            if le > ls && hb[le - 1] == b'\r' {
-                le -= 1;
-            }
-            lines.push((ls, le));
-            ls = i + 1;
+    for i in memchr::memchr_iter(b'\n', hb) {
+        let mut le = i;
+        if le > ls && hb[le - 1] == b'\r' {
+            le -= 1;
         }
+        lines.push((ls, le));
+        ls = i + 1;
     }
     if ls < hb.len() {
         lines.push((ls, hb.len()));
@@ -169,7 +170,7 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
     // A CR that does not end a line is not allowed anywhere in the start line or headers
     // (RFC 3261 25.1: not even in a quoted-pair); a peer could read it as a line end.
     for (i, &(s, e)) in lines.iter().enumerate() {
-        if hb[s..e].contains(&b'\r') {
+        if memchr::memchr(b'\r', &hb[s..e]).is_some() {
             return Err(if i == 0 { ParseError::BadStartLine } else { ParseError::BadHeader });
         }
     }
