@@ -797,3 +797,102 @@ async fn sweep(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> BoundPair {
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rtp.set_nonblocking(true).unwrap();
+        BoundPair { rtp, rtcp: None }
+    }
+
+    fn session(id: u64, teams_pair: usize, pbx_pair: usize) -> Session {
+        let plain = |rtcp_mux| LegSetup { key: None, ice: None, rtcp_mux };
+        let shared = Arc::new(SessionShared { stats: SessionStats::default(), inactive_reported: AtomicBool::new(false) });
+        Session { id: MediaSessionId(id), relay: Relay::new(plain(true), plain(false)), teams_pair, pbx_pair, shared }
+    }
+
+    /// Blocks until every key in `keys` was reported readable (the datagrams sent are queued).
+    fn wait_readable(l: &MediaLoop, keys: &[usize]) {
+        let mut ready = Ready::with_capacity(16);
+        let mut seen = vec![false; keys.len()];
+        while seen.contains(&false) {
+            l.events.wait(&mut ready).unwrap();
+            for k in ready.keys() {
+                if let Some(i) = keys.iter().position(|&x| x == k) {
+                    seen[i] = true;
+                }
+            }
+        }
+    }
+
+    fn far_end() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+
+    fn rtp(seq: u8) -> [u8; 20] {
+        let mut p = [0u8; 20];
+        p[0] = 0x80;
+        p[3] = seq;
+        p
+    }
+
+    /// A media thread's core, driven by hand: a freed session's pairs are drained (queued
+    /// datagrams dropped and counted), datagrams arriving later are read and dropped, and the
+    /// same sockets relay for the next session given the pairs.
+    #[test]
+    fn freed_pairs_are_drained_then_reused() {
+        let (tx, rx) = std_mpsc::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut l = MediaLoop::new(Arc::new(EventSet::new().unwrap()), rx, Instant::now(), dropped.clone());
+        let mut buf = vec![0u8; MAX_DATAGRAM + HEADROOM];
+        let (tp, pp) = (pair(), pair());
+        let (taddr, paddr) = (tp.rtp.local_addr().unwrap(), pp.rtp.local_addr().unwrap());
+        let (tkey, pkey) = (3 * 4, 5 * 4 + 2); // Teams pair 3 (RTP), PBX pair 5 (RTP)
+        tx.send(Control::Add(Box::new(NewSession { session: session(1, 3, 5), teams_socks: Some(tp), pbx_socks: Some(pp) }))).unwrap();
+        assert!(l.take_commands(&mut buf));
+
+        // datagrams queued on both pairs when the session is stopped: drained, counted
+        let old = far_end();
+        old.send_to(&rtp(1), taddr).unwrap();
+        old.send_to(&rtp(2), paddr).unwrap();
+        wait_readable(&l, &[tkey, pkey]);
+        tx.send(Control::Stop(MediaSessionId(1))).unwrap();
+        assert!(l.take_commands(&mut buf));
+        assert_eq!(dropped.load(Relaxed), 2);
+        for p in [&l.teams[3], &l.pbx[5]] {
+            let p = p.as_ref().unwrap();
+            assert_eq!(p.session, None);
+            assert!(p.socks.rtp.recv_from(&mut buf).is_err(), "drained");
+        }
+
+        // a late datagram on the free pair: read and dropped (not reported again and again)
+        old.send_to(&rtp(3), paddr).unwrap();
+        wait_readable(&l, &[pkey]);
+        l.on_ready(pkey, &mut buf, 0);
+        assert_eq!(dropped.load(Relaxed), 3);
+
+        // the next session on the same pairs (no new sockets) relays for its own far ends
+        let (teams, pbx) = (far_end(), far_end());
+        tx.send(Control::Add(Box::new(NewSession { session: session(2, 3, 5), teams_socks: None, pbx_socks: None }))).unwrap();
+        let remote = |s: &UdpSocket| RemoteMedia { rtp: Some(s.local_addr().unwrap()), sends: true, receives: true, ..Default::default() };
+        let pending = Pending { teams: Some(remote(&teams)), pbx: Some(remote(&pbx)), ..Default::default() };
+        tx.send(Control::Apply(MediaSessionId(2), Box::new(pending))).unwrap();
+        assert!(l.take_commands(&mut buf));
+        pbx.send_to(&rtp(4), paddr).unwrap();
+        wait_readable(&l, &[pkey]);
+        l.on_ready(pkey, &mut buf, 0);
+        let (n, from) = teams.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&rtp(4)[..], taddr));
+        let s = l.slots[l.by_id[&MediaSessionId(2)]].as_ref().unwrap();
+        assert_eq!(s.shared.stats.snapshot().tx_packets, 1);
+        assert_eq!(dropped.load(Relaxed), 3);
+        let mut b = [0u8; 64];
+        old.set_nonblocking(true).unwrap();
+        assert!(old.recv_from(&mut b).is_err(), "nothing to the old far end");
+    }
+}
