@@ -954,7 +954,7 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
     let m = &cfg.media;
     for (side, lo, hi) in [("teams", m.teams_port_min, m.teams_port_max), ("pbx", m.pbx_port_min, m.pbx_port_max)] {
         if lo < 1024 || lo >= hi || hi - lo < 3 {
-            return Err(bad(&format!("media.{side}_port_min"), format!("{lo}..{hi} is not a port range above 1023 with room for at least two RTP/RTCP pairs")));
+            return Err(bad(format!("media.{side}_port_min"), format!("{lo}..{hi} is not a port range above 1023 with room for at least two RTP/RTCP pairs")));
         }
     }
     let overlap = m.teams_ip == m.pbx_ip && m.teams_port_min <= m.pbx_port_max && m.pbx_port_min <= m.teams_port_max;
