@@ -6,10 +6,12 @@
 //!   a pair is used, `allocate` binds its non-blocking sockets (RTP on the even port, RTCP on
 //!   port+1 unless muxed) and hands them to the owner thread, which watches them from then on;
 //!   they stay bound, and watched, for the life of the engine. So start-up binds nothing, file
-//!   descriptors grow only to the peak number of pairs in use at once, and a reused pair costs
-//!   the signalling thread no system call at all (no socket, bind, epoll_ctl or close).
-//! - `allocate` takes the oldest free Teams pair and PBX pair of one media thread (the threads
-//!   in turn), generates SRTP keys (Teams side, and PBX side when `srtp_to_pbx`) and ICE-lite
+//!   descriptors grow only to the peak number of pairs in use at once (plus those freed in the
+//!   last [`REUSE_AFTER`]), and a reused pair costs the signalling thread no system call at all
+//!   (no socket, bind, epoll_ctl or close).
+//! - `allocate` takes a free Teams pair and PBX pair of one media thread (the threads in turn;
+//!   which pair: the oldest freed one that has rested [`REUSE_AFTER`], else one never bound,
+//!   else the oldest freed one, see `pool`), generates SRTP keys (Teams side, and PBX side when `srtp_to_pbx`) and ICE-lite
 //!   credentials (Teams side) with the OS-seeded CSPRNG, and sends the session (its [`Relay`])
 //!   to that thread, which attaches it to the two pairs.
 //! - `update` / `restart_ice` / `free` send a command to the session's media thread over its
@@ -18,7 +20,7 @@
 //!   [`EngineStats::dropped_unassigned`]); the pairs go back to the pools at once, at the back
 //!   of their owner's queue. A pair can only be handed to a new session by a later command on
 //!   the same (owner's) channel, so the media thread always detaches and drains it first.
-//!   Pairs freed in FIFO order also keep the late-packet argument of the pool: a far end that
+//!   A freed pair rests (FIFO, at least [`REUSE_AFTER`] while the range allows): a far end that
 //!   keeps streaming after the BYE hits a pair without a session, where its datagrams are read
 //!   and dropped (counted; a level-triggered set would otherwise report them forever), not the
 //!   next call on those ports.
@@ -103,6 +105,11 @@ impl Default for MediaEngineConfig {
         }
     }
 }
+
+/// How long a freed port pair rests before it is preferred to binding a pair never used: late
+/// packets of the ended call (a far end streaming until it gets the BYE, retransmitted when
+/// lost) then reach a pair without a session. A short range reuses pairs sooner, oldest first.
+pub const REUSE_AFTER: Duration = Duration::from_secs(5);
 
 /// Engine-wide counters (allocation failures; packet counters of freed sessions summed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -236,8 +243,8 @@ impl MediaEngine {
         };
         let threads = (0..n).map(|i| spawn_media_thread(i, epoch)).collect();
         let engine = MediaEngine {
-            teams_pool: PortPool::new(cfg.teams_ports.clone(), n),
-            pbx_pool: PortPool::new(cfg.pbx_ports.clone(), n),
+            teams_pool: PortPool::new(cfg.teams_ports.clone(), n, REUSE_AFTER.as_millis() as u64),
+            pbx_pool: PortPool::new(cfg.pbx_ports.clone(), n, REUSE_AFTER.as_millis() as u64),
             cfg,
             sessions: HashMap::new(),
             registry,
@@ -286,31 +293,34 @@ impl MediaEngine {
     }
 }
 
-/// Takes the oldest usable free pair of media thread `owner` from `pool`: a bound pair as it
-/// is, an unbound one once its sockets are bound (returned with it). A pair that cannot be
-/// bound goes to the back of the queue; each free pair is tried at most once.
+/// Takes a usable free pair of media thread `owner` from `pool` at `now_ms`: a bound pair as
+/// it is, an unbound one once its sockets are bound (returned with it). A pair that cannot be
+/// bound goes to the back of the queue; each unbound pair is tried at most once, then only
+/// bound pairs are taken.
 fn take_pair(
     pool: &mut PortPool,
     owner: usize,
+    now_ms: u64,
     ip: IpAddr,
     with_rtcp: bool,
     bind_failures: &mut u64,
 ) -> Option<(PortPair, Option<BoundPair>)> {
-    for _ in 0..pool.available_on(owner) {
-        let pair = pool.take(owner)?;
+    let mut unbound_tries = pool.unbound_on(owner);
+    loop {
+        let pair = pool.take(owner, now_ms, unbound_tries > 0)?;
         if pair.bound {
             return Some((pair, None));
         }
+        unbound_tries -= 1;
         match BoundPair::bind(ip, pair.port, with_rtcp) {
             Ok(b) => return Some((pair, Some(b))),
             Err(e) => {
                 *bind_failures += 1;
                 tracing::warn!(port = pair.port, error = %e, "media port pair not bound; skipped");
-                pool.release(pair.index);
+                pool.release(pair.index, now_ms);
             }
         }
     }
-    None
 }
 
 fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -347,6 +357,7 @@ impl MediaControl for MediaEngine {
             return Err(MediaError::Exhausted("max_sessions"));
         }
         let mux_teams = self.cfg.rtcp_mux_teams;
+        let now = now_ms(self.epoch);
         // Both pairs of a session belong to one media thread; the threads in turn, and the
         // next one when a thread has no usable pair on a side.
         let n = self.threads.len().max(1);
@@ -361,11 +372,11 @@ impl MediaControl for MediaEngine {
                 teams_found = true;
                 continue;
             }
-            let Some(tp) = take_pair(&mut self.teams_pool, t, self.cfg.teams_ip, !mux_teams, &mut self.stats.bind_failures) else {
+            let Some(tp) = take_pair(&mut self.teams_pool, t, now, self.cfg.teams_ip, !mux_teams, &mut self.stats.bind_failures) else {
                 continue;
             };
             teams_found = true;
-            let Some(pp) = take_pair(&mut self.pbx_pool, t, self.cfg.pbx_ip, true, &mut self.stats.bind_failures) else {
+            let Some(pp) = take_pair(&mut self.pbx_pool, t, now, self.cfg.pbx_ip, true, &mut self.stats.bind_failures) else {
                 // sockets bound for it just now (if any) are closed: it stays unbound
                 self.teams_pool.untake(tp.0.index);
                 continue;
@@ -402,7 +413,7 @@ impl MediaControl for MediaEngine {
             LegSetup { key: pbx_local.srtp.clone(), ice: None, rtcp_mux: false },
         );
         let shared = Arc::new(SessionShared { stats: SessionStats::default(), inactive_reported: AtomicBool::new(false) });
-        shared.stats.last_rx_ms.store(now_ms(self.epoch), Relaxed);
+        shared.stats.last_rx_ms.store(now, Relaxed);
         let id = MediaSessionId(self.next_id);
         let (teams_new, pbx_new) = (tnew.is_some(), pnew.is_some());
         let add = Box::new(NewSession {
@@ -499,8 +510,9 @@ impl MediaControl for MediaEngine {
         self.command(e.thread, Control::Stop(id));
         // Back to the pools at once: the pairs' owner is the session's thread, so any session
         // given these pairs later reaches it after this Stop, which detaches and drains them.
-        self.teams_pool.release(e.teams_pair);
-        self.pbx_pool.release(e.pbx_pair);
+        let now = now_ms(self.epoch);
+        self.teams_pool.release(e.teams_pair, now);
+        self.pbx_pool.release(e.pbx_pair, now);
         if let Ok(mut r) = self.registry.lock() {
             r.remove(&id);
         }
