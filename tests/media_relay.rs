@@ -296,14 +296,8 @@ async fn exhaustion_with_a_tiny_range_and_ports_freed() {
     let port = e.local(a, MediaEnd::A).unwrap().rtp.port();
     e.free(a);
     e.free(a); // twice: harmless
-    // the pair comes back once the relay task has closed its sockets
-    timeout(WAIT, async {
-        while e.available_ports().0 == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("ports not returned");
+    // the pair is back at once (its sockets stay bound; its media thread detaches it first)
+    assert_eq!(e.available_ports(), (1, 3));
     let b = e.allocate(Trunk::Teams, Trunk::Pbx).unwrap();
     assert_eq!(e.local(b, MediaEnd::A).unwrap().rtp.port(), port);
     assert_eq!(e.stats().sessions, 1);
@@ -313,4 +307,119 @@ async fn exhaustion_with_a_tiny_range_and_ports_freed() {
     let (mut e, _ev) = MediaEngine::new(conf, tokio::runtime::Handle::current());
     e.allocate(Trunk::Teams, Trunk::Pbx).unwrap();
     assert_eq!(e.allocate(Trunk::Teams, Trunk::Pbx), Err(MediaError::Exhausted("max_sessions")));
+}
+
+/// Plain RTP on both legs toward `teams` and `pbx` (no SRTP: the far ends send no key).
+fn plain_both_ways(e: &mut MediaEngine, id: drbridge::media::MediaSessionId, teams: &UdpSocket, pbx: &UdpSocket) {
+    for (end, s) in [(MediaEnd::A, teams), (MediaEnd::B, pbx)] {
+        let a = s.local_addr().unwrap();
+        let remote = RemoteMedia { rtp: Some(a), rtcp: Some(a), rtcp_mux: true, sends: true, receives: true, ..Default::default() };
+        e.update(id, end, remote).unwrap();
+    }
+}
+
+/// Waits (bounded) until the engine has dropped `n` datagrams on pairs without a session.
+async fn dropped_unassigned(e: &MediaEngine, n: u64) {
+    timeout(WAIT, async {
+        while e.stats().dropped_unassigned < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("datagram on a free pair not counted");
+}
+
+/// A pair's sockets outlive its session: freed, the pair goes to the back of the queue and
+/// drops what arrives meanwhile; handed out again, it relays for the new session only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_pair_relays_for_the_new_session_only() {
+    let mut conf = cfg((42000, 42003), (42100, 42103)); // two pairs per side
+    conf.threads = 1;
+    let (mut e, _ev) = MediaEngine::new(conf, tokio::runtime::Handle::current());
+    assert_eq!((e.stats().bound_teams, e.stats().bound_pbx), (0, 0), "nothing bound at start");
+
+    // call 1 on pair 0
+    let (t1, p1) = (sock().await, sock().await);
+    let id1 = e.allocate(Trunk::Teams, Trunk::Pbx).unwrap();
+    plain_both_ways(&mut e, id1, &t1, &p1);
+    let (tport, pport) = (e.local(id1, MediaEnd::A).unwrap().rtp, e.local(id1, MediaEnd::B).unwrap().rtp);
+    let p = rtp(0, 1, 0x1111, &[1; 160]);
+    p1.send_to(&p, pport).await.unwrap();
+    assert_eq!(recv(&t1).await, (p.clone(), tport));
+    assert_eq!((e.stats().bound_teams, e.stats().bound_pbx), (1, 1), "bound on first use");
+    e.free(id1);
+
+    // FIFO: the next call gets the other pair; call 1's far ends keep streaming into pair 0,
+    // which has no session: read and dropped
+    let id2 = e.allocate(Trunk::Teams, Trunk::Pbx).unwrap();
+    assert_ne!(e.local(id2, MediaEnd::A).unwrap().rtp, tport);
+    assert_ne!(e.local(id2, MediaEnd::B).unwrap().rtp, pport);
+    p1.send_to(&rtp(0, 2, 0x1111, &[2; 160]), pport).await.unwrap();
+    t1.send_to(&rtp(0, 2, 0x2222, &[2; 160]), tport).await.unwrap();
+    dropped_unassigned(&e, 2).await;
+    e.free(id2);
+
+    // call 3 gets pair 0 again: same sockets (nothing new bound), new far ends
+    let id3 = e.allocate(Trunk::Teams, Trunk::Pbx).unwrap();
+    assert_eq!(e.local(id3, MediaEnd::A).unwrap().rtp, tport);
+    assert_eq!(e.local(id3, MediaEnd::B).unwrap().rtp, pport);
+    assert_eq!((e.stats().bound_teams, e.stats().bound_pbx), (2, 2));
+    let (t3, p3) = (sock().await, sock().await);
+    plain_both_ways(&mut e, id3, &t3, &p3);
+    let p = rtp(0, 1, 0x3333, &[3; 160]);
+    p3.send_to(&p, pport).await.unwrap();
+    assert_eq!(recv(&t3).await, (p, tport));
+    let q = rtp(0, 1, 0x4444, &[4; 160]);
+    t3.send_to(&q, tport).await.unwrap();
+    assert_eq!(recv(&p3).await, (q, pport));
+    // call 1's far ends, late again: the new session latched to its own far ends, drops them
+    p1.send_to(&rtp(0, 3, 0x1111, &[5; 160]), pport).await.unwrap();
+    t1.send_to(&rtp(0, 3, 0x2222, &[5; 160]), tport).await.unwrap();
+    let marker = rtp(0, 2, 0x3333, &[6; 160]);
+    p3.send_to(&marker, pport).await.unwrap();
+    assert_eq!(recv(&t3).await.0, marker, "nothing of call 1 relayed to call 3");
+    let marker = rtp(0, 2, 0x4444, &[7; 160]);
+    t3.send_to(&marker, tport).await.unwrap();
+    assert_eq!(recv(&p3).await.0, marker, "nothing of call 1 relayed to call 3");
+    let st = e.session_stats(id3).unwrap();
+    assert_eq!((st.rx_packets, st.dropped_unknown_source), (4, 2));
+    // and nothing of call 3 went to call 1's far ends
+    let mut b = [0u8; 2048];
+    assert!(t1.try_recv_from(&mut b).is_err() && p1.try_recv_from(&mut b).is_err());
+
+    // many calls later, still two pairs bound per side
+    e.free(id3);
+    for _ in 0..20 {
+        let id = e.allocate(Trunk::Teams, Trunk::Pbx).unwrap();
+        e.free(id);
+    }
+    assert_eq!((e.stats().bound_teams, e.stats().bound_pbx), (2, 2));
+    assert_eq!(e.available_ports(), (2, 2));
+}
+
+/// A port taken by another process: counted, the pair skipped (the next one is used), and
+/// retried later (back of the queue), when it may be free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_elsewhere_is_skipped_and_retried_later() {
+    let mut conf = cfg((42200, 42203), (42300, 42303));
+    conf.threads = 1;
+    let (mut e, _ev) = MediaEngine::new(conf, tokio::runtime::Handle::current());
+    let squat_teams = std::net::UdpSocket::bind("127.0.0.1:42200").unwrap();
+    let squat_pbx_rtcp = std::net::UdpSocket::bind("127.0.0.1:42301").unwrap(); // RTCP of PBX pair 0
+    let id = e.allocate(Trunk::Teams, Trunk::Pbx).unwrap();
+    assert_eq!(e.local(id, MediaEnd::A).unwrap().rtp.port(), 42202);
+    assert_eq!(e.local(id, MediaEnd::B).unwrap().rtp.port(), 42302);
+    assert_eq!(e.stats().bind_failures, 2);
+    assert_eq!((e.stats().bound_teams, e.stats().bound_pbx), (1, 1));
+    // still taken: the next call fails on it again, with no pair left
+    assert_eq!(e.allocate(Trunk::Teams, Trunk::Pbx), Err(MediaError::Exhausted("teams")));
+    assert_eq!((e.stats().bind_failures, e.stats().exhausted_teams), (3, 1));
+    e.free(id);
+    drop((squat_teams, squat_pbx_rtcp));
+    // queue now: pair 0 (unbound), then pair 1: pair 0 binds this time
+    let id = e.allocate(Trunk::Teams, Trunk::Pbx).unwrap();
+    assert_eq!(e.local(id, MediaEnd::A).unwrap().rtp.port(), 42200);
+    assert_eq!(e.local(id, MediaEnd::B).unwrap().rtp.port(), 42300);
+    assert_eq!(e.stats().bind_failures, 3);
+    assert_eq!((e.stats().bound_teams, e.stats().bound_pbx), (2, 2));
 }

@@ -342,6 +342,8 @@ pub struct Media {
     pub inactivity_timeout_secs: u64,
     /// Most media sessions at once; beyond it new calls get 503.
     pub max_sessions: usize,
+    /// Media threads (the packet path); 0 = one per core. At most 64.
+    pub threads: usize,
     /// Codecs offered/accepted toward Teams, by encoding name, in preference order.
     pub teams_codecs: Vec<String>,
     /// Codecs offered/accepted toward the PBX, by encoding name, in preference order.
@@ -366,6 +368,7 @@ impl Default for Media {
             srtp_suite: "AES_CM_128_HMAC_SHA1_80".into(),
             inactivity_timeout_secs: 60,
             max_sessions: 2000,
+            threads: 0,
             teams_codecs: ["SILK", "G722", "PCMU", "PCMA", "G729", "telephone-event", "CN"].map(String::from).to_vec(),
             pbx_codecs: ["PCMA", "PCMU", "G722", "G729", "telephone-event"].map(String::from).to_vec(),
         }
@@ -951,7 +954,7 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
     let m = &cfg.media;
     for (side, lo, hi) in [("teams", m.teams_port_min, m.teams_port_max), ("pbx", m.pbx_port_min, m.pbx_port_max)] {
         if lo < 1024 || lo >= hi || hi - lo < 3 {
-            return Err(bad(&format!("media.{side}_port_min"), format!("{lo}..{hi} is not a port range above 1023 with room for at least two RTP/RTCP pairs")));
+            return Err(bad(format!("media.{side}_port_min"), format!("{lo}..{hi} is not a port range above 1023 with room for at least two RTP/RTCP pairs")));
         }
     }
     let overlap = m.teams_ip == m.pbx_ip && m.teams_port_min <= m.pbx_port_max && m.pbx_port_min <= m.teams_port_max;
@@ -963,6 +966,7 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
     }
     range_check("media.inactivity_timeout_secs", m.inactivity_timeout_secs, 1, 86_400, "seconds")?;
     range_check("media.max_sessions", m.max_sessions as u64, 1, 1_000_000, "sessions")?;
+    range_check("media.threads", m.threads as u64, 0, 64, "threads, 0 = one per core")?;
     for (key, list) in [("media.teams_codecs", &m.teams_codecs), ("media.pbx_codecs", &m.pbx_codecs)] {
         if !list.iter().any(|c| !c.eq_ignore_ascii_case("telephone-event") && !c.eq_ignore_ascii_case("CN")) {
             return Err(bad(key, "must name at least one audio codec"));

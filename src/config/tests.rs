@@ -231,6 +231,17 @@ fn limits_and_log() {
 }
 
 #[test]
+fn media_threads() {
+    assert_eq!(parse(MINIMAL).unwrap().media.threads, 0, "default: one per core");
+    let c = parse(&format!("{MINIMAL}\n[media]\nthreads = 64\n")).unwrap();
+    assert_eq!(c.media.threads, 64);
+    let e = err(&format!("{MINIMAL}\n[media]\nthreads = 65\n"));
+    assert!(e.starts_with("config/x.toml: media.threads: 65 is out of range (0..=64"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[media]\nthreads = -1\n"));
+    assert!(e.starts_with("config/x.toml: media.threads"), "{e}");
+}
+
+#[test]
 fn routes_parse() {
     let c = parse(&format!("{MINIMAL}\n[[routes]]\nmatch = '^\\+468123\\d{{4}}$'\ntrunk = \"pbx\"\n[[routes]]\nmatch = '.'\ntrunk = \"teams\"\nfrom = \"teams\"\n")).unwrap();
     assert_eq!(c.routes.len(), 2);

@@ -1,32 +1,48 @@
 //! [`MediaEngine`]: the socket side of media anchoring, behind the synchronous [`MediaControl`]
 //! API that `b2bua` calls.
 //!
-//! - `allocate` takes an even port pair from each side's [`PortPool`], binds non-blocking std
-//!   sockets (RTP on the even port, RTCP on port+1 unless muxed), generates SRTP keys (Teams side,
-//!   and PBX side when `srtp_to_pbx`) and ICE-lite credentials (Teams side) with the OS-seeded
-//!   CSPRNG, and hands the session (its [`Relay`] and sockets) to one of a fixed set of media
-//!   threads, round-robin.
+//! - Port pairs and their sockets are reused, not re-created. Each side's [`PortPool`] gives
+//!   every even port pair a fixed owning media thread (pair index mod threads). The first time
+//!   a pair is used, `allocate` binds its non-blocking sockets (RTP on the even port, RTCP on
+//!   port+1 unless muxed) and hands them to the owner thread, which watches them from then on;
+//!   they stay bound, and watched, for the life of the engine. So start-up binds nothing, file
+//!   descriptors grow only to the peak number of pairs in use at once (plus those freed in the
+//!   last [`REUSE_AFTER`]), and a reused pair costs the signalling thread no system call at all
+//!   (no socket, bind, epoll_ctl or close).
+//! - `allocate` takes a free Teams pair and PBX pair of one media thread (the threads in turn;
+//!   which pair: the oldest freed one that has rested [`REUSE_AFTER`], else one never bound,
+//!   else the oldest freed one, see `pool`), generates SRTP keys (Teams side, and PBX side when `srtp_to_pbx`) and ICE-lite
+//!   credentials (Teams side) with the OS-seeded CSPRNG, and sends the session (its [`Relay`])
+//!   to that thread, which attaches it to the two pairs.
 //! - `update` / `restart_ice` / `free` send a command to the session's media thread over its
-//!   control channel and wake the thread.
+//!   control channel and wake the thread. On `free` the thread detaches the session from its
+//!   pairs and drains the datagrams already queued on them (dropped and counted in
+//!   [`EngineStats::dropped_unassigned`]); the pairs go back to the pools at once, at the back
+//!   of their owner's queue. A pair can only be handed to a new session by a later command on
+//!   the same (owner's) channel, so the media thread always detaches and drains it first.
+//!   A freed pair rests (FIFO, at least [`REUSE_AFTER`] while the range allows): a far end that
+//!   keeps streaming after the BYE hits a pair without a session, where its datagrams are read
+//!   and dropped (counted; a level-triggered set would otherwise report them forever), not the
+//!   next call on those ports.
+//! - A pair that cannot be bound (a port taken by another process) is counted
+//!   ([`EngineStats::bind_failures`]), skipped, and retried last (back of the queue).
 //! - A sweeper task (on the runtime `Handle` given at construction) checks each session's
 //!   last-packet timestamp (an atomic the media thread writes) every `inactivity_timeout / 4`
 //!   (bounded to 50 ms..1 s) and emits [`MediaEvent::Inactive`] once.
 //!
 //! The packet path: each media thread (`media-relay-N`, [`MediaEngineConfig::threads`] of them,
-//! default one per core) owns its sessions outright and waits on one level-triggered readiness
-//! set (`poll::EventSet`) holding all their sockets. A readable socket costs one `recvfrom`
-//! into the thread's buffer, SRTP undone and redone in place by the relay, and one `sendto` of
-//! a slice of that same buffer: no allocation, no copy, no lock, and no second `recvfrom` that
-//! only learns `EWOULDBLOCK` (a socket with more datagrams queued is simply reported ready
-//! again by the next wait). Commands from signalling are taken from the channel only after a
-//! wake-up; the only state shared with signalling is the per-session counters (atomics
-//! written by the media thread only).
-//!
-//! Ports are returned to the pools only once the sockets are closed: `PortsBack` is the last
-//! field of a session's sockets and sends the pair back when dropped, after the sockets.
+//! default one per core) owns its pairs' sockets and its sessions outright and waits on one
+//! level-triggered readiness set (`poll::EventSet`) holding all its sockets. A readable socket
+//! costs one `recvfrom` into the thread's buffer, SRTP undone and redone in place by the relay,
+//! and one `sendto` of a slice of that same buffer: no allocation, no copy, no lock, and no
+//! second `recvfrom` that only learns `EWOULDBLOCK` (a socket with more datagrams queued is
+//! simply reported ready again by the next wait). Commands from signalling are taken from the
+//! channel only after a wake-up; the only state shared with signalling is the per-session
+//! counters (atomics written by the media thread only) and each thread's count of datagrams
+//! dropped on pairs without a session.
 
 use super::poll::{EventSet, Ready};
-use super::pool::PortPool;
+use super::pool::{PortPair, PortPool};
 use super::relay::{bump, Action, LegSetup, Pending, Port, Relay, SessionStats, SessionStatsSnapshot, HEADROOM};
 use super::{IceCredentials, LocalMedia, MediaControl, MediaEnd, MediaError, MediaEvent, MediaSessionId, RemoteMedia, SrtpKey, SrtpSuite};
 use crate::config::Trunk;
@@ -90,6 +106,11 @@ impl Default for MediaEngineConfig {
     }
 }
 
+/// How long a freed port pair rests before it is preferred to binding a pair never used: late
+/// packets of the ended call (a far end streaming until it gets the BYE, retransmitted when
+/// lost) then reach a pair without a session. A short range reuses pairs sooner, oldest first.
+pub const REUSE_AFTER: Duration = Duration::from_secs(5);
+
 /// Engine-wide counters (allocation failures; packet counters of freed sessions summed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -97,8 +118,16 @@ pub struct EngineStats {
     pub exhausted_teams: u64,
     pub exhausted_pbx: u64,
     pub exhausted_sessions: u64,
+    /// Sockets that could not be bound (the pair is skipped and retried last).
     pub bind_failures: u64,
     pub inactive: u64,
+    /// Datagrams received on a port pair without a session (drained when its session was
+    /// freed, or arriving later: late packets of ended calls, scans), dropped.
+    pub dropped_unassigned: u64,
+    /// Port pairs whose sockets are bound (they stay bound: the peak of pairs in use at once,
+    /// bind failures aside), per side.
+    pub bound_teams: usize,
+    pub bound_pbx: usize,
     /// Sum over freed sessions.
     pub freed: SessionStatsSnapshot,
 }
@@ -119,8 +148,11 @@ struct SessionEntry {
     shared: Arc<SessionShared>,
     teams: SideState,
     pbx: SideState,
-    /// Index of the media thread that owns the session.
+    /// Index of the media thread that owns the session (and its two pairs).
     thread: usize,
+    /// The session's pair index in each pool.
+    teams_pair: usize,
+    pbx_pair: usize,
 }
 
 impl SessionEntry {
@@ -137,7 +169,7 @@ type Registry = Arc<Mutex<HashMap<MediaSessionId, Arc<SessionShared>>>>;
 
 /// Commands to a media thread.
 enum Control {
-    Add(Box<Session>),
+    Add(Box<NewSession>),
     Apply(MediaSessionId, Box<Pending>),
     Stop(MediaSessionId),
     Shutdown,
@@ -147,6 +179,8 @@ enum Control {
 struct MediaThread {
     control: std_mpsc::Sender<Control>,
     events: Arc<EventSet>,
+    /// Datagrams the thread dropped on pairs without a session (written by the thread only).
+    dropped_unassigned: Arc<AtomicU64>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -171,9 +205,6 @@ pub struct MediaEngine {
     stats: EngineStats,
     inactive_count: Arc<AtomicU64>,
     sweeper: JoinHandle<()>,
-    /// Port pairs whose sockets are closed (sent by the media threads, see `PortsBack`).
-    released_tx: std_mpsc::Sender<(u16, u16)>,
-    released_rx: std_mpsc::Receiver<(u16, u16)>,
 }
 
 impl std::fmt::Debug for MediaEngine {
@@ -187,7 +218,8 @@ fn now_ms(epoch: Instant) -> u64 {
 }
 
 impl MediaEngine {
-    /// Starts the media threads and the inactivity sweeper (on `handle`).
+    /// Starts the media threads and the inactivity sweeper (on `handle`). Binds no socket:
+    /// pairs are bound on first use.
     ///
     /// # Panics
     /// When the OS refuses to create a media thread or its epoll set (at start-up only).
@@ -210,10 +242,9 @@ impl MediaEngine {
             n => n,
         };
         let threads = (0..n).map(|i| spawn_media_thread(i, epoch)).collect();
-        let (released_tx, released_rx) = std_mpsc::channel();
         let engine = MediaEngine {
-            teams_pool: PortPool::new(cfg.teams_ports.clone()),
-            pbx_pool: PortPool::new(cfg.pbx_ports.clone()),
+            teams_pool: PortPool::new(cfg.teams_ports.clone(), n, REUSE_AFTER.as_millis() as u64),
+            pbx_pool: PortPool::new(cfg.pbx_ports.clone(), n, REUSE_AFTER.as_millis() as u64),
             cfg,
             sessions: HashMap::new(),
             registry,
@@ -224,8 +255,6 @@ impl MediaEngine {
             stats: EngineStats::default(),
             inactive_count,
             sweeper,
-            released_tx,
-            released_rx,
         };
         (engine, rx)
     }
@@ -234,21 +263,14 @@ impl MediaEngine {
         let mut s = self.stats;
         s.sessions = self.sessions.len();
         s.inactive = self.inactive_count.load(Relaxed);
+        s.dropped_unassigned = self.threads.iter().map(|t| t.dropped_unassigned.load(Relaxed)).sum();
+        s.bound_teams = self.teams_pool.bound();
+        s.bound_pbx = self.pbx_pool.bound();
         s
     }
 
-    /// Returns to the pools the ports of sessions whose sockets are closed. `allocate` does this
-    /// itself; `stats` reports pools after it.
-    pub fn reclaim(&mut self) {
-        while let Ok((t, p)) = self.released_rx.try_recv() {
-            self.teams_pool.release(t);
-            self.pbx_pool.release(p);
-        }
-    }
-
     /// Free port pairs per side (Teams, PBX).
-    pub fn available_ports(&mut self) -> (usize, usize) {
-        self.reclaim();
+    pub fn available_ports(&self) -> (usize, usize) {
         (self.teams_pool.available(), self.pbx_pool.available())
     }
 
@@ -261,37 +283,41 @@ impl MediaEngine {
         &self.cfg
     }
 
-    /// Binds a pair from `pool`; tries each free pair at most once.
-    fn bind_pair(
-        pool: &mut PortPool,
-        ip: IpAddr,
-        with_rtcp: bool,
-        bind_failures: &mut u64,
-    ) -> Option<(u16, UdpSocket, Option<UdpSocket>)> {
-        for _ in 0..pool.available() {
-            let port = pool.allocate()?;
-            match bind_udp(SocketAddr::new(ip, port)) {
-                Ok(rtp) => {
-                    if !with_rtcp {
-                        return Some((port, rtp, None));
-                    }
-                    match bind_udp(SocketAddr::new(ip, port + 1)) {
-                        Ok(rtcp) => return Some((port, rtp, Some(rtcp))),
-                        Err(_) => *bind_failures += 1,
-                    }
-                }
-                Err(_) => *bind_failures += 1,
-            }
-            pool.release(port); // goes to the back of the queue
-        }
-        None
-    }
-
     /// Sends a command to media thread `thread` and wakes it.
     fn command(&self, thread: usize, c: Control) {
         if let Some(t) = self.threads.get(thread) {
             if t.send(c).is_err() {
                 tracing::error!(thread, "media thread is gone");
+            }
+        }
+    }
+}
+
+/// Takes a usable free pair of media thread `owner` from `pool` at `now_ms`: a bound pair as
+/// it is, an unbound one once its sockets are bound (returned with it). A pair that cannot be
+/// bound goes to the back of the queue; each unbound pair is tried at most once, then only
+/// bound pairs are taken.
+fn take_pair(
+    pool: &mut PortPool,
+    owner: usize,
+    now_ms: u64,
+    ip: IpAddr,
+    with_rtcp: bool,
+    bind_failures: &mut u64,
+) -> Option<(PortPair, Option<BoundPair>)> {
+    let mut unbound_tries = pool.unbound_on(owner);
+    loop {
+        let pair = pool.take(owner, now_ms, unbound_tries > 0)?;
+        if pair.bound {
+            return Some((pair, None));
+        }
+        unbound_tries -= 1;
+        match BoundPair::bind(ip, pair.port, with_rtcp) {
+            Ok(b) => return Some((pair, Some(b))),
+            Err(e) => {
+                *bind_failures += 1;
+                tracing::warn!(port = pair.port, error = %e, "media port pair not bound; skipped");
+                pool.release(pair.index, now_ms);
             }
         }
     }
@@ -326,32 +352,47 @@ impl MediaControl for MediaEngine {
             // The engine relays Teams <-> PBX; two parties on the same side talk directly.
             return Err(MediaError::NotAcceptable(format!("no relay between two {a} ends")));
         }
-        self.reclaim();
         if self.sessions.len() >= self.cfg.max_sessions {
             self.stats.exhausted_sessions += 1;
             return Err(MediaError::Exhausted("max_sessions"));
         }
         let mux_teams = self.cfg.rtcp_mux_teams;
-        let Some((tport, trtp, trtcp)) =
-            Self::bind_pair(&mut self.teams_pool, self.cfg.teams_ip, !mux_teams, &mut self.stats.bind_failures)
-        else {
+        let now = now_ms(self.epoch);
+        // Both pairs of a session belong to one media thread; the threads in turn, and the
+        // next one when a thread has no usable pair on a side.
+        let n = self.threads.len().max(1);
+        let mut teams_found = false;
+        let mut found = None;
+        for k in 0..n {
+            let t = (self.next_thread + k) % n;
+            if self.teams_pool.available_on(t) == 0 {
+                continue;
+            }
+            if self.pbx_pool.available_on(t) == 0 {
+                teams_found = true;
+                continue;
+            }
+            let Some(tp) = take_pair(&mut self.teams_pool, t, now, self.cfg.teams_ip, !mux_teams, &mut self.stats.bind_failures) else {
+                continue;
+            };
+            teams_found = true;
+            let Some(pp) = take_pair(&mut self.pbx_pool, t, now, self.cfg.pbx_ip, true, &mut self.stats.bind_failures) else {
+                // sockets bound for it just now (if any) are closed: it stays unbound
+                self.teams_pool.untake(tp.0.index);
+                continue;
+            };
+            found = Some((t, tp, pp));
+            break;
+        }
+        let Some((thread, (tpair, tnew), (ppair, pnew))) = found else {
+            if teams_found {
+                self.stats.exhausted_pbx += 1;
+                return Err(MediaError::Exhausted("pbx"));
+            }
             self.stats.exhausted_teams += 1;
             return Err(MediaError::Exhausted("teams"));
         };
-        let Some((pport, prtp, prtcp)) =
-            Self::bind_pair(&mut self.pbx_pool, self.cfg.pbx_ip, true, &mut self.stats.bind_failures)
-        else {
-            self.teams_pool.release(tport);
-            self.stats.exhausted_pbx += 1;
-            return Err(MediaError::Exhausted("pbx"));
-        };
-        let socks = Sockets {
-            teams_rtp: trtp,
-            teams_rtcp: trtcp,
-            pbx_rtp: prtp,
-            pbx_rtcp: prtcp,
-            _release: PortsBack { tx: self.released_tx.clone(), teams: tport, pbx: pport },
-        };
+        let (tport, pport) = (tpair.port, ppair.port);
 
         let tip = self.cfg.teams_advertised_ip.unwrap_or(self.cfg.teams_ip);
         let pip = self.cfg.pbx_advertised_ip.unwrap_or(self.cfg.pbx_ip);
@@ -372,20 +413,33 @@ impl MediaControl for MediaEngine {
             LegSetup { key: pbx_local.srtp.clone(), ice: None, rtcp_mux: false },
         );
         let shared = Arc::new(SessionShared { stats: SessionStats::default(), inactive_reported: AtomicBool::new(false) });
-        shared.stats.last_rx_ms.store(now_ms(self.epoch), Relaxed);
+        shared.stats.last_rx_ms.store(now, Relaxed);
         let id = MediaSessionId(self.next_id);
-        let thread = self.next_thread % self.threads.len().max(1);
-        let session = Box::new(Session { id, relay, socks, shared: shared.clone() });
-        match self.threads.get(thread).map(|t| t.send(Control::Add(session))) {
+        let (teams_new, pbx_new) = (tnew.is_some(), pnew.is_some());
+        let add = Box::new(NewSession {
+            session: Session { id, relay, teams_pair: tpair.index, pbx_pair: ppair.index, shared: shared.clone() },
+            teams_socks: tnew,
+            pbx_socks: pnew,
+        });
+        match self.threads.get(thread).map(|t| t.send(Control::Add(add))) {
             Some(Ok(())) => {}
             _ => {
-                // the sockets are closed with the command; PortsBack returns the ports
+                // new sockets (if any) are closed with the command: those pairs stay unbound
                 tracing::error!(thread, "media thread is gone");
+                self.teams_pool.untake(tpair.index);
+                self.pbx_pool.untake(ppair.index);
                 return Err(MediaError::Exhausted("media threads"));
             }
         }
+        // the owner thread holds (and watches) new sockets from now on
+        if teams_new {
+            self.teams_pool.set_bound(tpair.index, true);
+        }
+        if pbx_new {
+            self.pbx_pool.set_bound(ppair.index, true);
+        }
         self.next_id += 1;
-        self.next_thread = self.next_thread.wrapping_add(1);
+        self.next_thread = (thread + 1) % n;
         if let Ok(mut r) = self.registry.lock() {
             r.insert(id, shared.clone());
         }
@@ -397,6 +451,8 @@ impl MediaControl for MediaEngine {
                 teams: SideState { local: teams_local },
                 pbx: SideState { local: pbx_local },
                 thread,
+                teams_pair: tpair.index,
+                pbx_pair: ppair.index,
             },
         );
         tracing::debug!(session = id.0, teams_port = tport, pbx_port = pport, thread, "media session allocated");
@@ -452,11 +508,15 @@ impl MediaControl for MediaEngine {
     fn free(&mut self, id: MediaSessionId) {
         let Some(e) = self.sessions.remove(&id) else { return };
         self.command(e.thread, Control::Stop(id));
+        // Back to the pools at once: the pairs' owner is the session's thread, so any session
+        // given these pairs later reaches it after this Stop, which detaches and drains them.
+        let now = now_ms(self.epoch);
+        self.teams_pool.release(e.teams_pair, now);
+        self.pbx_pool.release(e.pbx_pair, now);
         if let Ok(mut r) = self.registry.lock() {
             r.remove(&id);
         }
         self.stats.freed.add(&e.shared.stats.snapshot());
-        // The ports go back to the pools when the media thread has closed the sockets (PortsBack).
         tracing::debug!(session = id.0, "media session freed");
     }
 }
@@ -479,45 +539,56 @@ impl Drop for MediaEngine {
 struct Session {
     id: MediaSessionId,
     relay: Relay,
-    socks: Sockets,
+    /// Its pairs (indices in the thread's pair tables, the pools' indices).
+    teams_pair: usize,
+    pbx_pair: usize,
     shared: Arc<SessionShared>,
 }
 
-struct Sockets {
-    teams_rtp: UdpSocket,
-    teams_rtcp: Option<UdpSocket>,
-    pbx_rtp: UdpSocket,
-    pbx_rtcp: Option<UdpSocket>,
-    /// Last field: dropped after the sockets are closed.
-    _release: PortsBack,
+/// A session for a media thread, with the sockets of its pairs bound for it (first use).
+struct NewSession {
+    session: Session,
+    teams_socks: Option<BoundPair>,
+    pbx_socks: Option<BoundPair>,
 }
 
-/// Hands a session's port pairs back to the engine once its sockets are closed (the session
-/// was stopped, or its media thread ended), so a freed port is never handed out while still
-/// bound.
-struct PortsBack {
-    tx: std_mpsc::Sender<(u16, u16)>,
-    teams: u16,
-    pbx: u16,
+/// The sockets of one port pair.
+struct BoundPair {
+    rtp: UdpSocket,
+    /// None when RTCP is muxed on the RTP port (no socket bound on port+1).
+    rtcp: Option<UdpSocket>,
 }
 
-impl Drop for PortsBack {
-    fn drop(&mut self) {
-        let _ = self.tx.send((self.teams, self.pbx));
+impl BoundPair {
+    fn bind(ip: IpAddr, port: u16, with_rtcp: bool) -> io::Result<BoundPair> {
+        let rtp = bind_udp(SocketAddr::new(ip, port))?;
+        let rtcp = if with_rtcp { Some(bind_udp(SocketAddr::new(ip, port + 1))?) } else { None };
+        Ok(BoundPair { rtp, rtcp })
     }
-}
 
-const PORTS: [Port; 4] = [Port::TeamsRtp, Port::TeamsRtcp, Port::PbxRtp, Port::PbxRtcp];
-
-impl Sockets {
-    fn get(&self, p: Port) -> Option<&UdpSocket> {
-        match p {
-            Port::TeamsRtp => Some(&self.teams_rtp),
-            Port::TeamsRtcp => self.teams_rtcp.as_ref(),
-            Port::PbxRtp => Some(&self.pbx_rtp),
-            Port::PbxRtcp => self.pbx_rtcp.as_ref(),
+    fn get(&self, rtcp: bool) -> Option<&UdpSocket> {
+        if rtcp {
+            self.rtcp.as_ref()
+        } else {
+            Some(&self.rtp)
         }
     }
+}
+
+/// A pair as its owner thread keeps it: bound for good, and the session using it (if any).
+struct PairSockets {
+    socks: BoundPair,
+    /// All its sockets are in the thread's readiness set (retried on the next `Add` if not).
+    watched: bool,
+    /// Slot of the session using the pair.
+    session: Option<usize>,
+}
+
+/// Readiness key of a socket: pair index * 4 + the `PORTS` position of its port.
+const PORTS: [Port; 4] = [Port::TeamsRtp, Port::TeamsRtcp, Port::PbxRtp, Port::PbxRtcp];
+
+fn is_rtcp(p: Port) -> bool {
+    matches!(p, Port::TeamsRtcp | Port::PbxRtcp)
 }
 
 /// Largest datagram relayed; a datagram that fills the receive area may have been truncated by
@@ -525,31 +596,48 @@ impl Sockets {
 const MAX_DATAGRAM: usize = 2048;
 /// Readiness events taken per wait.
 const EVENTS_PER_WAIT: usize = 256;
+/// Datagrams drained per socket when a session leaves a pair (more, under a flood, are read
+/// and dropped by the packet path as they are reported).
+const DRAIN_MAX: usize = 256;
 
 fn spawn_media_thread(index: usize, epoch: Instant) -> MediaThread {
     let events = Arc::new(EventSet::new().expect("media thread: cannot create an epoll set"));
     let (control, rx) = std_mpsc::channel();
-    let ev = events.clone();
+    let dropped_unassigned = Arc::new(AtomicU64::new(0));
+    let (ev, dropped) = (events.clone(), dropped_unassigned.clone());
     let join = std::thread::Builder::new()
         .name(format!("media-relay-{index}"))
-        .spawn(move || MediaLoop::new(ev, rx, epoch).run())
+        .spawn(move || MediaLoop::new(ev, rx, epoch, dropped).run())
         .expect("cannot start a media thread");
-    MediaThread { control, events, join: Some(join) }
+    MediaThread { control, events, dropped_unassigned, join: Some(join) }
 }
 
-/// One media thread: its sessions in a slab (readiness key = slot * 4 + port), its buffer.
+/// One media thread: the pairs it owns (by pool index), its sessions in a slab, its buffer.
 struct MediaLoop {
     events: Arc<EventSet>,
     control: std_mpsc::Receiver<Control>,
     epoch: Instant,
+    teams: Vec<Option<PairSockets>>,
+    pbx: Vec<Option<PairSockets>>,
     slots: Vec<Option<Session>>,
     free_slots: Vec<usize>,
     by_id: HashMap<MediaSessionId, usize>,
+    dropped_unassigned: Arc<AtomicU64>,
 }
 
 impl MediaLoop {
-    fn new(events: Arc<EventSet>, control: std_mpsc::Receiver<Control>, epoch: Instant) -> MediaLoop {
-        MediaLoop { events, control, epoch, slots: Vec::new(), free_slots: Vec::new(), by_id: HashMap::new() }
+    fn new(events: Arc<EventSet>, control: std_mpsc::Receiver<Control>, epoch: Instant, dropped_unassigned: Arc<AtomicU64>) -> MediaLoop {
+        MediaLoop {
+            events,
+            control,
+            epoch,
+            teams: Vec::new(),
+            pbx: Vec::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_id: HashMap::new(),
+            dropped_unassigned,
+        }
     }
 
     fn run(mut self) {
@@ -562,40 +650,54 @@ impl MediaLoop {
                     break;
                 }
             }
-            if !self.take_commands() {
+            if !self.take_commands(&mut buf) {
                 break;
             }
             let now = now_ms(self.epoch);
             for key in ready.keys() {
-                let (slot, port) = (key / 4, PORTS[key % 4]);
-                // a key of a session stopped by the commands just taken finds no session (or a
-                // new one in the slot): the non-blocking read below then finds nothing
-                let Some(Some(s)) = self.slots.get_mut(slot) else { continue };
-                let Some(sock) = s.socks.get(port) else { continue };
-                let (n, src) = match sock.recv_from(&mut buf[..MAX_DATAGRAM]) {
-                    Ok(x) => x,
-                    Err(_) => continue, // WouldBlock, or an ICMP error (consumed by this read)
-                };
-                if n == MAX_DATAGRAM {
-                    bump(&s.shared.stats.dropped_other);
-                    continue;
-                }
-                if let Action::Send { via, to, data } = s.relay.on_packet(port, src, &mut buf, n, now, &s.shared.stats) {
-                    let sent = s.socks.get(via).map(|v| v.send_to(data, to));
-                    if !matches!(sent, Some(Ok(_))) {
-                        bump(&s.shared.stats.dropped_other);
-                    }
-                }
+                self.on_ready(key, &mut buf, now);
             }
         }
-        // Shutdown: close every socket (PortsBack after each session's sockets).
-        for slot in 0..self.slots.len() {
-            self.remove(slot);
+        // Shutdown: the sockets are closed with `self`.
+    }
+
+    /// One readable socket: one datagram read, relayed by the pair's session or dropped.
+    #[inline]
+    fn on_ready(&mut self, key: usize, buf: &mut [u8], now: u64) {
+        let (index, port) = (key / 4, PORTS[key % 4]);
+        let pairs = match port {
+            Port::TeamsRtp | Port::TeamsRtcp => &self.teams,
+            Port::PbxRtp | Port::PbxRtcp => &self.pbx,
+        };
+        let Some(Some(pair)) = pairs.get(index) else { return };
+        let Some(sock) = pair.socks.get(is_rtcp(port)) else { return };
+        let (n, src) = match sock.recv_from(&mut buf[..MAX_DATAGRAM]) {
+            Ok(x) => x,
+            Err(_) => return, // WouldBlock, or an ICMP error (consumed by this read)
+        };
+        // a pair without a session (its call ended): read (level-triggered) and dropped
+        let Some(Some(s)) = pair.session.and_then(|slot| self.slots.get_mut(slot)) else {
+            bump(&self.dropped_unassigned);
+            return;
+        };
+        if n == MAX_DATAGRAM {
+            bump(&s.shared.stats.dropped_other);
+            return;
+        }
+        if let Action::Send { via, to, data } = s.relay.on_packet(port, src, buf, n, now, &s.shared.stats) {
+            let out = match via {
+                Port::TeamsRtp | Port::TeamsRtcp => self.teams.get(s.teams_pair),
+                Port::PbxRtp | Port::PbxRtcp => self.pbx.get(s.pbx_pair),
+            };
+            let sent = out.and_then(Option::as_ref).and_then(|p| p.socks.get(is_rtcp(via))).map(|v| v.send_to(data, to));
+            if !matches!(sent, Some(Ok(_))) {
+                bump(&s.shared.stats.dropped_other);
+            }
         }
     }
 
     /// Applies the queued commands; false on shutdown (or when the engine is gone).
-    fn take_commands(&mut self) -> bool {
+    fn take_commands(&mut self, buf: &mut [u8]) -> bool {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Add(s)) => self.add(*s),
@@ -606,7 +708,7 @@ impl MediaLoop {
                 }
                 Ok(Control::Stop(id)) => {
                     if let Some(i) = self.by_id.remove(&id) {
-                        self.remove(i);
+                        self.remove(i, buf);
                     }
                 }
                 Ok(Control::Shutdown) | Err(std_mpsc::TryRecvError::Disconnected) => return false,
@@ -615,33 +717,64 @@ impl MediaLoop {
         }
     }
 
-    fn add(&mut self, s: Session) {
+    fn add(&mut self, new: NewSession) {
+        let NewSession { session: s, teams_socks, pbx_socks } = new;
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        for (i, p) in PORTS.iter().enumerate() {
-            if let Some(sock) = s.socks.get(*p) {
-                if let Err(e) = self.events.add(sock, slot * 4 + i) {
-                    tracing::error!(session = s.id.0, error = %e, "media socket not watched");
+        for (pairs, index, socks, first) in [(&mut self.teams, s.teams_pair, teams_socks, 0), (&mut self.pbx, s.pbx_pair, pbx_socks, 2)] {
+            if pairs.len() <= index {
+                pairs.resize_with(index + 1, || None);
+            }
+            if let Some(socks) = socks {
+                pairs[index] = Some(PairSockets { socks, watched: false, session: None });
+            }
+            let Some(pair) = pairs[index].as_mut() else {
+                // the engine binds a pair before its first session: not reached
+                tracing::error!(session = s.id.0, pair = index, "media pair without sockets");
+                continue;
+            };
+            if !pair.watched {
+                pair.watched = true;
+                for rtcp in [false, true] {
+                    if let Some(sock) = pair.socks.get(rtcp) {
+                        // a socket already in the set (a retry) answers EEXIST: fine
+                        if let Err(e) = self.events.add(sock, index * 4 + first + usize::from(rtcp)) {
+                            if e.kind() != io::ErrorKind::AlreadyExists {
+                                pair.watched = false;
+                                tracing::error!(session = s.id.0, error = %e, "media socket not watched");
+                            }
+                        }
+                    }
                 }
             }
+            pair.session = Some(slot);
         }
         self.by_id.insert(s.id, slot);
         self.slots[slot] = Some(s);
     }
 
-    /// Stops watching a session's sockets, then closes them (and so returns its ports).
-    fn remove(&mut self, slot: usize) {
-        if let Some(s) = self.slots.get_mut(slot).and_then(Option::take) {
-            for p in PORTS {
-                if let Some(sock) = s.socks.get(p) {
-                    self.events.delete(sock);
+    /// Detaches a session from its pairs and drains what is queued on them (dropped, counted).
+    fn remove(&mut self, slot: usize, buf: &mut [u8]) {
+        let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        for (pairs, index) in [(&mut self.teams, s.teams_pair), (&mut self.pbx, s.pbx_pair)] {
+            let Some(Some(pair)) = pairs.get_mut(index) else { continue };
+            if pair.session == Some(slot) {
+                pair.session = None;
+            }
+            for rtcp in [false, true] {
+                let Some(sock) = pair.socks.get(rtcp) else { continue };
+                for _ in 0..DRAIN_MAX {
+                    match sock.recv_from(buf) {
+                        Ok(_) => bump(&self.dropped_unassigned),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => {} // an ICMP error, consumed by the read
+                    }
                 }
             }
-            drop(s);
-            self.free_slots.push(slot);
         }
+        self.free_slots.push(slot);
     }
 }
 
@@ -674,5 +807,104 @@ async fn sweep(
                 tracing::info!(session = id.0, "media inactive");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> BoundPair {
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rtp.set_nonblocking(true).unwrap();
+        BoundPair { rtp, rtcp: None }
+    }
+
+    fn session(id: u64, teams_pair: usize, pbx_pair: usize) -> Session {
+        let plain = |rtcp_mux| LegSetup { key: None, ice: None, rtcp_mux };
+        let shared = Arc::new(SessionShared { stats: SessionStats::default(), inactive_reported: AtomicBool::new(false) });
+        Session { id: MediaSessionId(id), relay: Relay::new(plain(true), plain(false)), teams_pair, pbx_pair, shared }
+    }
+
+    /// Blocks until every key in `keys` was reported readable (the datagrams sent are queued).
+    fn wait_readable(l: &MediaLoop, keys: &[usize]) {
+        let mut ready = Ready::with_capacity(16);
+        let mut seen = vec![false; keys.len()];
+        while seen.contains(&false) {
+            l.events.wait(&mut ready).unwrap();
+            for k in ready.keys() {
+                if let Some(i) = keys.iter().position(|&x| x == k) {
+                    seen[i] = true;
+                }
+            }
+        }
+    }
+
+    fn far_end() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+
+    fn rtp(seq: u8) -> [u8; 20] {
+        let mut p = [0u8; 20];
+        p[0] = 0x80;
+        p[3] = seq;
+        p
+    }
+
+    /// A media thread's core, driven by hand: a freed session's pairs are drained (queued
+    /// datagrams dropped and counted), datagrams arriving later are read and dropped, and the
+    /// same sockets relay for the next session given the pairs.
+    #[test]
+    fn freed_pairs_are_drained_then_reused() {
+        let (tx, rx) = std_mpsc::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut l = MediaLoop::new(Arc::new(EventSet::new().unwrap()), rx, Instant::now(), dropped.clone());
+        let mut buf = vec![0u8; MAX_DATAGRAM + HEADROOM];
+        let (tp, pp) = (pair(), pair());
+        let (taddr, paddr) = (tp.rtp.local_addr().unwrap(), pp.rtp.local_addr().unwrap());
+        let (tkey, pkey) = (3 * 4, 5 * 4 + 2); // Teams pair 3 (RTP), PBX pair 5 (RTP)
+        tx.send(Control::Add(Box::new(NewSession { session: session(1, 3, 5), teams_socks: Some(tp), pbx_socks: Some(pp) }))).unwrap();
+        assert!(l.take_commands(&mut buf));
+
+        // datagrams queued on both pairs when the session is stopped: drained, counted
+        let old = far_end();
+        old.send_to(&rtp(1), taddr).unwrap();
+        old.send_to(&rtp(2), paddr).unwrap();
+        wait_readable(&l, &[tkey, pkey]);
+        tx.send(Control::Stop(MediaSessionId(1))).unwrap();
+        assert!(l.take_commands(&mut buf));
+        assert_eq!(dropped.load(Relaxed), 2);
+        for p in [&l.teams[3], &l.pbx[5]] {
+            let p = p.as_ref().unwrap();
+            assert_eq!(p.session, None);
+            assert!(p.socks.rtp.recv_from(&mut buf).is_err(), "drained");
+        }
+
+        // a late datagram on the free pair: read and dropped (not reported again and again)
+        old.send_to(&rtp(3), paddr).unwrap();
+        wait_readable(&l, &[pkey]);
+        l.on_ready(pkey, &mut buf, 0);
+        assert_eq!(dropped.load(Relaxed), 3);
+
+        // the next session on the same pairs (no new sockets) relays for its own far ends
+        let (teams, pbx) = (far_end(), far_end());
+        tx.send(Control::Add(Box::new(NewSession { session: session(2, 3, 5), teams_socks: None, pbx_socks: None }))).unwrap();
+        let remote = |s: &UdpSocket| RemoteMedia { rtp: Some(s.local_addr().unwrap()), sends: true, receives: true, ..Default::default() };
+        let pending = Pending { teams: Some(remote(&teams)), pbx: Some(remote(&pbx)), ..Default::default() };
+        tx.send(Control::Apply(MediaSessionId(2), Box::new(pending))).unwrap();
+        assert!(l.take_commands(&mut buf));
+        pbx.send_to(&rtp(4), paddr).unwrap();
+        wait_readable(&l, &[pkey]);
+        l.on_ready(pkey, &mut buf, 0);
+        let (n, from) = teams.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&rtp(4)[..], taddr));
+        let s = l.slots[l.by_id[&MediaSessionId(2)]].as_ref().unwrap();
+        assert_eq!(s.shared.stats.snapshot().tx_packets, 1);
+        assert_eq!(dropped.load(Relaxed), 3);
+        let mut b = [0u8; 64];
+        old.set_nonblocking(true).unwrap();
+        assert!(old.recv_from(&mut b).is_err(), "nothing to the old far end");
     }
 }
