@@ -233,8 +233,23 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             srtp_suite: SrtpSuite::from_sdp_name(&m.srtp_suite).unwrap_or(SrtpSuite::AesCm128HmacSha1_80),
             inactivity_timeout: Duration::from_secs(m.inactivity_timeout_secs),
             max_sessions: m.max_sessions,
+            threads: m.threads,
             ..MediaEngineConfig::default()
         };
+        // Media sockets stay bound once used (reused per call): at full use that is one socket
+        // per Teams port (RTCP muxed: one per pair) and two per PBX pair. Raise the soft
+        // descriptor limit to the hard one and say so if even that is short.
+        let pairs = |lo: u16, hi: u16| (u64::from(hi.saturating_sub(lo)) + 1) / 2;
+        let need = pairs(m.teams_port_min, m.teams_port_max) * if m.rtcp_mux_teams { 1 } else { 2 } + pairs(m.pbx_port_min, m.pbx_port_max) * 2 + 1024;
+        let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(hard) = lim.maximum {
+            if lim.current.is_some_and(|c| c < need.min(hard)) {
+                let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, rustix::process::Rlimit { current: Some(need.min(hard)), maximum: Some(hard) });
+            }
+            if hard < need {
+                tracing::warn!(needed = need, limit = hard, "open file limit below what the media port ranges can use: calls beyond it get 503 (raise LimitNOFILE or narrow [media] port ranges)");
+            }
+        }
         let (engine, ev) = MediaEngine::new(ecfg, aux.clone());
         media_events = ev;
         let teams = CodecProfile { allowed: m.teams_codecs.clone(), ..CodecProfile::teams() };
