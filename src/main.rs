@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use drbridge::b2bua::{B2bua, CoreConfig, Dialplan, Side, TeamsProxy};
 use drbridge::config::{self, Trunk};
 use drbridge::media::sdp::CodecProfile;
-use drbridge::media::{MediaEngine, MediaEngineConfig, MediaEvent, SrtpSuite};
+use drbridge::media::{MediaEngine, MediaEngineConfig, MediaEvent, MediaMetrics, SrtpSuite};
 use drbridge::presence::graph::{GraphClient, GraphSettings, SecretSource};
 use drbridge::presence::linestate::IngestEvent;
 use drbridge::presence::publish::{self, PublishMetrics, Publisher, PublisherConfig};
@@ -256,9 +256,12 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         let pbx = CodecProfile { allowed: m.pbx_codecs.clone(), strip_ice: pbx_proto == Proto::Udp, ..CodecProfile::pbx_default() };
         core = core.with_media(Box::new(engine), teams, pbx);
     }
+    let media_metrics = MediaMetrics::default();
+    let mut media_metrics_at = Instant::now();
     let (mut presence, _admin) = {
         let c = cfg.clone();
-        aux.spawn(async move { start_presence(&c).await }).await.map_err(|e| format!("presence start-up: {e}"))??
+        let mm = media_metrics.clone();
+        aux.spawn(async move { start_presence(&c, mm).await }).await.map_err(|e| format!("presence start-up: {e}"))??
     };
     let (no_cmd_tx, mut no_cmds) = tokio::sync::mpsc::channel::<SubscribeCommand>(1);
     let _keep_no_cmd_tx = no_cmd_tx;
@@ -291,6 +294,12 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
+        if media_metrics_at.elapsed() >= Duration::from_secs(1) {
+            media_metrics_at = Instant::now();
+            if let Some(s) = core.media_stats() {
+                media_metrics.set(&s);
+            }
+        }
         while let Some(t) = core.poll_transmit() {
             transport.send(t.hop.peer, t.hop.tls_name.as_deref(), t.data);
         }
@@ -322,9 +331,12 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
 
 /// Presence (table, PBX subscriptions, Graph publisher with its store) and the admin server, as
 /// configured. Returns the presence task and the admin server task.
-async fn start_presence(cfg: &config::Config) -> Result<(Option<PresenceService>, Option<tokio::task::JoinHandle<()>>), String> {
+async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Result<(Option<PresenceService>, Option<tokio::task::JoinHandle<()>>), String> {
     let file = cfg.source.display().to_string();
     let mut registry = prometheus_client::registry::Registry::default();
+    if cfg.media.enabled {
+        media_metrics.register(&mut registry);
+    }
     let mut presence = None;
     let mut view: Arc<dyn drbridge::admin::PresenceView> = Arc::new(drbridge::admin::NoPresence);
     if cfg.presence.enabled {

@@ -16,7 +16,7 @@ use common::media::{
 use common::peer::{Call, SipPeer};
 use common::sipp::{self, Sipp};
 use common::teams::TeamsPeer;
-use common::util::STEP;
+use common::util::{free_port, loopback, STEP};
 use common::{Drbridge, LabConfig};
 use drbridge::media::srtp::SrtpError;
 use drbridge::media::stun::{build_check, error_code};
@@ -468,7 +468,8 @@ async fn early_media_183_then_200_with_stable_ice_and_key() {
 /// RTCP port as plain RTCP from drbridge's PBX-side RTCP port (its RTP port + 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtcp_relayed_both_ways() {
-    let lab = lab(|_| {}).await;
+    let admin = loopback(free_port());
+    let lab = lab(|c| *c = c.clone().with_admin(admin, "media-metrics-token")).await;
     let pbx = SipPeer::new("pbx");
     pbx.bind_udp(lab.cfg.pbx_address).await;
     let (pbx_rtp, pbx_rtcp) = RtpEndpoint::bind_pair().await;
@@ -492,6 +493,28 @@ async fn rtcp_relayed_both_ways() {
     assert_eq!(from, dr_pbx_rtcp, "from drbridge's PBX-side RTCP port");
     assert_eq!(&b[..n], &rr[..], "plain RTCP at the PBX");
     mc.teams_hangs_up(&lab).await;
+
+    // The relay's counters reach /metrics (set once a second by the signalling loop): the
+    // 3+1 RTP packets each way were received and sent.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + MEDIA_WAIT * 3;
+    let count = |text: &str, what: &str| -> u64 {
+        let key = format!("drbridge_media_packets{{what=\"{what}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    loop {
+        let r = http.get(format!("http://{admin}/metrics")).bearer_auth("media-metrics-token").send().await.expect("GET /metrics");
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        if count(&text, "received") >= 8 && count(&text, "sent") >= 8 {
+            assert!(text.contains("drbridge_media_bound_pairs{side=\"teams\"} 1"), "{text}");
+            assert!(text.contains("drbridge_media_events{event=\"exhausted_sessions\"} 0"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "media counters never reached /metrics:\n{text}");
+        tokio::time::sleep(STEP).await;
+    }
 }
 
 // ------------------------------------------------------------------ 3. hold and resume

@@ -287,6 +287,11 @@ impl B2bua {
     }
 
     /// Anchors every call's media on `media`, with the codec profile of each side.
+    /// The media engine's counters, if media is anchored.
+    pub fn media_stats(&self) -> Option<crate::media::EngineStats> {
+        self.media.as_ref().and_then(|m| m.stats())
+    }
+
     pub fn with_media(mut self, media: Box<dyn MediaControl>, teams: CodecProfile, pbx: CodecProfile) -> B2bua {
         self.media = Some(media);
         self.teams_profile = teams;

@@ -130,7 +130,10 @@ pub struct EngineStats {
     pub bound_pbx: usize,
     /// Sum over freed sessions.
     pub freed: SessionStatsSnapshot,
+    /// Sum over live sessions (at the time of the call to `stats`).
+    pub live: SessionStatsSnapshot,
 }
+
 
 /// What signalling (and the sweeper) and the media thread share for one session: atomics only.
 struct SessionShared {
@@ -266,6 +269,9 @@ impl MediaEngine {
         s.dropped_unassigned = self.threads.iter().map(|t| t.dropped_unassigned.load(Relaxed)).sum();
         s.bound_teams = self.teams_pool.bound();
         s.bound_pbx = self.pbx_pool.bound();
+        for e in self.sessions.values() {
+            s.live.add(&e.shared.stats.snapshot());
+        }
         s
     }
 
@@ -503,6 +509,10 @@ impl MediaControl for MediaEngine {
         let thread = e.thread;
         self.command(thread, Control::Apply(id, pending));
         Ok(())
+    }
+
+    fn stats(&self) -> Option<EngineStats> {
+        Some(MediaEngine::stats(self))
     }
 
     fn free(&mut self, id: MediaSessionId) {

@@ -161,4 +161,63 @@ pub trait MediaControl: Send {
     fn update(&mut self, id: MediaSessionId, end: MediaEnd, remote: RemoteMedia) -> Result<(), MediaError>;
     /// Frees the ports and state; called on every end of a call.
     fn free(&mut self, id: MediaSessionId);
+    /// Counters of the engine, for /metrics (engines without any: None).
+    fn stats(&self) -> Option<engine::EngineStats> {
+        None
+    }
+}
+
+/// The media engine's counters on /metrics (`drbridge_media_*`), set from [`EngineStats`] by the
+/// signalling loop once a second. Packet counters are totals since start (freed + live sessions).
+#[derive(Clone, Default)]
+pub struct MediaMetrics {
+    sessions: prometheus_client::metrics::gauge::Gauge,
+    packets: prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>,
+    events: prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>,
+    bound: prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl MediaMetrics {
+    /// Registers these (shared) gauges in `reg`; the clone kept by the caller sets them.
+    pub fn register(&self, reg: &mut prometheus_client::registry::Registry) {
+        let m = self;
+        let sub = reg.sub_registry_with_prefix("drbridge_media");
+        sub.register("sessions", "Live media sessions", m.sessions.clone());
+        sub.register("packets", "Relay packet counters since start, by what happened to them", m.packets.clone());
+        sub.register("events", "Since start: allocations refused (ports, sessions), bind failures, sessions ended by the inactivity timeout", m.events.clone());
+        sub.register("bound_pairs", "Port pairs whose sockets are bound, by side", m.bound.clone());
+    }
+
+    pub fn set(&self, s: &EngineStats) {
+        let mut t = s.freed;
+        t.add(&s.live);
+        let g = |f: &prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>, k: &str, v: &str, n: u64| {
+            f.get_or_create(&vec![(k.to_string(), v.to_string())]).set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        self.sessions.set(i64::try_from(s.sessions).unwrap_or(i64::MAX));
+        for (what, n) in [
+            ("received", t.rx_packets),
+            ("sent", t.tx_packets),
+            ("dropped_unknown_source", t.dropped_unknown_source),
+            ("dropped_auth", t.dropped_auth),
+            ("dropped_replay", t.dropped_replay),
+            ("dropped_other", t.dropped_other),
+            ("dropped_unassigned", s.dropped_unassigned),
+            ("stun_answered", t.stun_answered),
+            ("stun_rejected", t.stun_rejected),
+        ] {
+            g(&self.packets, "what", what, n);
+        }
+        for (why, n) in [
+            ("exhausted_teams_ports", s.exhausted_teams),
+            ("exhausted_pbx_ports", s.exhausted_pbx),
+            ("exhausted_sessions", s.exhausted_sessions),
+            ("bind_failures", s.bind_failures),
+            ("inactivity_timeouts", s.inactive),
+        ] {
+            g(&self.events, "event", why, n);
+        }
+        g(&self.bound, "side", "teams", s.bound_teams as u64);
+        g(&self.bound, "side", "pbx", s.bound_pbx as u64);
+    }
 }
