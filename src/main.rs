@@ -19,11 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// mimalloc: per-thread free lists; glibc malloc was ~16 % of drbridge's CPU at the signalling knee
-/// (bench/PROFILE.md), with `malloc_consolidate` and arena locks between the transport threads.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "drbridge", version, about = "Session border controller: Microsoft Teams Direct Routing <-> Mitel PBX")]
 struct Cli {
