@@ -72,6 +72,10 @@ impl Line {
     pub fn value(&self) -> &str {
         &self.value
     }
+    /// An `a=` line whose attribute name is `name` (any case).
+    fn is_attr(&self, name: &str) -> bool {
+        self.kind == b'a' && attr_value(&self.value, name).is_some()
+    }
 }
 
 impl fmt::Debug for Line {
@@ -511,12 +515,12 @@ impl Section {
     }
     fn set_attr(&mut self, name: &str, value: &str) {
         let line = attr_line(name, value);
-        match self.lines.iter().position(|l| l.kind == b'a' && split_attr(&l.value).0.eq_ignore_ascii_case(name)) {
+        match self.lines.iter().position(|l| l.is_attr(name)) {
             Some(i) => {
                 self.lines[i].value = line;
                 let mut n = 0;
                 self.lines.retain(|l| {
-                    !(l.kind == b'a' && split_attr(&l.value).0.eq_ignore_ascii_case(name)) || {
+                    !(l.is_attr(name)) || {
                         n += 1;
                         n == 1
                     }
@@ -527,7 +531,7 @@ impl Section {
     }
     fn remove_attr(&mut self, name: &str) -> usize {
         let before = self.lines.len();
-        self.lines.retain(|l| !(l.kind == b'a' && split_attr(&l.value).0.eq_ignore_ascii_case(name)));
+        self.lines.retain(|l| !(l.is_attr(name)));
         before - self.lines.len()
     }
     fn direction(&self) -> Option<Direction> {
