@@ -1220,16 +1220,7 @@ def range_drops(lo, hi):
 
 def socket_drops(port):
     """Datagrams the kernel dropped on the UDP sockets bound to local `port` (/proc/net/udp)."""
-    total = 0
-    hexport = ":%04X" % port
-    for line in open("/proc/net/udp").read().splitlines()[1:]:
-        cols = line.split()
-        if cols[1].endswith(hexport):
-            try:
-                total += int(cols[-1])
-            except ValueError:
-                pass
-    return total
+    return range_drops(port, port)
 
 
 def media_stage(lab, args, results_dir):
@@ -1267,7 +1258,6 @@ def media_stage(lab, args, results_dir):
             rec["relay_kernel_drops"] = k1 - k0
             rec["relay_dropped"] = {k: v for k, v in d.items() if k.startswith("dropped_") and v}
             rec["relay_loss_pct"] = round(100.0 * (1 - rec["relay_sent"] / relay_in), 3) if relay_in else None
-            rec["relay_pps"] = round(relay_in / rec["wall_s"]) if rec.get("wall_s") else None
             echo0, echo1 = 0, (t.stop_level_uas(level_dir) or 0)
             sink0, sink1 = 0, (rec.get("watched") or 0)
             # every completed call played the whole pcap (236 packets) from the PBX side
