@@ -22,8 +22,13 @@ install=1
 build=1
 pass=()
 media=0
+results=bench/results   # bench.py's --results, where the relay comparison below writes too
+prev=
 for a in "$@"; do
+    [ "$prev" = --results ] && results=$a
+    prev=$a
     case "$a" in
+        --results=*) results=${a#--results=}; pass+=("$a") ;;
         --media) media=1; pass+=("$a") ;;
         --no-install) install=0 ;;
         --no-build) build=0 ;;
@@ -102,7 +107,7 @@ status=$?
 # userspace (bench/media/run.sh: 1000 G.711 streams RTP->RTP and RTP->SRTP, ratios
 # drbridge/rtpengine) and the ratios are appended to the results.
 if [ "$media" = 1 ]; then
-    out=bench/results/media_relay_vs_rtpengine.txt
+    out=$results/media_relay_vs_rtpengine.txt
     if timeout -k 5 300 bash bench/media/run.sh 1000 10 > "$out" 2>&1; then
         {
             echo
@@ -111,7 +116,7 @@ if [ "$media" = 1 ]; then
             echo '```'
             sed -n '/^mode  metric/,$p' "$out"
             echo '```'
-        } >> bench/results/capacity.md
+        } >> "$results/capacity.md"
     else
         echo "bench/run.sh: the media relay comparison failed, see $out" >&2
     fi
