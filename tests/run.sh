@@ -40,5 +40,8 @@ fi
 command -v timeout >/dev/null 2>&1 || apt_install coreutils
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
 
-cargo build --bins
+# One build: `cargo test` builds the drbridge binary the integration tests start. A separate
+# `cargo build --bins` compiled every dependency a second time (dev-dependencies change features)
+# and, with incremental caches, took more disk than a CI machine had.
+export CARGO_INCREMENTAL=0
 exec cargo test --all-targets
