@@ -817,7 +817,7 @@ def profile_report(step_dir, results_dir, name, rec):
             if line.startswith("#") or "(inlined)" in line or not keep.search(line):
                 continue
             f.write(line.rstrip()[:160] + "\n")
-    return str(txt.relative_to(ROOT))
+    return str(txt.relative_to(ROOT)) if txt.is_relative_to(ROOT) else str(txt)
 
 
 # ------------------------------------------------------------------------------------------

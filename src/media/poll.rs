@@ -21,6 +21,7 @@ use std::io;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
+
 /// Key of the wake-up eventfd (socket keys are below it).
 const WAKE: u64 = u64::MAX;
 
@@ -64,11 +65,11 @@ impl EventSet {
         let _ = epoll::delete(&self.epoll, sock);
     }
 
-    /// Blocks until a socket is readable or `wake` was called. Call from one thread only, and
-    /// take the queued work after each return.
-    pub fn wait(&self, ready: &mut Ready) -> io::Result<()> {
+    /// Blocks until a socket is readable, `wake` was called or `timeout` passed (`None`: no
+    /// timeout). Call from one thread only, and take the queued work after each return.
+    pub fn wait(&self, ready: &mut Ready, timeout: Option<&rustix::event::Timespec>) -> io::Result<()> {
         ready.list.clear();
-        epoll::wait(&self.epoll, spare_capacity(&mut ready.list), None)?;
+        epoll::wait(&self.epoll, spare_capacity(&mut ready.list), timeout)?;
         if ready.list.iter().any(|e| e.data.u64() == WAKE) {
             // Drain the eventfd, then clear the flag, in this order: a `wake` that still saw the
             // flag set queued its work before, and the caller takes the work after this
@@ -111,7 +112,7 @@ mod tests {
                 let mut ready = Ready::with_capacity(4);
                 let mut got = 0;
                 while got < N {
-                    set.wait(&mut ready).unwrap();
+                    set.wait(&mut ready, None).unwrap();
                     while rx.try_recv().is_ok() {
                         got += 1;
                     }
@@ -142,12 +143,12 @@ mod tests {
         let mut ready = Ready::with_capacity(8);
         for _ in 0..2 {
             // not read yet: reported again (level-triggered)
-            set.wait(&mut ready).unwrap();
+            set.wait(&mut ready, None).unwrap();
             assert_eq!(ready.keys().collect::<Vec<_>>(), vec![7]);
         }
         set.delete(&a);
         set.wake();
-        set.wait(&mut ready).unwrap();
+        set.wait(&mut ready, None).unwrap();
         assert_eq!(ready.keys().count(), 0, "only the wake-up");
     }
 }
