@@ -363,7 +363,7 @@ impl B2bua {
     /// Returns false when the request belongs to no subscription.
     fn subscription_notify(&mut self, stx: ServerTxnId, req: &Request, now: Instant) -> bool {
         let Some(tag) = req.to_tag() else { return false };
-        let key = (req.call_id().unwrap_or("").to_string(), tag);
+        let key = (req.call_id().unwrap_or("").to_string(), tag.to_string());
         let Some(id) = self.subs_by_dialog.get(&key).copied() else { return false };
         if req.method != Method::Notify {
             self.respond(stx, req, 405, Side::Pbx, now);
@@ -526,7 +526,7 @@ impl B2bua {
     }
 
     fn new_request(&mut self, stx: ServerTxnId, req: Request, peer: Peer, side: Side, now: Instant) {
-        let to_tag = req.to_tag();
+        let to_tag = req.to_tag().map(str::to_string);
         if let Some(tag) = to_tag {
             let key = (req.call_id().unwrap_or("").to_string(), tag);
             match self.dialogs.get(&key).copied() {
@@ -649,7 +649,7 @@ impl B2bua {
 
         let caller = normalize(&caller_raw, dest, &*self.plan);
         let callee = normalize(&callee_raw, dest, &*self.plan);
-        let display = req.from_hdr().and_then(|n| n.display);
+        let display = req.from_hdr().and_then(|n| n.display.clone());
         let body = req.body.clone();
         if self.open_leg(cid, dest, &caller, display, &callee, None, body, Some(0), &req.headers, side, now).is_none() {
             // No acceptable media in the offer (or no proxy): refuse the call.
@@ -678,7 +678,7 @@ impl B2bua {
             local: format!("{to};tag={tag}"),
             local_tag: tag,
             remote: req.headers.get("From").unwrap_or("").to_string(),
-            remote_tag: req.from_tag(),
+            remote_tag: req.from_tag().map(str::to_string),
             remote_target,
             route_set,
             local_cseq: 1,
@@ -1048,7 +1048,7 @@ impl B2bua {
 
     fn ack_2xx(&mut self, ack: Request, now: Instant) {
         let Some(tag) = ack.to_tag() else { return };
-        let key = (ack.call_id().unwrap_or("").to_string(), tag);
+        let key = (ack.call_id().unwrap_or("").to_string(), tag.to_string());
         let Some((cid, lid)) = self.dialogs.get(&key).copied() else { return };
         let Some(call) = self.calls.get_mut(&cid) else { return };
         call.legs[lid].pending_2xx = None;
@@ -1195,7 +1195,7 @@ impl B2bua {
             if let Some(to) = resp.headers.get("To") {
                 leg.remote = to.to_string();
             }
-            leg.remote_tag = Some(tag);
+            leg.remote_tag = Some(tag.to_string());
         }
         if let Some(c) = resp.headers.values("Contact").first().and_then(|c| NameAddr::parse(c).ok()) {
             leg.remote_target = c.uri.to_string();

@@ -38,8 +38,8 @@ pub fn identifiers(messages: &[String]) -> Vec<String> {
             Message::Request(r) => (r.from_tag(), r.to_tag()),
             Message::Response(r) => (r.from_tag(), r.to_tag()),
         };
-        out.extend(f);
-        out.extend(t);
+        out.extend(f.map(str::to_string));
+        out.extend(t.map(str::to_string));
     }
     out.sort();
     out.dedup();

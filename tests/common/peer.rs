@@ -681,7 +681,7 @@ impl SipPeer {
 
     /// Our To-tag for the dialog of `req` (one per Call-ID + From-tag).
     pub fn to_tag_for(&self, req: &Request) -> String {
-        let key = (req.call_id().unwrap_or("").to_string(), req.from_tag().unwrap_or_default());
+        let key = (req.call_id().unwrap_or("").to_string(), req.from_tag().unwrap_or_default().to_string());
         lock(&self.inner.to_tags).entry(key).or_insert_with(|| token(12)).clone()
     }
 
@@ -795,7 +795,7 @@ impl SipPeer {
                 continue;
             }
             if r.is_success() {
-                call.remote_tag = r.to_tag();
+                call.remote_tag = r.to_tag().map(str::to_string);
                 if let Some(c) = r.headers.values("Contact").first().and_then(|c| NameAddr::parse(c).ok()) {
                     call.remote_target = c.uri.to_string();
                 }

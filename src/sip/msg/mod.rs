@@ -199,20 +199,20 @@ macro_rules! common_accessors {
             self.headers.get("CSeq").and_then(|v| CSeq::parse(v).ok())
         }
         /// The topmost Via (first value of the first Via line).
-        pub fn top_via(&self) -> Option<Via> {
-            self.headers.values("Via").first().and_then(|v| Via::parse(v).ok())
+        pub fn top_via(&self) -> Option<&Via> {
+            self.headers.top_via()
         }
-        pub fn from_hdr(&self) -> Option<NameAddr> {
-            self.headers.get("From").and_then(|v| NameAddr::parse(v).ok())
+        pub fn from_hdr(&self) -> Option<&NameAddr> {
+            self.headers.from_addr()
         }
-        pub fn to_hdr(&self) -> Option<NameAddr> {
-            self.headers.get("To").and_then(|v| NameAddr::parse(v).ok())
+        pub fn to_hdr(&self) -> Option<&NameAddr> {
+            self.headers.to_addr()
         }
-        pub fn from_tag(&self) -> Option<String> {
-            self.from_hdr().and_then(|n| n.tag().map(str::to_string))
+        pub fn from_tag(&self) -> Option<&str> {
+            self.from_hdr().and_then(|n| n.tag())
         }
-        pub fn to_tag(&self) -> Option<String> {
-            self.to_hdr().and_then(|n| n.tag().map(str::to_string))
+        pub fn to_tag(&self) -> Option<&str> {
+            self.to_hdr().and_then(|n| n.tag())
         }
         pub fn content_type(&self) -> Option<&str> {
             self.headers.get("Content-Type")
@@ -252,7 +252,7 @@ impl Request {
             } else if h.name.is("To") {
                 let mut v = h.value.to_string();
                 if let Some(tag) = to_tag {
-                    if status != 100 && NameAddr::parse(&v).map(|n| n.tag().is_none()).unwrap_or(false) {
+                    if status != 100 && self.to_hdr().is_some_and(|n| n.tag().is_none()) {
                         v.push_str(";tag=");
                         v.push_str(tag);
                     }

@@ -3,7 +3,7 @@
 
 use super::headers::{Header, HeaderName, Headers};
 use super::text::SipStr;
-use super::uri::{CSeq, NameAddr, Uri, Via};
+use super::uri::{CSeq, Uri, Via};
 use super::{Message, Method, Request, Response};
 use bytes::Bytes;
 
@@ -292,12 +292,19 @@ fn validate(msg: &Message) -> Result<(), ParseError> {
             return Err(ParseError::BadHeaderValue("CSeq"));
         }
     }
-    for name in ["From", "To"] {
-        if let Some(v) = h.get(name) {
-            NameAddr::parse(v).map_err(|_| ParseError::BadHeaderValue(canonical(name)))?;
-        }
+    // From, To and the top Via are parsed into the headers' cache, where the B2BUA and the
+    // transaction layer find them.
+    if h.contains("From") && h.from_addr().is_none() {
+        return Err(ParseError::BadHeaderValue("From"));
     }
-    for v in h.values("Via") {
+    if h.contains("To") && h.to_addr().is_none() {
+        return Err(ParseError::BadHeaderValue("To"));
+    }
+    let vias = h.values("Via");
+    if !vias.is_empty() && h.top_via().is_none() {
+        return Err(ParseError::BadHeaderValue("Via"));
+    }
+    for v in vias.iter().skip(1) {
         Via::parse(v).map_err(|_| ParseError::BadHeaderValue("Via"))?;
     }
     if let Some(mf) = h.get("Max-Forwards") {

@@ -87,7 +87,7 @@ m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\n      newva
     assert_eq!(again.headers().len(), r.headers.len());
     // The display name with escapes survives a write.
     let from = r.from_hdr().unwrap();
-    assert_eq!(NameAddr::parse(&from.to_string()).unwrap(), from);
+    assert_eq!(&NameAddr::parse(&from.to_string()).unwrap(), from);
 }
 
 // 3.1.1.2 Wide Range of Valid Characters (intmeth)
