@@ -35,6 +35,17 @@ FQDN = "sbc.lab.drbridge.test"
 P99_LIMIT_MS = 200.0
 PCAP = "/usr/share/sip-tester/g711a.pcap"
 PCAP_PACKETS = 236  # RTP packets in PCAP (7.05 s of G.711 A-law)
+# The media stage's default player: SIPp's rtp_stream, which plays a raw A-law file from a few
+# threads (-rtp_threadtasks calls each). pcap play starts a thread per call and sends late from
+# ~500 concurrent calls on 2 cores (84-102 % CPU for SIPp at 1,000-2,000 calls, 2026-11-24);
+# rtp_stream did 2,000 calls at 26 %.
+TONE_SECS = 7
+TONE_PACKETS = TONE_SECS * 50  # 160-byte packets (20 ms) of 8 kHz A-law
+# Sockets that do not size their own receive buffer (SIPp's media and echo sockets) get this
+# during the media stage: at 2,000 calls the echo UAS takes 100,000 packets/s on one socket, and
+# the default 208 KB overflowed (3.4 % of the packets dropped in SIPp, none in drbridge).
+MEDIA_RMEM_DEFAULT = 4 * 1024 * 1024
+STREAM_PAUSE_MS = 10000
 SEED_PBX_BHCC = [
     ("MiVoice Office 400", 4200),
     ("MiVoice Business", 12000),
@@ -918,14 +929,18 @@ def markdown(res):
         me = res["media"]
         L.append("")
         if me.get("steps"):
-            L.append(f"Media ({me['label']}): each call plays {PCAP_PACKETS} G.711 packets (7 s, g711a.pcap) "
+            player = (f"{TONE_PACKETS} G.711 A-law packets (a 7 s tone, SIPp rtp_stream)" if me.get("player", "pcap") != "pcap"
+                      else f"{PCAP_PACKETS} G.711 packets (7 s, g711a.pcap, SIPp pcap play)")
+            rmem = (f" During the stage net.core.rmem_default was {me['rmem_default_raised_to']} bytes (restored after), "
+                    f"for SIPp's media and echo sockets, which do not size their own buffers." if me.get("rmem_default_raised_to") else "")
+            L.append(f"Media ({me['label']}): each call plays {player} "
                      f"from the PBX side; drbridge relays them as SRTP to the Teams side, whose SIPp echoes "
-                     f"them back (SRTP -> RTP). End-to-end loss = packets a complete play would send on the "
-                     f"PBX side that the Teams side's echo never counted: it includes what SIPp's pcap play "
-                     f"did not send in time and what SIPp's echo socket dropped. drbridge loss = drbridge's "
+                     f"them back (SRTP -> RTP).{rmem} End-to-end loss = packets a complete play would send on the "
+                     f"PBX side that the Teams side's echo never counted: it includes what SIPp did "
+                     f"not send in time and what SIPp's echo socket dropped. drbridge loss = drbridge's "
                      f"own account from /metrics: packets that reached its sockets (read, or dropped by the "
                      f"kernel on a full socket buffer) and were not sent on. Packets that arrive on a call's ports "
-                     f"after it ended (SIPp's pcap play runs late under load, and its echo follows) are "
+                     f"after it ended (a player running late under load, and its echo) are "
                      f"dropped by design and counted apart.")
             L.append("")
             L.append("| concurrent calls | cps | calls ok | failed | packets relayed | drbridge loss % | arrived after the call ended | end-to-end loss % | set-up p99 ms | server CPU | SIPp UAC CPU | RSS MB |")
@@ -1010,6 +1025,8 @@ def main():
     ap.add_argument("--log-level", default="warn")
     ap.add_argument("--media-levels", help="media stage: concurrent calls per level (default 250,500,1000,2000)")
     ap.add_argument("--media-secs", type=float, help="media stage: seconds of calls started per level")
+    ap.add_argument("--media-player", choices=["rtp_stream", "pcap"], default="rtp_stream",
+                    help="media stage: SIPp's rtp_stream of a 7 s A-law tone (default) or pcap play of g711a.pcap")
     ap.add_argument("--no-media-anchoring", dest="media_anchoring", action="store_false",
                     help="[media] enabled = false: signalling only, SDP passed through")
     ap.add_argument("--media-sessions", type=int, default=4800,
@@ -1047,7 +1064,7 @@ def main():
     media_reserve = 0.0
     if args.media:
         # on top of the signalling budget: each level = its calls + the 8 s hold + drain
-        media_reserve = len(args.media_levels.split(",")) * (args.media_secs + 8.2 + 6 + 3.5)
+        media_reserve = len(args.media_levels.split(",")) * (args.media_secs + 10.2 + 6 + 3.5)
         budget += media_reserve
     args.budget_s = budget
 
@@ -1172,8 +1189,74 @@ class DrbridgeMedia(Target):
 
     def uac(self, rate, calls, limit_s, stat, rtt_dir):
         p = self.lab.p
-        return sipp_argv("pbx_uac_media.xml", "u1", p["pbx_uac"],
+        return sipp_argv(self.scenario(), "u1", p["pbx_uac"],
                          [f"127.0.0.1:{p['pbx_listen']}", "-s", "0701234567", "-mp", str(p["pbx_media"])], limit_s)
+
+    def scenario(self):
+        """pbx_uac_media.xml as is (pcap play), or with its play action swapped for rtp_stream of
+        a 7 s A-law tone written to the work directory."""
+        if self.lab.args.media_player == "pcap":
+            return "pbx_uac_media.xml"
+        tone = self.out / "tone7s.alaw"
+        if not tone.exists():
+            tone.write_bytes(alaw_tone(TONE_SECS))
+        xml = (BENCH / "sipp" / "pbx_uac_media.xml").read_text()
+        play = f'<exec play_pcap_audio="{PCAP}"/>'
+        assert play in xml, "pbx_uac_media.xml: play_pcap_audio action not found"
+        path = self.out / "pbx_uac_media_stream.xml"
+        pause = '<pause milliseconds="8000"/>'
+        assert pause in xml, "pbx_uac_media.xml: 8 s pause not found"
+        # 3 s of slack after the 7 s tone: rtp_stream threads can run behind under load, and what
+        # they send after the BYE cannot be relayed (counted apart as "arrived after the call ended")
+        path.write_text(xml.replace(play, f'<exec rtp_stream="{tone},1,8"/>').replace(pause, f'<pause milliseconds="{STREAM_PAUSE_MS}"/>'))
+        return str(path)  # absolute: sipp_argv's BENCH / "sipp" / path is this path
+
+
+def alaw_tone(secs, hz=400, rate=8000):
+    """`secs` of a sine tone as G.711 A-law bytes (ITU-T G.711 segment encoding)."""
+    import math
+    out = bytearray()
+    for i in range(secs * rate):
+        x = int(8000 * math.sin(2 * math.pi * hz * i / rate))
+        sign = 0x80 if x >= 0 else 0
+        mag = min((x if x >= 0 else -x - 1) >> 3, 0xFFF)
+        if mag < 32:
+            v = mag >> 1
+        else:
+            seg = mag.bit_length() - 5  # 1..7
+            v = (seg << 4) | ((mag >> seg) & 0x0F)
+        out.append((v | sign) ^ 0x55)
+    return bytes(out)
+
+
+class RmemDefault:
+    """Raises net.core.rmem_default for the media stage and puts the old value back (root only;
+    otherwise it says so and changes nothing)."""
+    PATH = "/proc/sys/net/core/rmem_default"
+
+    def __init__(self, value):
+        self.value, self.old = value, None
+
+    def __enter__(self):
+        try:
+            self.old = open(self.PATH).read().strip()
+            if int(self.old) < self.value:
+                open(self.PATH, "w").write(str(self.value))
+                log(f"media: net.core.rmem_default {self.old} -> {self.value} for SIPp's sockets (restored after)")
+            else:
+                self.old = None
+        except (OSError, ValueError) as e:
+            log(f"media: could not raise net.core.rmem_default ({e}); SIPp's echo socket may drop packets")
+            self.old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            try:
+                open(self.PATH, "w").write(self.old)
+            except OSError as e:
+                log(f"media: could not restore net.core.rmem_default to {self.old}: {e}")
+        return False
 
 
 def sipp_counter(path, label):
@@ -1227,12 +1310,14 @@ def media_stage(lab, args, results_dir):
     if not lab.args.media_anchoring:
         return {"status": "skipped: --no-media-anchoring"}
     levels = [int(x) for x in args.media_levels.split(",")]
-    hold = 8.2  # pcap 7.05 s inside an 8 s pause, plus set-up
+    # pcap 7.05 s inside an 8 s pause, or the 7 s tone inside a 10 s pause, plus set-up
+    hold = 8.2 if args.media_player == "pcap" else STREAM_PAUSE_MS / 1000 + 0.2
     secs = args.media_secs
     t = DrbridgeMedia(lab, Path(args.work) / DrbridgeMedia.name)
     t.out.mkdir(parents=True, exist_ok=True)
     log(f"== {t.label}: start")
     steps = []
+    rmem = RmemDefault(MEDIA_RMEM_DEFAULT).__enter__()
     t.start()
     try:
         for i, n in enumerate(levels):
@@ -1261,7 +1346,7 @@ def media_stage(lab, args, results_dir):
             echo0, echo1 = 0, (t.stop_level_uas(level_dir) or 0)
             sink0, sink1 = 0, (rec.get("watched") or 0)
             # every completed call played the whole pcap (236 packets) from the PBX side
-            sent = rec["successful"] * PCAP_PACKETS
+            sent = rec["successful"] * (PCAP_PACKETS if args.media_player == "pcap" else TONE_PACKETS)
             echoed = echo1 - echo0
             rec["concurrent_target"] = n
             rec["rtp_sent_pbx_side"] = sent
@@ -1278,7 +1363,9 @@ def media_stage(lab, args, results_dir):
             time.sleep(args.settle_s + 2)
     finally:
         t.stop()
-    return {"status": "ran", "target": t.name, "label": t.label, "hold_s": hold, "steps": steps}
+        rmem.__exit__(None, None, None)
+    return {"status": "ran", "target": t.name, "label": t.label, "hold_s": hold, "steps": steps,
+            "player": args.media_player, "rmem_default_raised_to": MEDIA_RMEM_DEFAULT if rmem.old is not None else None}
 
 
 if __name__ == "__main__":
