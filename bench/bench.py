@@ -943,11 +943,11 @@ def markdown(res):
                      f"after it ended (a player running late under load, and its echo) are "
                      f"dropped by design and counted apart.")
             L.append("")
-            L.append("| concurrent calls | cps | calls ok | failed | packets relayed | drbridge loss % | arrived after the call ended | end-to-end loss % | set-up p99 ms | server CPU | SIPp UAC CPU | RSS MB |")
-            L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            L.append("| concurrent calls (target) | peak (SIPp) | cps | calls ok | failed | packets relayed | drbridge loss % | arrived after the call ended | end-to-end loss % | set-up p99 ms | server CPU | SIPp UAC CPU | RSS MB |")
+            L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for st in me["steps"]:
                 late = (st.get("relay_dropped") or {}).get("dropped_unassigned", 0) if isinstance(st.get("relay_dropped"), dict) else "-"
-                L.append(f"| {st['concurrent_target']} | {st['rate']} | {st['successful']} | "
+                L.append(f"| {st['concurrent_target']} | {st.get('concurrent_peak') or '-'} | {st['rate']} | {st['successful']} | "
                          f"{st['failed_uac'] + st['failed_uas']} | {fmt(st.get('relay_sent'))} | {fmt(st.get('relay_loss_pct'), 3)} | {late} | "
                          f"{fmt(st['rtp_loss_pct'], 3)} | {fmt(st['p99_ms'])} | "
                          f"{fmt(st['sut_cpu_pct'])} % | {fmt((st.get('cpu_pct') or {}).get('sipp_uac'))} % | {fmt(st['sut_rss_mb'], 1)} |")
@@ -1023,7 +1023,7 @@ def main():
                     help="drbridge sbc.max_calls (ended calls count for 32 s: the default 10000 caps ~300 cps)")
     ap.add_argument("--max-transactions", type=int, default=4000000, help="drbridge limits.max_transactions")
     ap.add_argument("--log-level", default="warn")
-    ap.add_argument("--media-levels", help="media stage: concurrent calls per level (default 250,500,1000,2000)")
+    ap.add_argument("--media-levels", help="media stage: concurrent calls per level (default 250,500,1000,2000,2500)")
     ap.add_argument("--media-secs", type=float, help="media stage: seconds of calls started per level")
     ap.add_argument("--media-player", choices=["rtp_stream", "pcap"], default="rtp_stream",
                     help="media stage: SIPp's rtp_stream of a 7 s A-law tone (default) or pcap play of g711a.pcap")
@@ -1059,7 +1059,7 @@ def main():
         args.recv_timeout_ms = args.recv_timeout_ms or 6000
     if args.rates:
         rates = [int(r) for r in args.rates.split(",")]
-    args.media_levels = args.media_levels or ("200,500" if args.quick else "250,500,1000,2000")
+    args.media_levels = args.media_levels or ("200,500" if args.quick else "250,500,1000,2000,2500")
     args.media_secs = args.media_secs or (10 if args.quick else 16)
     media_reserve = 0.0
     if args.media:
@@ -1259,6 +1259,16 @@ class RmemDefault:
         return False
 
 
+def sipp_peak(path):
+    """The peak of concurrent calls SIPp printed ('Peak was 1978 calls, after 14 s'), or None."""
+    import re
+    try:
+        vals = re.findall(r"Peak was ([0-9]+) calls", open(path, errors="replace").read())
+    except OSError:
+        return None
+    return int(vals[-1]) if vals else None
+
+
 def sipp_counter(path, label):
     """The last value SIPp printed on its screen for a counter line such as
     '12345 Total echo RTP pckts 1st stream' (the screen is dumped to stdout without a terminal)."""
@@ -1349,6 +1359,7 @@ def media_stage(lab, args, results_dir):
             sent = rec["successful"] * (PCAP_PACKETS if args.media_player == "pcap" else TONE_PACKETS)
             echoed = echo1 - echo0
             rec["concurrent_target"] = n
+            rec["concurrent_peak"] = sipp_peak(level_dir / "sipp_uac.out")
             rec["rtp_sent_pbx_side"] = sent
             rec["rtp_received_teams_side"] = echoed
             rec["rtp_loss_pct"] = round(100.0 * (1 - echoed / sent), 3) if sent else None
