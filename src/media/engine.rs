@@ -203,6 +203,9 @@ impl MediaThread {
     }
 }
 
+/// A pair released less than this long ago may still have its stop queued (see `COMMAND_POLL`).
+const RECENT_FREE_MS: u64 = 100;
+
 /// How long a media thread with no packets leaves commands queued that needed no wake-up
 /// (stops, answers): their effect is only seen by packets, which wake the thread anyway.
 const COMMAND_POLL: rustix::event::Timespec = rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
@@ -448,8 +451,11 @@ impl MediaControl for MediaEngine {
             teams_socks: tnew,
             pbx_socks: pnew,
         });
-        // new sockets must join the thread's epoll set before their first packet can wake it
-        let wake = teams_new || pbx_new;
+        // New sockets must join the thread's epoll set before their first packet can wake it.
+        // A pair reused so soon after its release that the thread may not have taken the stop
+        // yet wakes it too: the stop drains the pair, and would drop the new call's first packets.
+        let fresh = |pool: &PortPool, i: usize| now.saturating_sub(pool.freed_at(i)) < RECENT_FREE_MS;
+        let wake = teams_new || pbx_new || fresh(&self.teams_pool, tpair.index) || fresh(&self.pbx_pool, ppair.index);
         match self.threads.get(thread).map(|t| t.send(Control::Add(add), wake)) {
             Some(Ok(())) => {}
             _ => {

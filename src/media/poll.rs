@@ -21,7 +21,6 @@ use std::io;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
-
 /// Key of the wake-up eventfd (socket keys are below it).
 const WAKE: u64 = u64::MAX;
 

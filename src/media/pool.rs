@@ -135,6 +135,11 @@ impl PortPool {
         Some(PortPair { index, port: self.port(index), bound: self.bound[index] })
     }
 
+    /// When pair `index` was last released (ms on the engine's clock; 0 if never).
+    pub fn freed_at(&self, index: usize) -> u64 {
+        self.freed_at.get(index).copied().unwrap_or(0)
+    }
+
     /// Puts a pair just taken back at the front of its queue (an allocation that did not go
     /// through), as if it had not been taken.
     pub fn untake(&mut self, index: usize) {
