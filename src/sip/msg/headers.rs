@@ -101,11 +101,14 @@ pub struct Headers {
 /// From, To and the top Via, parsed on first use and kept until the headers change: the parser
 /// validates them and the B2BUA and transaction layer read them several times per message
 /// (callgrind: 31 name-addr parses per call, 11 % of all instructions, before this cache).
+///
+/// Boxed, so that the cache adds 48 bytes to a message, not ~450: messages and requests kept in
+/// call state are moved by value.
 #[derive(Clone, Debug, Default)]
 struct Parsed {
-    from: OnceLock<Option<NameAddr>>,
-    to: OnceLock<Option<NameAddr>>,
-    top_via: OnceLock<Option<Via>>,
+    from: OnceLock<Option<Box<NameAddr>>>,
+    to: OnceLock<Option<Box<NameAddr>>>,
+    top_via: OnceLock<Option<Box<Via>>>,
 }
 
 impl Headers {
@@ -117,15 +120,15 @@ impl Headers {
     }
     /// The From header as a name-addr (`None` if absent or malformed).
     pub fn from_addr(&self) -> Option<&NameAddr> {
-        self.parsed.from.get_or_init(|| self.get("From").and_then(|v| NameAddr::parse(v).ok())).as_ref()
+        self.parsed.from.get_or_init(|| self.get("From").and_then(|v| NameAddr::parse(v).ok()).map(Box::new)).as_deref()
     }
     /// The To header as a name-addr (`None` if absent or malformed).
     pub fn to_addr(&self) -> Option<&NameAddr> {
-        self.parsed.to.get_or_init(|| self.get("To").and_then(|v| NameAddr::parse(v).ok())).as_ref()
+        self.parsed.to.get_or_init(|| self.get("To").and_then(|v| NameAddr::parse(v).ok()).map(Box::new)).as_deref()
     }
     /// The topmost Via value (first value of the first Via line), parsed.
     pub fn top_via(&self) -> Option<&Via> {
-        self.parsed.top_via.get_or_init(|| self.get("Via").and_then(|l| split_commas(l).first().and_then(|v| Via::parse(v).ok()))).as_ref()
+        self.parsed.top_via.get_or_init(|| self.get("Via").and_then(|l| split_commas(l).first().and_then(|v| Via::parse(v).ok())).map(Box::new)).as_deref()
     }
     /// Every change of the list forgets what was parsed from it.
     fn changed(&mut self) -> &mut Vec<Header> {
