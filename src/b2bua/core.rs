@@ -624,7 +624,8 @@ impl B2bua {
         let a_key = (a.call_id.clone(), a.local_tag.clone());
         let mut call = Call {
             state: CallState::Calling,
-            legs: vec![a],
+            // two legs for a call's life (a transfer adds a third): room for two, not four
+            legs: { let mut v = Vec::with_capacity(2); v.push(a); v },
             pair: (0, 1),
             a_invite: Some(Box::new((stx, req.clone()))),
             caller: caller_e164.clone(),
