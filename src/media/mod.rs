@@ -57,6 +57,16 @@ pub struct SrtpKey {
     pub salt: [u8; 14],
 }
 
+/// The key material is wiped when a key is dropped (copies that were moved are not: a best
+/// effort against keys lingering in freed memory).
+impl Drop for SrtpKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.key.zeroize();
+        self.salt.zeroize();
+    }
+}
+
 impl fmt::Debug for SrtpKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SrtpKey").field("suite", &self.suite).field("tag", &self.tag).field("key", &"<redacted>").finish()
@@ -219,5 +229,26 @@ impl MediaMetrics {
         }
         g(&self.bound, "side", "teams", s.bound_teams as u64);
         g(&self.bound, "side", "pbx", s.bound_pbx as u64);
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    /// Dropping a key wipes its key and salt in place (the memory is read back after the drop,
+    /// where it still lies in a `MaybeUninit`).
+    #[test]
+    fn dropped_key_is_wiped() {
+        let mut slot = std::mem::MaybeUninit::new(SrtpKey { suite: SrtpSuite::AesCm128HmacSha1_80, tag: 1, key: [0xAB; 16], salt: [0xCD; 14] });
+        // SAFETY: `slot` holds an initialized key, dropped once here and never used as a key again;
+        // only its plain bytes (`[u8; N]` fields, valid for any value) are read afterwards.
+        let (key, salt) = unsafe {
+            std::ptr::drop_in_place(slot.as_mut_ptr());
+            let p = slot.as_ptr();
+            (std::ptr::addr_of!((*p).key).read(), std::ptr::addr_of!((*p).salt).read())
+        };
+        assert_eq!(key, [0; 16]);
+        assert_eq!(salt, [0; 14]);
     }
 }

@@ -84,6 +84,15 @@ struct SessionKeys {
     auth: HmacSha1,
 }
 
+/// The AES round keys wipe themselves (`aes` with `zeroize`); the session salt is wiped here.
+/// The HMAC state derived from the auth key is not (the `hmac` crate offers no way to).
+impl Drop for SessionKeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.salt.zeroize();
+    }
+}
+
 impl SessionKeys {
     /// RFC 3711 4.3.1 with kdr = 0: labels (enc, auth, salt) = (0, 1, 2) for SRTP, (3, 4, 5) for SRTCP.
     fn derive(master: &Aes128Enc, master_salt: &[u8; 14], first_label: u8) -> SessionKeys {
@@ -98,8 +107,9 @@ impl SessionKeys {
             salt,
             auth: <HmacSha1 as Mac>::new_from_slice(&auth).expect("HMAC takes keys of any length"),
         };
-        key.fill(0);
-        auth.fill(0);
+        // zeroize, not fill: writes to locals that are about to die may be optimized away
+        zeroize::Zeroize::zeroize(&mut key);
+        zeroize::Zeroize::zeroize(&mut auth);
         keys
     }
 
