@@ -71,7 +71,7 @@ async fn mutual_tls_call_bye_from_each_side() {
             let (bye, resp) = tokio::join!(sbc.expect_bye(&call, STEP), teams.bye(&mut teams_call, STEP));
             assert_eq!(resp.status, 200);
             assert_eq!(bye.uri.as_str(), format!("sip:{SBC_FQDN}:{};transport=tls", sbc.listen_addrs()[0].port()));
-            assert_eq!(bye.to_tag().as_deref(), Some(call.local_tag.as_str()));
+            assert_eq!(bye.to_tag(), Some(call.local_tag.as_str()));
         } else {
             let (resp, bye) = tokio::join!(sbc.bye(&mut call, STEP), teams.expect_bye(&teams_call, STEP));
             assert_eq!(resp.status, 200);

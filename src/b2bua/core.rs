@@ -286,12 +286,12 @@ impl B2bua {
         }
     }
 
-    /// Anchors every call's media on `media`, with the codec profile of each side.
     /// The media engine's counters, if media is anchored.
     pub fn media_stats(&self) -> Option<crate::media::EngineStats> {
         self.media.as_ref().and_then(|m| m.stats())
     }
 
+    /// Anchors every call's media on `media`, with the codec profile of each side.
     pub fn with_media(mut self, media: Box<dyn MediaControl>, teams: CodecProfile, pbx: CodecProfile) -> B2bua {
         self.media = Some(media);
         self.teams_profile = teams;
@@ -2322,6 +2322,7 @@ fn sdp_is_hold(body: &Bytes) -> bool {
     matches!(sdp.media_direction(0), Direction::SendOnly | Direction::Inactive)
         || sdp.media_connection(0).is_some_and(|c| &*c.address == "0.0.0.0")
 }
+
 /// Call state is kept for 64*T1 after a call ends, at thousands of calls per second: a `Leg`
 /// was 2,016 bytes and a `Request` 568 (DHAT: 4 KB per call in the legs' vector alone) until
 /// the rarely set parts were boxed. These bounds keep them from growing back unnoticed.

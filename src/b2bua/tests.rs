@@ -206,7 +206,7 @@ Content-Length: 0
     let byes = w.requests(crate::sip::msg::Method::Bye);
     assert_eq!(byes.len(), 1);
     assert_eq!(byes[0].1.call_id(), inv.call_id());
-    assert_eq!(byes[0].1.to_tag().as_deref(), Some("ms1"));
+    assert_eq!(byes[0].1.to_tag(), Some("ms1"));
 }
 
 #[test]
@@ -738,7 +738,7 @@ fn subscriptions_to_the_pbx_send_subscribe_and_answer_notifies() {
     w.flush();
     let (_, refresh) = w.requests(crate::sip::msg::Method::Subscribe).remove(0);
     assert_eq!(refresh.call_id(), sub.call_id());
-    assert_eq!(refresh.to_tag().as_deref(), Some("pbxsub"));
+    assert_eq!(refresh.to_tag(), Some("pbxsub"));
     assert_eq!(refresh.cseq().unwrap().seq, 2);
     // No answer at all: 408 to the presence core.
     w.advance(Duration::from_secs(40));

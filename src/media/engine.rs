@@ -14,8 +14,10 @@
 //!   else the oldest freed one, see `pool`), generates SRTP keys (Teams side, and PBX side when `srtp_to_pbx`) and ICE-lite
 //!   credentials (Teams side) with the OS-seeded CSPRNG, and sends the session (its [`Relay`])
 //!   to that thread, which attaches it to the two pairs.
-//! - `update` / `restart_ice` / `free` send a command to the session's media thread over its
-//!   control channel and wake the thread. On `free` the thread detaches the session from its
+//! - `update` / `restart_ice` / `free` queue a command on the session's media thread's control
+//!   channel without waking it (see `MediaThread::send`: the thread takes its queue before every
+//!   read and at least every `COMMAND_POLL`); `allocate` wakes it only for sockets bound just now
+//!   or a pair released less than `RECENT_FREE_MS` ago. On `free` the thread detaches the session from its
 //!   pairs and drains the datagrams already queued on them (dropped and counted in
 //!   [`EngineStats::dropped_unassigned`]); the pairs go back to the pools at once, at the back
 //!   of their owner's queue. A pair can only be handed to a new session by a later command on
@@ -37,7 +39,7 @@
 //! and one `sendto` of a slice of that same buffer: no allocation, no copy, no lock, and no
 //! second `recvfrom` that only learns `EWOULDBLOCK` (a socket with more datagrams queued is
 //! simply reported ready again by the next wait). Commands from signalling are taken from the
-//! channel only after a wake-up; the only state shared with signalling is the per-session
+//! channel after every wait, before the reads; the only state shared with signalling is the per-session
 //! counters (atomics written by the media thread only) and each thread's count of datagrams
 //! dropped on pairs without a session.
 

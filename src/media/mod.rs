@@ -177,14 +177,17 @@ pub trait MediaControl: Send {
     }
 }
 
+/// Gauges by one label (`what`, `event`, `side`).
+type LabeledGauges = prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>;
+
 /// The media engine's counters on /metrics (`drbridge_media_*`), set from [`EngineStats`] by the
 /// signalling loop once a second. Packet counters are totals since start (freed + live sessions).
 #[derive(Clone, Default)]
 pub struct MediaMetrics {
     sessions: prometheus_client::metrics::gauge::Gauge,
-    packets: prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>,
-    events: prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>,
-    bound: prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>,
+    packets: LabeledGauges,
+    events: LabeledGauges,
+    bound: LabeledGauges,
 }
 
 impl MediaMetrics {
@@ -201,7 +204,7 @@ impl MediaMetrics {
     pub fn set(&self, s: &EngineStats) {
         let mut t = s.freed;
         t.add(&s.live);
-        let g = |f: &prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>, k: &str, v: &str, n: u64| {
+        let g = |f: &LabeledGauges, k: &str, v: &str, n: u64| {
             f.get_or_create(&vec![(k.to_string(), v.to_string())]).set(i64::try_from(n).unwrap_or(i64::MAX));
         };
         self.sessions.set(i64::try_from(s.sessions).unwrap_or(i64::MAX));

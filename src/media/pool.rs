@@ -143,25 +143,28 @@ impl PortPool {
     /// Puts a pair just taken back at the front of its queue (an allocation that did not go
     /// through), as if it had not been taken.
     pub fn untake(&mut self, index: usize) {
-        if self.in_use.get(index) == Some(&true) {
-            self.in_use[index] = false;
-            self.free += 1;
-            let owner = self.owner(index);
-            let q = if self.bound[index] { &mut self.bound_free[owner] } else { &mut self.unbound_free[owner] };
+        if let Some(q) = self.give_back(index) {
             q.push_front(index);
         }
+    }
+
+    /// Marks a taken pair free again and returns the queue it belongs in (bound or not, of its
+    /// owner); None for an unknown pair or one that is not taken.
+    fn give_back(&mut self, index: usize) -> Option<&mut VecDeque<usize>> {
+        if self.in_use.get(index) != Some(&true) {
+            return None;
+        }
+        self.in_use[index] = false;
+        self.free += 1;
+        let owner = self.owner(index);
+        Some(if self.bound[index] { &mut self.bound_free[owner] } else { &mut self.unbound_free[owner] })
     }
 
     /// Returns a pair at `now_ms`, to the back of its queue; unknown or already free pairs are
     /// ignored.
     pub fn release(&mut self, index: usize, now_ms: u64) {
-        if self.in_use.get(index) == Some(&true) {
-            self.in_use[index] = false;
-            self.free += 1;
+        if self.give_back(index).map(|q| q.push_back(index)).is_some() {
             self.freed_at[index] = now_ms;
-            let owner = self.owner(index);
-            let q = if self.bound[index] { &mut self.bound_free[owner] } else { &mut self.unbound_free[owner] };
-            q.push_back(index);
         }
     }
 

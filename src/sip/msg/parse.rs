@@ -358,7 +358,7 @@ v=0\n";
         assert_eq!(r.headers.get("Subject"), Some("folded line"));
         assert_eq!(r.cseq().unwrap().seq, 1);
         assert_eq!(&r.body[..], b"v=0\n");
-        assert_eq!(r.from_tag().as_deref(), Some("1"));
+        assert_eq!(r.from_tag(), Some("1"));
     }
 
     #[test]
@@ -401,6 +401,6 @@ v=0\n";
         let s = "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         let Message::Response(r) = parse(Bytes::from(s), &Limits::default()).unwrap() else { panic!() };
         assert_eq!(r.status, 180);
-        assert_eq!(r.to_tag().as_deref(), Some("2"));
+        assert_eq!(r.to_tag(), Some("2"));
     }
 }

@@ -1030,8 +1030,8 @@ impl Media {
     /// The parameters of the `a=fmtp` of a payload type (e.g. `0-16` for telephone-event).
     pub fn fmtp(&self, pt: u8) -> Option<&str> {
         self.sec.attr_lines("fmtp").find_map(|(_, v)| {
-            let v = v.trim_start();
-            let (p, rest) = v.split_once([' ', '\t']).unwrap_or((v, ""));
+            let (p, rest) = pt_token(v);
+            // `p == pt.to_string()`, without the allocation
             (p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().ok() == Some(pt as u16) && (p.len() == 1 || !p.starts_with('0')))
                 .then(|| rest.trim())
         })
@@ -1104,10 +1104,14 @@ fn leading_pt(v: &str) -> Option<u8> {
     v[..end].parse().ok()
 }
 
-fn is_pt_attr(line: &str, name: &str, pt: &str) -> bool {
-    let Some(v) = attr_value(line, name) else { return false };
+/// The payload-type token a `rtpmap`/`fmtp`/`rtcp-fb` value starts with, and the rest.
+fn pt_token(v: &str) -> (&str, &str) {
     let v = v.trim_start();
-    v.split([' ', '\t']).next() == Some(pt)
+    v.split_once([' ', '\t']).unwrap_or((v, ""))
+}
+
+fn is_pt_attr(line: &str, name: &str, pt: &str) -> bool {
+    attr_value(line, name).is_some_and(|v| pt_token(v).0 == pt)
 }
 
 /// For the m= line fields: no whitespace or line ends inside a token.

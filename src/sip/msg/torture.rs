@@ -62,8 +62,8 @@ m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\n      newva
     );
     let r = req(ok(with_cl(&msg)));
     assert_eq!(r.method, Method::Invite);
-    assert_eq!(r.to_tag().as_deref(), Some("1918181833n"));
-    assert_eq!(r.from_tag().as_deref(), Some("98asjd8"));
+    assert_eq!(r.to_tag(), Some("1918181833n"));
+    assert_eq!(r.from_tag(), Some("98asjd8"));
     assert_eq!(r.from_hdr().unwrap().display.as_deref(), Some("J Rosenberg \\\""));
     assert_eq!(r.call_id(), Some("0ha0isndaksdj@192.0.2.1"));
     assert_eq!(r.cseq().unwrap(), CSeq { seq: 9, method: Method::Invite });
@@ -108,7 +108,7 @@ Content-Length: 0\n\n"
     let r = req(ok(crlf(&msg)));
     assert_eq!(r.method, Method::Other(m.to_string()));
     assert_eq!(r.cseq().unwrap().method, Method::Other(m.to_string()));
-    assert_eq!(r.from_tag().as_deref(), Some("_token~1'+`*%!-."));
+    assert_eq!(r.from_tag(), Some("_token~1'+`*%!-."));
     let u = Uri::parse(&r.uri).unwrap();
     assert_eq!(u.host, "example.com");
     assert_eq!(r.headers.get("extensionheader-!.%*+_`'~"), Some("\u{feff}\u{5927}\u{505c}\u{96fb}"));
@@ -150,7 +150,7 @@ Contact: <sip:%00%00@host5.example.com>\n\
 L:0\n\n";
     let r = req(ok(crlf(msg)));
     assert_eq!(r.headers.get_all("Contact").count(), 2);
-    assert_eq!(r.from_tag().as_deref(), Some("839923423"));
+    assert_eq!(r.from_tag(), Some("839923423"));
 }
 
 // 3.1.1.5 Use of % When It Is Not an Escape (esc02)

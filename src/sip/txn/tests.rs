@@ -134,7 +134,7 @@ fn invite_client_non_2xx_builds_ack_and_timer_d() {
     assert_eq!(ack.headers.values("Via"), vec!["SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa"]);
     assert_eq!(ack.call_id(), Some("call-1@a.example"));
     assert_eq!(ack.headers.get("From"), inv.headers.get("From"));
-    assert_eq!(ack.to_tag().as_deref(), Some("ttag"));
+    assert_eq!(ack.to_tag(), Some("ttag"));
     assert_eq!(ack.headers.get("CSeq"), Some("7 ACK"));
     assert_eq!(
         ack.headers.get_all("Route").collect::<Vec<_>>(),
