@@ -46,6 +46,12 @@ TONE_PACKETS = TONE_SECS * 50  # 160-byte packets (20 ms) of 8 kHz A-law
 # the default 208 KB overflowed (3.4 % of the packets dropped in SIPp, none in drbridge).
 MEDIA_RMEM_DEFAULT = 4 * 1024 * 1024
 STREAM_PAUSE_MS = 10000
+
+
+def media_hold_s(player):
+    """Seconds a media call lasts: pcap 7.05 s inside an 8 s pause, or the 7 s tone inside a 10 s
+    pause, plus set-up."""
+    return 8.2 if player == "pcap" else STREAM_PAUSE_MS / 1000 + 0.2
 SEED_PBX_BHCC = [
     ("MiVoice Office 400", 4200),
     ("MiVoice Business", 12000),
@@ -1064,7 +1070,7 @@ def main():
     media_reserve = 0.0
     if args.media:
         # on top of the signalling budget: each level = its calls + the 8 s hold + drain
-        media_reserve = len(args.media_levels.split(",")) * (args.media_secs + 10.2 + 6 + 3.5)
+        media_reserve = len(args.media_levels.split(",")) * (args.media_secs + media_hold_s(args.media_player) + 6 + 3.5)
         budget += media_reserve
     args.budget_s = budget
 
@@ -1261,23 +1267,23 @@ class RmemDefault:
 
 def sipp_peak(path):
     """The peak of concurrent calls SIPp printed ('Peak was 1978 calls, after 14 s'), or None."""
-    import re
-    try:
-        vals = re.findall(r"Peak was ([0-9]+) calls", open(path, errors="replace").read())
-    except OSError:
-        return None
-    return int(vals[-1]) if vals else None
+    return last_number(path, r"Peak was ([0-9]+) calls")
 
 
 def sipp_counter(path, label):
     """The last value SIPp printed on its screen for a counter line such as
     '12345 Total echo RTP pckts 1st stream' (the screen is dumped to stdout without a terminal)."""
     import re
+    return last_number(path, r"([0-9]+) " + re.escape(label))
+
+
+def last_number(path, pattern):
+    """The number captured by the last match of `pattern` in the file at `path`, or None."""
+    import re
     try:
-        text = open(path, errors="replace").read()
+        vals = re.findall(pattern, open(path, errors="replace").read())
     except OSError:
         return None
-    vals = re.findall(r"([0-9]+) " + re.escape(label), text)
     return int(vals[-1]) if vals else None
 
 
@@ -1320,61 +1326,59 @@ def media_stage(lab, args, results_dir):
     if not lab.args.media_anchoring:
         return {"status": "skipped: --no-media-anchoring"}
     levels = [int(x) for x in args.media_levels.split(",")]
-    # pcap 7.05 s inside an 8 s pause, or the 7 s tone inside a 10 s pause, plus set-up
-    hold = 8.2 if args.media_player == "pcap" else STREAM_PAUSE_MS / 1000 + 0.2
+    hold = media_hold_s(args.media_player)
     secs = args.media_secs
     t = DrbridgeMedia(lab, Path(args.work) / DrbridgeMedia.name)
     t.out.mkdir(parents=True, exist_ok=True)
     log(f"== {t.label}: start")
     steps = []
-    rmem = RmemDefault(MEDIA_RMEM_DEFAULT).__enter__()
-    t.start()
-    try:
-        for i, n in enumerate(levels):
-            if time.time() > lab.deadline:
-                log("media: time budget used up")
-                break
-            rate = max(1, int(round(n / hold)))
-            level_dir = t.out / f"{i:02d}_media_{n}"
-            t.start_level_uas(level_dir)
-            time.sleep(0.5)
-            # drbridge's media port ranges (media_toml), not SIPp's fixed media port 50000 between them
-            drb_drops = lambda: range_drops(40000, 49999) + range_drops(51000, 60999)
-            m0, k0 = media_metrics(lab.p["admin"]), drb_drops()
-            rec = run_step(t, rate, secs, level_dir, watch=lambda: socket_drops(lab.p["pbx_media"]))
-            time.sleep(1.0)
-            m1, k1 = media_metrics(lab.p["admin"]), drb_drops()
-            # drbridge's own account: what reached its sockets (read, or dropped by the kernel
-            # because the socket's buffer was full) against what it sent on
-            d = {k: m1.get(k, 0) - m0.get(k, 0) for k in m1}
-            relay_in = d.get("received", 0) + (k1 - k0)
-            rec["relay_received"] = d.get("received", 0)
-            rec["relay_sent"] = d.get("sent", 0)
-            rec["relay_kernel_drops"] = k1 - k0
-            rec["relay_dropped"] = {k: v for k, v in d.items() if k.startswith("dropped_") and v}
-            rec["relay_loss_pct"] = round(100.0 * (1 - rec["relay_sent"] / relay_in), 3) if relay_in else None
-            echo0, echo1 = 0, (t.stop_level_uas(level_dir) or 0)
-            sink0, sink1 = 0, (rec.get("watched") or 0)
-            # every completed call played the whole pcap (236 packets) from the PBX side
-            sent = rec["successful"] * (PCAP_PACKETS if args.media_player == "pcap" else TONE_PACKETS)
-            echoed = echo1 - echo0
-            rec["concurrent_target"] = n
-            rec["concurrent_peak"] = sipp_peak(level_dir / "sipp_uac.out")
-            rec["rtp_sent_pbx_side"] = sent
-            rec["rtp_received_teams_side"] = echoed
-            rec["rtp_loss_pct"] = round(100.0 * (1 - echoed / sent), 3) if sent else None
-            # the echo comes back through drbridge to the PBX UAC's media socket, which SIPp does
-            # not read: those kernel drops are expected and not counted as loss
-            rec["udp_drops_pbx_uac_media_socket"] = sink1 - sink0
-            rec["udp_rcvbuf_drops_other"] = rec["udp_rcvbuf_drops"] - (sink1 - sink0)
-            steps.append(rec)
-            log_step(t, rec, f" (media, {n} concurrent)")
-            log(f"media {n} concurrent: RTP sent (PBX side) {sent}, received SRTP (Teams side) {echoed}, "
-                f"loss {rec['rtp_loss_pct']} %, other UDP drops {rec['udp_rcvbuf_drops_other']}")
-            time.sleep(args.settle_s + 2)
-    finally:
-        t.stop()
-        rmem.__exit__(None, None, None)
+    with RmemDefault(MEDIA_RMEM_DEFAULT) as rmem:
+        t.start()
+        try:
+            for i, n in enumerate(levels):
+                if time.time() > lab.deadline:
+                    log("media: time budget used up")
+                    break
+                rate = max(1, int(round(n / hold)))
+                level_dir = t.out / f"{i:02d}_media_{n}"
+                t.start_level_uas(level_dir)
+                time.sleep(0.5)
+                # drbridge's media port ranges (media_toml), not SIPp's fixed media port 50000 between them
+                drb_drops = lambda: range_drops(40000, 49999) + range_drops(51000, 60999)
+                m0, k0 = media_metrics(lab.p["admin"]), drb_drops()
+                rec = run_step(t, rate, secs, level_dir, watch=lambda: socket_drops(lab.p["pbx_media"]))
+                time.sleep(1.0)
+                m1, k1 = media_metrics(lab.p["admin"]), drb_drops()
+                # drbridge's own account: what reached its sockets (read, or dropped by the kernel
+                # because the socket's buffer was full) against what it sent on
+                d = {k: m1.get(k, 0) - m0.get(k, 0) for k in m1}
+                relay_in = d.get("received", 0) + (k1 - k0)
+                rec["relay_received"] = d.get("received", 0)
+                rec["relay_sent"] = d.get("sent", 0)
+                rec["relay_kernel_drops"] = k1 - k0
+                rec["relay_dropped"] = {k: v for k, v in d.items() if k.startswith("dropped_") and v}
+                rec["relay_loss_pct"] = round(100.0 * (1 - rec["relay_sent"] / relay_in), 3) if relay_in else None
+                echo0, echo1 = 0, (t.stop_level_uas(level_dir) or 0)
+                sink0, sink1 = 0, (rec.get("watched") or 0)
+                # every completed call played the whole pcap (236 packets) from the PBX side
+                sent = rec["successful"] * (PCAP_PACKETS if args.media_player == "pcap" else TONE_PACKETS)
+                echoed = echo1 - echo0
+                rec["concurrent_target"] = n
+                rec["concurrent_peak"] = sipp_peak(level_dir / "sipp_uac.out")
+                rec["rtp_sent_pbx_side"] = sent
+                rec["rtp_received_teams_side"] = echoed
+                rec["rtp_loss_pct"] = round(100.0 * (1 - echoed / sent), 3) if sent else None
+                # the echo comes back through drbridge to the PBX UAC's media socket, which SIPp does
+                # not read: those kernel drops are expected and not counted as loss
+                rec["udp_drops_pbx_uac_media_socket"] = sink1 - sink0
+                rec["udp_rcvbuf_drops_other"] = rec["udp_rcvbuf_drops"] - (sink1 - sink0)
+                steps.append(rec)
+                log_step(t, rec, f" (media, {n} concurrent)")
+                log(f"media {n} concurrent: RTP sent (PBX side) {sent}, received SRTP (Teams side) {echoed}, "
+                    f"loss {rec['rtp_loss_pct']} %, other UDP drops {rec['udp_rcvbuf_drops_other']}")
+                time.sleep(args.settle_s + 2)
+        finally:
+            t.stop()
     return {"status": "ran", "target": t.name, "label": t.label, "hold_s": hold, "steps": steps,
             "player": args.media_player, "rmem_default_raised_to": MEDIA_RMEM_DEFAULT if rmem.old is not None else None}
 
