@@ -1,10 +1,22 @@
 //! drbridge command line: parses arguments and wires the parts together (see DESIGN.md).
 
+/// jemalloc instead of glibc's malloc: at 3,000 calls/s (45 s, Teams->PBX) drbridge used 68-73 %
+/// of a core against 82-84 % with glibc, whose malloc/free took ~32 % once the 64*T1 clean-ups
+/// free memory at the call rate (bench A/B, bench/PROFILE.md "Fourth pass").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc options (read at its start): unused pages go back to the OS from jemalloc's own
+/// background thread, not inline on the signalling thread that freed them.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8; 48] = b"background_thread:true,max_background_threads:1\0";
+
 use clap::{Parser, Subcommand};
-use drbridge::b2bua::{B2bua, CoreConfig, Dialplan, Side, TeamsProxy};
+use drbridge::b2bua::{B2bua, CoreConfig, Dialplan, HealthNote, Shard, ShardRouter, Side, TeamsProxy};
 use drbridge::config::{self, Trunk};
 use drbridge::media::sdp::CodecProfile;
-use drbridge::media::{MediaEngine, MediaEngineConfig, MediaEvent, MediaMetrics, SrtpSuite};
+use drbridge::media::{EngineStats, MediaEngine, MediaEngineConfig, MediaEvent, MediaMetrics, SrtpSuite};
 use drbridge::presence::graph::{GraphClient, GraphSettings, SecretSource};
 use drbridge::presence::linestate::IngestEvent;
 use drbridge::presence::publish::{self, PublishMetrics, Publisher, PublisherConfig};
@@ -210,27 +222,9 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         max_transactions: cfg.limits.max_transactions,
     };
     let pbx_addr = cfg.pbx.address;
-    let plan = Plan { numbers: NumberPlan::new(&cfg.numbers), routes: RouteTable::new(&cfg.routes) };
-    let mut core = B2bua::new(core_cfg, Box::new(plan), Instant::now());
-    let (media_tx, mut media_events) = tokio::sync::mpsc::channel::<MediaEvent>(1);
-    let _keep_media_tx = media_tx; // without media anchoring the channel stays empty
-    if cfg.media.enabled {
+    let shards = signalling_shards(cfg.sbc.signalling_threads);
+    let media_cfg = cfg.media.enabled.then(|| {
         let m = &cfg.media;
-        let ecfg = MediaEngineConfig {
-            teams_ip: m.teams_ip,
-            teams_advertised_ip: m.teams_advertised_ip,
-            pbx_ip: m.pbx_ip,
-            pbx_advertised_ip: m.pbx_advertised_ip,
-            teams_ports: m.teams_port_min..=m.teams_port_max,
-            pbx_ports: m.pbx_port_min..=m.pbx_port_max,
-            rtcp_mux_teams: m.rtcp_mux_teams,
-            srtp_to_pbx: m.srtp_to_pbx,
-            srtp_suite: SrtpSuite::from_sdp_name(&m.srtp_suite).unwrap_or(SrtpSuite::AesCm128HmacSha1_80),
-            inactivity_timeout: Duration::from_secs(m.inactivity_timeout_secs),
-            max_sessions: m.max_sessions,
-            threads: m.threads,
-            ..MediaEngineConfig::default()
-        };
         // Media sockets stay bound once used (reused per call): at full use that is one socket
         // per Teams port (RTCP muxed: one per pair) and two per PBX pair. Raise the soft
         // descriptor limit to the hard one and say so if even that is short.
@@ -245,11 +239,49 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
                 tracing::warn!(needed = need, limit = hard, "open file limit below what the media port ranges can use: calls beyond it get 503 (raise LimitNOFILE or narrow [media] port ranges)");
             }
         }
-        let (engine, ev) = MediaEngine::new(ecfg, aux.clone());
-        media_events = ev;
-        let teams = CodecProfile { allowed: m.teams_codecs.clone(), ..CodecProfile::teams() };
-        let pbx = CodecProfile { allowed: m.pbx_codecs.clone(), strip_ice: pbx_proto == Proto::Udp, ..CodecProfile::pbx_default() };
-        core = core.with_media(Box::new(engine), teams, pbx);
+        MediaEngineConfig {
+            teams_ip: m.teams_ip,
+            teams_advertised_ip: m.teams_advertised_ip,
+            pbx_ip: m.pbx_ip,
+            pbx_advertised_ip: m.pbx_advertised_ip,
+            teams_ports: m.teams_port_min..=m.teams_port_max,
+            pbx_ports: m.pbx_port_min..=m.pbx_port_max,
+            rtcp_mux_teams: m.rtcp_mux_teams,
+            srtp_to_pbx: m.srtp_to_pbx,
+            srtp_suite: SrtpSuite::from_sdp_name(&m.srtp_suite).unwrap_or(SrtpSuite::AesCm128HmacSha1_80),
+            inactivity_timeout: Duration::from_secs(m.inactivity_timeout_secs),
+            max_sessions: m.max_sessions,
+            threads: m.threads,
+            ..MediaEngineConfig::default()
+        }
+    });
+    // Automatic: not more shards than the media port ranges have pairs (a lab range of one pair).
+    let mut shards = shards;
+    if let (0, Some(mc)) = (cfg.sbc.signalling_threads, &media_cfg) {
+        while shards > 1 && (0..shards).any(|i| mc.shard(i, shards).is_none()) {
+            shards -= 1;
+        }
+    }
+    // One B2BUA core per signalling shard, each with its part of the limits and media ports.
+    let mut cores = Vec::with_capacity(shards);
+    for index in 0..shards {
+        let shard_cfg = CoreConfig { max_calls: core_cfg.max_calls.div_ceil(shards), max_transactions: core_cfg.max_transactions.div_ceil(shards), ..core_cfg.clone() };
+        let plan = Plan { numbers: NumberPlan::new(&cfg.numbers), routes: RouteTable::new(&cfg.routes) };
+        let mut core = B2bua::new(shard_cfg, Box::new(plan), Instant::now()).with_shard(Shard { index, count: shards }, index == 0);
+        let (media_tx, mut media_events) = tokio::sync::mpsc::channel::<MediaEvent>(1);
+        if let Some(mc) = &media_cfg {
+            let part = mc.shard(index, shards).ok_or_else(|| {
+                format!("{}: media: the port ranges have fewer pairs than sbc.signalling_threads ({shards}): widen them or lower it", path.display())
+            })?;
+            let (engine, ev) = MediaEngine::new(part, aux.clone());
+            media_events = ev;
+            let m = &cfg.media;
+            let teams = CodecProfile { allowed: m.teams_codecs.clone(), ..CodecProfile::teams() };
+            let pbx = CodecProfile { allowed: m.pbx_codecs.clone(), strip_ice: pbx_proto == Proto::Udp, ..CodecProfile::pbx_default() };
+            core = core.with_media(Box::new(engine), teams, pbx);
+        }
+        // without media anchoring the channel stays empty: its sender is kept with the core
+        cores.push((core, media_events, media_tx));
     }
     let media_metrics = MediaMetrics::default();
     let mut media_metrics_at = Instant::now();
@@ -258,10 +290,41 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         let mm = media_metrics.clone();
         aux.spawn(async move { start_presence(&c, mm).await }).await.map_err(|e| format!("presence start-up: {e}"))??
     };
+    let media_stats = Arc::new(std::sync::Mutex::new(vec![None; shards]));
+    let outputs = |shard: usize| Outputs {
+        shard,
+        transport: transport.clone(),
+        presence: presence.as_ref().map(|p| p.input.clone()),
+        media_stats: media_stats.clone(),
+        media_stats_at: Instant::now(),
+    };
+    // Shards 1.. each on a thread of their own; shard 0 runs here and routes what arrives.
+    let mut inboxes = Vec::with_capacity(shards - 1);
+    let mut threads = Vec::with_capacity(shards - 1);
+    let mut rest = cores.split_off(1);
+    for (i, (core, media_events, media_tx)) in rest.drain(..).enumerate() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<ShardInput>(cfg.limits.event_queue.max(1024));
+        inboxes.push(tx);
+        let out = outputs(i + 1);
+        let t = std::thread::Builder::new()
+            .name(format!("drbridge-sig-{}", i + 1))
+            .spawn(move || {
+                let _keep = media_tx;
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt.block_on(shard_loop(core, rx, media_events, out, pbx_proto, pbx_addr)),
+                    Err(e) => tracing::error!(shard = i + 1, error = %e, "cannot start a signalling shard's runtime"),
+                }
+            })
+            .map_err(|e| format!("cannot start a signalling thread: {e}"))?;
+        threads.push(t);
+    }
+    let (mut core, mut media_events, _keep_media_tx) = cores.pop().ok_or("no signalling shard")?;
+    let mut out = outputs(0);
+    let mut router = ShardRouter::new(shards, core_cfg.t1 * 64);
     let (no_cmd_tx, mut no_cmds) = tokio::sync::mpsc::channel::<SubscribeCommand>(1);
     let _keep_no_cmd_tx = no_cmd_tx;
     let mut pbx_was_up = true;
-    tracing::info!(config = %path.display(), "drbridge ready");
+    tracing::info!(config = %path.display(), signalling_threads = shards, "drbridge ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
     loop {
@@ -270,11 +333,11 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
                 let now = Instant::now();
-                handle(&mut core, ev, pbx_proto, pbx_addr, now);
+                dispatch(&mut core, &mut router, &inboxes, ev, pbx_proto, pbx_addr, now).await;
                 // Take what else is queued without waiting, then flush once.
                 for _ in 0..256 {
                     match events.try_recv() {
-                        Ok(ev) => handle(&mut core, ev, pbx_proto, pbx_addr, now),
+                        Ok(ev) => dispatch(&mut core, &mut router, &inboxes, ev, pbx_proto, pbx_addr, now).await,
                         Err(_) => break,
                     }
                 }
@@ -289,21 +352,22 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
+        flush(&mut core, &mut out);
         if media_metrics_at.elapsed() >= Duration::from_secs(1) {
             media_metrics_at = Instant::now();
-            if let Some(s) = core.media_stats() {
+            let all = media_stats.lock().map(|v| v.clone()).unwrap_or_default();
+            let mut sum: Option<EngineStats> = None;
+            for s in all.iter().flatten() {
+                sum.get_or_insert_with(EngineStats::default).merge(s);
+            }
+            if let Some(s) = sum {
                 media_metrics.set(&s);
             }
         }
-        while let Some(t) = core.poll_transmit() {
-            transport.send(t.hop.peer, t.hop.tls_name.as_deref(), t.data);
-        }
-        while let Some(e) = core.poll_event() {
-            tracing::debug!(event = ?e, "call event");
-            if let Some(p) = &presence {
-                if p.input.try_send(PresenceInput::Call(e)).is_err() {
-                    tracing::warn!("presence queue full: call event dropped");
-                }
+        // OPTIONS results of this (the keep-alive) shard, for the others.
+        while let Some(n) = core.poll_health() {
+            for tx in &inboxes {
+                let _ = tx.try_send(ShardInput::Health(n));
             }
         }
         // The PBX came back (OPTIONS answered again): its subscriptions are renewed from scratch.
@@ -320,8 +384,114 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             }
         }
     }
-    tracing::info!(stats = ?core.stats, "drbridge stopping");
+    tracing::info!(shard = 0, stats = ?core.stats, "drbridge stopping");
+    drop(inboxes);
+    for t in threads {
+        let _ = t.join();
+    }
     Ok(())
+}
+
+/// Signalling shards for `sbc.signalling_threads` (0: one per core, at most 8).
+fn signalling_shards(configured: u32) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8),
+        n => n as usize,
+    }
+}
+
+/// What shard 0 passes to another shard.
+enum ShardInput {
+    Event(TransportEvent),
+    /// An OPTIONS result (shard 0 sends the keep-alives).
+    Health(HealthNote),
+}
+
+/// Where a shard's output goes.
+struct Outputs {
+    shard: usize,
+    transport: SipTransport,
+    presence: Option<tokio::sync::mpsc::Sender<PresenceInput>>,
+    /// Each shard's media engine counters, refreshed once a second; shard 0 publishes the sum.
+    media_stats: Arc<std::sync::Mutex<Vec<Option<EngineStats>>>>,
+    media_stats_at: Instant,
+}
+
+/// Sends what a core has to send, and passes its call events on.
+fn flush(core: &mut B2bua, out: &mut Outputs) {
+    while let Some(t) = core.poll_transmit() {
+        out.transport.send(t.hop.peer, t.hop.tls_name.as_deref(), t.data);
+    }
+    while let Some(e) = core.poll_event() {
+        tracing::debug!(shard = out.shard, event = ?e, "call event");
+        if let Some(p) = &out.presence {
+            if p.try_send(PresenceInput::Call(e)).is_err() {
+                tracing::warn!("presence queue full: call event dropped");
+            }
+        }
+    }
+    if out.media_stats_at.elapsed() >= Duration::from_secs(1) {
+        out.media_stats_at = Instant::now();
+        if let (Some(s), Ok(mut v)) = (core.media_stats(), out.media_stats.lock()) {
+            v[out.shard] = Some(s);
+        }
+    }
+}
+
+/// Routes one transport event: to this core (shard 0) or to the inbox of its shard. A
+/// connection failure concerns every shard.
+async fn dispatch(core: &mut B2bua, router: &mut ShardRouter, inboxes: &[tokio::sync::mpsc::Sender<ShardInput>], ev: TransportEvent, pbx_proto: Proto, pbx_addr: SocketAddr, now: Instant) {
+    let shard = match &ev {
+        TransportEvent::Message(inb) => router.route(&inb.msg, now),
+        TransportEvent::ConnectFailed { .. } => {
+            for tx in inboxes {
+                forward(tx, ShardInput::Event(ev.clone())).await;
+            }
+            0
+        }
+    };
+    match shard.checked_sub(1).and_then(|i| inboxes.get(i)) {
+        Some(tx) => forward(tx, ShardInput::Event(ev)).await,
+        None => handle(core, ev, pbx_proto, pbx_addr, now),
+    }
+}
+
+/// Queues for another shard; a full inbox holds this shard back (backpressure, as the
+/// transport's own queue does) rather than drop a message.
+async fn forward(tx: &tokio::sync::mpsc::Sender<ShardInput>, x: ShardInput) {
+    if let Err(tokio::sync::mpsc::error::TrySendError::Full(x)) = tx.try_send(x) {
+        let _ = tx.send(x).await;
+    }
+}
+
+/// The loop of shards 1..: what shard 0 routed here, this core's media events and timers.
+async fn shard_loop(mut core: B2bua, mut inbox: tokio::sync::mpsc::Receiver<ShardInput>, mut media_events: tokio::sync::mpsc::Receiver<MediaEvent>, mut out: Outputs, pbx_proto: Proto, pbx_addr: SocketAddr) {
+    let input = |core: &mut B2bua, x: ShardInput, now: Instant| match x {
+        ShardInput::Event(ev) => handle(core, ev, pbx_proto, pbx_addr, now),
+        ShardInput::Health(n) => core.apply_health(n, now),
+    };
+    loop {
+        let wake = core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            x = inbox.recv() => {
+                let Some(x) = x else { break };
+                let now = Instant::now();
+                input(&mut core, x, now);
+                for _ in 0..256 {
+                    match inbox.try_recv() {
+                        Ok(x) => input(&mut core, x, now),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(ev) = media_events.recv() => core.handle_media_event(ev, Instant::now()),
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                core.handle_timeout(Instant::now());
+            }
+        }
+        flush(&mut core, &mut out);
+    }
+    tracing::info!(shard = out.shard, stats = ?core.stats, "signalling shard stopping");
 }
 
 /// Presence (table, PBX subscriptions, Graph publisher with its store) and the admin server, as

@@ -105,9 +105,3 @@ pub fn new_tag() -> String {
     let mut r = rand::rng();
     format!("{:016x}", r.random::<u64>())
 }
-
-pub fn new_call_id(host: &str) -> String {
-    use rand::Rng;
-    let mut r = rand::rng();
-    format!("{:032x}@{}", r.random::<u128>(), host)
-}

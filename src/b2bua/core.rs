@@ -1,10 +1,11 @@
 //! The call engine. See the module doc of `b2bua` for the shape; this file holds the state
 //! (calls, legs, client transaction purposes, timers) and the event handlers.
 
-use super::build::{self, add_identity, contact, new_call_id, new_tag, number_of, number_of_uri, party_uri, via};
+use super::build::{self, add_identity, contact, new_tag, number_of, number_of_uri, party_uri, via};
 use super::interwork::{carry_headers, normalize};
 use super::subscribe::{response_expires, SubscriptionDialog, SubscriptionEvent};
-use super::{CallEvent, CoreConfig, Dialplan, EndReason, Hop, Side, Transmit};
+use super::shard::Shard;
+use super::{CallEvent, CoreConfig, Dialplan, EndReason, HealthNote, Hop, Side, Transmit};
 use crate::config::Trunk;
 use crate::media::sdp::{ice_restart_requested, offer_remote_media, rewrite_answer, rewrite_offer, CodecProfile, SdpSession};
 use crate::media::{MediaControl, MediaEnd, MediaError, MediaEvent, MediaSessionId, RemoteMedia};
@@ -222,6 +223,13 @@ pub struct B2bua {
     pub stats: Stats,
     /// Calls not yet ended (`sbc.max_calls` applies to these).
     live_calls: usize,
+    /// Which signalling shard this core is (Call-IDs it makes up hash to it).
+    shard: Shard,
+    /// Whether this core sends the OPTIONS keep-alives (one core of a sharded set does; the
+    /// others learn trunk health through [`B2bua::apply_health`]).
+    keepalive: bool,
+    /// OPTIONS results, for the other shards (`poll_health`).
+    health_notes: VecDeque<HealthNote>,
 }
 
 fn trunk(side: Side) -> Trunk {
@@ -282,6 +290,9 @@ impl B2bua {
             pbx_profile: CodecProfile::pbx_default(),
             stats: Stats::default(),
             live_calls: 0,
+            shard: Shard::default(),
+            keepalive: true,
+            health_notes: VecDeque::new(),
             cfg,
         }
     }
@@ -297,6 +308,42 @@ impl B2bua {
         self.teams_profile = teams;
         self.pbx_profile = pbx;
         self
+    }
+
+    /// Makes this core shard `shard` of a sharded set (see `b2bua::shard`). With `keepalive`
+    /// false it sends no OPTIONS: the core that does passes its results on (`poll_health`,
+    /// `apply_health`).
+    pub fn with_shard(mut self, shard: Shard, keepalive: bool) -> B2bua {
+        self.shard = shard;
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// The next OPTIONS result this core applied, for the other shards.
+    pub fn poll_health(&mut self) -> Option<HealthNote> {
+        self.health_notes.pop_front()
+    }
+
+    /// An OPTIONS result of the keep-alive core, applied as if this core had probed.
+    pub fn apply_health(&mut self, note: HealthNote, now: Instant) {
+        self.set_health(note.proxy, note.up, now);
+    }
+
+    /// Applies an OPTIONS result of this core and queues it for the other shards; returns the
+    /// new state when it changed.
+    fn options_result(&mut self, proxy: Option<usize>, up: bool, now: Instant) -> Option<crate::routing::Health> {
+        if self.shard.count > 1 {
+            self.health_notes.push_back(HealthNote { proxy, up });
+        }
+        self.set_health(proxy, up, now)
+    }
+
+    /// An OPTIONS result for Teams proxy `proxy` (None: the PBX trunk).
+    fn set_health(&mut self, proxy: Option<usize>, up: bool, now: Instant) -> Option<crate::routing::Health> {
+        match proxy {
+            Some(i) => self.proxy_set.on_options_result(i, up, now),
+            None => self.pbx_trunk.on_options_result(up, now),
+        }
     }
 
     /// An event of the media relay (inactivity: the call is ended on both legs).
@@ -322,7 +369,7 @@ impl B2bua {
             if let Some(old) = self.subs.remove(&id) {
                 self.subs_by_dialog.remove(&(old.call_id, old.local_tag));
             }
-            let d = SubscriptionDialog::new(user, &self.cfg, event, accept);
+            let d = SubscriptionDialog::new(user, &self.cfg, self.shard.call_id("drbridge"), event, accept);
             self.subs_by_dialog.insert((d.call_id.clone(), d.local_tag.clone()), id);
             self.subs.insert(id, d);
         }
@@ -420,10 +467,10 @@ impl B2bua {
         if let Some(Reverse((at, _))) = self.wakeups.peek() {
             consider(*at);
         }
-        for p in &self.proxies {
+        for p in self.proxies.iter().filter(|_| self.keepalive) {
             consider(p.next_options);
         }
-        if self.cfg.pbx_options_interval.is_some() {
+        if self.keepalive && self.cfg.pbx_options_interval.is_some() {
             consider(self.pbx_health.next_options);
         }
         t
@@ -747,7 +794,7 @@ impl B2bua {
         };
         let our_host = build::local_host(&self.cfg, dest);
         let tag = new_tag();
-        let call_id = new_call_id(match dest {
+        let call_id = self.shard.call_id(match dest {
             Side::Teams => &self.cfg.fqdn,
             Side::Pbx => "drbridge",
         });
@@ -1096,13 +1143,13 @@ impl B2bua {
                 let up = resp.status != 503;
                 match probe {
                     Some(i) => {
-                        if let Some(h) = self.proxy_set.on_options_result(i, up, now) {
+                        if let Some(h) = self.options_result(Some(i), up, now) {
                             tracing::info!(proxy = %self.cfg.teams_proxies[i].host, health = ?h, "Teams proxy state");
                         }
                         self.proxies[i].probe = None;
                     }
                     None => {
-                        if let Some(h) = self.pbx_trunk.on_options_result(up, now) {
+                        if let Some(h) = self.options_result(None, up, now) {
                             tracing::info!(health = ?h, "PBX trunk state");
                         }
                         self.pbx_health.probe = None;
@@ -1572,13 +1619,13 @@ impl B2bua {
         if let Some(p) = self.options.remove(&ctx) {
             match p {
                 Some(i) => {
-                    if self.proxy_set.on_options_result(i, false, now).is_some() {
+                    if self.options_result(Some(i), false, now).is_some() {
                         tracing::warn!(proxy = %self.cfg.teams_proxies[i].host, "Teams proxy did not answer OPTIONS: marked down");
                     }
                     self.proxies[i].probe = None;
                 }
                 None => {
-                    if self.pbx_trunk.on_options_result(false, now).is_some() {
+                    if self.options_result(None, false, now).is_some() {
                         tracing::warn!("PBX trunk did not answer OPTIONS: marked down");
                     }
                     self.pbx_health.probe = None;
@@ -1977,6 +2024,9 @@ impl B2bua {
     }
 
     fn send_options(&mut self, now: Instant) {
+        if !self.keepalive {
+            return;
+        }
         for i in 0..self.proxies.len() {
             if self.proxies[i].next_options > now {
                 continue;
@@ -1992,7 +2042,7 @@ impl B2bua {
             req.headers.push("Max-Forwards", "70");
             req.headers.push("From", format!("<sip:{}:{}>;tag={tag}", self.cfg.fqdn, self.cfg.teams_contact_port));
             req.headers.push("To", format!("<sip:{}:{}>", p.host, p.port));
-            req.headers.push("Call-ID", new_call_id(&self.cfg.fqdn));
+            req.headers.push("Call-ID", self.shard.call_id(&self.cfg.fqdn));
             req.headers.push("CSeq", "1 OPTIONS");
             req.headers.push("Contact", contact(&self.cfg, Side::Teams, None));
             req.headers.push("Accept", "application/sdp");
@@ -2014,7 +2064,7 @@ impl B2bua {
                 req.headers.push("Max-Forwards", "70");
                 req.headers.push("From", format!("<sip:{}>;tag={}", self.cfg.pbx_local, new_tag()));
                 req.headers.push("To", format!("<sip:{}>", self.cfg.pbx_domain));
-                req.headers.push("Call-ID", new_call_id("drbridge"));
+                req.headers.push("Call-ID", self.shard.call_id("drbridge"));
                 req.headers.push("CSeq", "1 OPTIONS");
                 req.headers.push("Contact", contact(&self.cfg, Side::Pbx, None));
                 add_identity(&self.cfg, Side::Pbx, &mut req.headers, true);

@@ -12,9 +12,11 @@
 mod build;
 mod core;
 mod interwork;
+pub mod shard;
 mod subscribe;
 
 pub use self::core::{B2bua, Stats};
+pub use self::shard::{shard_of, Shard, ShardRouter};
 pub use self::subscribe::SubscriptionEvent;
 
 use crate::sip::transport::Peer;
@@ -118,6 +120,14 @@ pub enum EndReason {
     Replaced,
     /// No RTP/RTCP on either leg for the configured time.
     MediaTimeout,
+}
+
+/// An OPTIONS result of the keep-alive core, passed to the other shards: `proxy` is the index
+/// of a Teams proxy (configured order), None the PBX trunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthNote {
+    pub proxy: Option<usize>,
+    pub up: bool,
 }
 
 /// One write for the transport.

@@ -4,7 +4,7 @@
 //! speaks SIP: it builds SUBSCRIBE requests in the right dialog, answers the PBX's NOTIFYs and
 //! hands their state and body back as [`SubscriptionEvent`]s. It never reaches into presence.
 
-use super::build::{add_identity, contact, new_call_id, new_tag, via};
+use super::build::{add_identity, contact, new_tag, via};
 use super::Side;
 use crate::sip::msg::{Method, NameAddr, Request, Response};
 use bytes::Bytes;
@@ -35,12 +35,13 @@ pub(super) struct SubscriptionDialog {
 }
 
 impl SubscriptionDialog {
-    pub fn new(user: &str, cfg: &super::CoreConfig, event: &str, accept: &str) -> SubscriptionDialog {
+    /// `call_id`: a fresh one of this core's shard.
+    pub fn new(user: &str, cfg: &super::CoreConfig, call_id: String, event: &str, accept: &str) -> SubscriptionDialog {
         let tag = new_tag();
         let local = format!("<sip:drbridge@{}>;tag={tag}", cfg.pbx_local);
         let remote = format!("<sip:{user}@{}>", cfg.pbx_domain);
         SubscriptionDialog {
-            call_id: new_call_id("drbridge"),
+            call_id,
             local_tag: tag,
             local,
             remote: remote.clone(),

@@ -767,3 +767,39 @@ fn ended_calls_do_not_count_against_max_calls() {
     }
     assert_eq!(w.core.active_calls(), 0);
 }
+
+/// Shards: the other leg's Call-ID hashes to the core's own shard; only the keep-alive core
+/// sends OPTIONS and its results reach the other core through `poll_health`/`apply_health`.
+#[test]
+fn sharded_cores_keep_their_call_ids_and_share_trunk_health() {
+    let now = Instant::now();
+    let mut probe = B2bua::new(cfg(), Box::new(Plan), now).with_shard(Shard { index: 0, count: 2 }, true);
+    let mut other = B2bua::new(cfg(), Box::new(Plan), now).with_shard(Shard { index: 1, count: 2 }, false);
+    probe.handle_timeout(now);
+    other.handle_timeout(now);
+    assert!(other.poll_transmit().is_none(), "no OPTIONS from the shard without keep-alive");
+    let mut options = vec![];
+    while let Some(t) = probe.poll_transmit() {
+        if let Message::Request(r) = parse_datagram(t.data, &Limits::default()).unwrap() {
+            assert_eq!(shard_of(r.call_id().unwrap(), 2), 0, "the OPTIONS Call-ID hashes to shard 0");
+            options.push((t.hop, r));
+        }
+    }
+    assert_eq!(options.len(), 4, "three proxies and the PBX");
+    // the first proxy answers 503: down on the probing core, and on the other one once told
+    let (_, opt) = options.iter().find(|(h, _)| h.peer.addr == "52.112.0.1:5061".parse().unwrap()).unwrap();
+    probe.handle_message(Message::Response(opt.response(503, Some("x"))), Peer { proto: Proto::Tls, addr: "52.112.0.1:5061".parse().unwrap() }, Side::Teams, now);
+    assert_eq!(probe.proxies_up(), vec![false, true, true]);
+    assert_eq!(other.proxies_up(), vec![true, true, true]);
+    let note = probe.poll_health().expect("a health note");
+    assert_eq!(note, HealthNote { proxy: Some(0), up: false });
+    assert!(probe.poll_health().is_none());
+    other.apply_health(note, now);
+    assert_eq!(other.proxies_up(), vec![false, true, true]);
+    // a call on shard 1 goes to the second proxy, with a Call-ID of shard 1
+    let mut w = World { core: other, now, sent: vec![] };
+    w.from_pbx(&pbx_invite("sh"));
+    let inv = w.requests(crate::sip::msg::Method::Invite);
+    assert_eq!(inv[0].0.peer.addr, "52.112.0.2:5061".parse().unwrap());
+    assert_eq!(shard_of(inv[0].1.call_id().unwrap(), 2), 1);
+}

@@ -97,6 +97,11 @@ pub struct Sbc {
     /// Concurrent calls; beyond it new INVITEs get 503 + Retry-After.
     #[serde(default = "d_max_calls")]
     pub max_calls: u32,
+    /// Signalling threads: the B2BUA runs as this many shards, calls split by Call-ID
+    /// (`b2bua::shard`); each has its own part of `max_calls`, of the media port ranges and
+    /// sessions. 0 = one per core, at most 8. At most 64.
+    #[serde(default)]
+    pub signalling_threads: u32,
     /// State directory (presence store), resolved against the config file's directory.
     #[serde(default = "d_data_dir")]
     pub data_dir: PathBuf,
@@ -818,6 +823,7 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
     if cfg.sbc.max_calls == 0 {
         return Err(bad("sbc.max_calls", "must be at least 1"));
     }
+    range_check("sbc.signalling_threads", u64::from(cfg.sbc.signalling_threads), 0, 64, "threads, 0 = one per core")?;
 
     // [teams]
     let t = &cfg.teams;

@@ -242,6 +242,15 @@ fn media_threads() {
 }
 
 #[test]
+fn signalling_threads() {
+    assert_eq!(parse(MINIMAL).unwrap().sbc.signalling_threads, 0, "default: one per core");
+    let c = parse(&MINIMAL.replace("[sbc]\n", "[sbc]\nsignalling_threads = 2\n")).unwrap();
+    assert_eq!(c.sbc.signalling_threads, 2);
+    let e = err(&MINIMAL.replace("[sbc]\n", "[sbc]\nsignalling_threads = 65\n"));
+    assert!(e.starts_with("config/x.toml: sbc.signalling_threads: 65 is out of range (0..=64"), "{e}");
+}
+
+#[test]
 fn routes_parse() {
     let c = parse(&format!("{MINIMAL}\n[[routes]]\nmatch = '^\\+468123\\d{{4}}$'\ntrunk = \"pbx\"\n[[routes]]\nmatch = '.'\ntrunk = \"teams\"\nfrom = \"teams\"\n")).unwrap();
     assert_eq!(c.routes.len(), 2);

@@ -108,6 +108,38 @@ impl Default for MediaEngineConfig {
     }
 }
 
+impl MediaEngineConfig {
+    /// The part of this configuration that signalling shard `index` of `count` runs (one
+    /// engine per shard, see `b2bua::shard`): a contiguous `count`-th of each port range (whole
+    /// pairs), of `max_sessions` (rounded up) and of the media threads (at least one each;
+    /// 0 = one per core becomes cores / count). None when a range has fewer pairs than shards.
+    pub fn shard(&self, index: usize, count: usize) -> Option<MediaEngineConfig> {
+        let count = count.max(1);
+        let part = |r: &RangeInclusive<u16>| -> Option<RangeInclusive<u16>> {
+            let first = u32::from((*r.start()).max(2));
+            let first = first + (first & 1);
+            let end = u32::from(*r.end());
+            let pairs = if first < end { (end - first).div_ceil(2) } else { 0 };
+            let (a, b) = (pairs * index as u32 / count as u32, pairs * (index as u32 + 1) / count as u32);
+            if b <= a {
+                return None;
+            }
+            Some((first + 2 * a) as u16..=((first + 2 * b - 1).min(end)) as u16)
+        };
+        let threads = match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Some(MediaEngineConfig {
+            teams_ports: part(&self.teams_ports)?,
+            pbx_ports: part(&self.pbx_ports)?,
+            max_sessions: self.max_sessions.div_ceil(count),
+            threads: (threads / count).max(1),
+            ..self.clone()
+        })
+    }
+}
+
 /// How long a freed port pair rests before it is preferred to binding a pair never used: late
 /// packets of the ended call (a far end streaming until it gets the BYE, retransmitted when
 /// lost) then reach a pair without a session. A short range reuses pairs sooner, oldest first.
@@ -136,6 +168,23 @@ pub struct EngineStats {
     pub live: SessionStatsSnapshot,
 }
 
+
+impl EngineStats {
+    /// Adds another engine's counters (the engines of several signalling shards).
+    pub fn merge(&mut self, o: &EngineStats) {
+        self.sessions += o.sessions;
+        self.exhausted_teams += o.exhausted_teams;
+        self.exhausted_pbx += o.exhausted_pbx;
+        self.exhausted_sessions += o.exhausted_sessions;
+        self.bind_failures += o.bind_failures;
+        self.inactive += o.inactive;
+        self.dropped_unassigned += o.dropped_unassigned;
+        self.bound_teams += o.bound_teams;
+        self.bound_pbx += o.bound_pbx;
+        self.freed.add(&o.freed);
+        self.live.add(&o.live);
+    }
+}
 
 /// What signalling (and the sweeper) and the media thread share for one session: atomics only.
 struct SessionShared {
@@ -949,5 +998,31 @@ mod tests {
         let mut b = [0u8; 64];
         old.set_nonblocking(true).unwrap();
         assert!(old.recv_from(&mut b).is_err(), "nothing to the old far end");
+    }
+
+    #[test]
+    fn shard_config_splits_ranges_into_whole_pairs_without_overlap() {
+        let cfg = MediaEngineConfig { teams_ports: 40000..=40099, pbx_ports: 45001..=45100, max_sessions: 101, threads: 4, ..MediaEngineConfig::default() };
+        let parts: Vec<MediaEngineConfig> = (0..3).map(|i| cfg.shard(i, 3).expect("enough pairs")).collect();
+        // 50 Teams pairs from 40000; PBX starts at the first even port, 45002: 49 pairs to 45099
+        assert_eq!(parts[0].teams_ports, 40000..=40031);
+        assert_eq!(parts[1].teams_ports, 40032..=40065);
+        assert_eq!(parts[2].teams_ports, 40066..=40099);
+        assert_eq!(parts[0].pbx_ports, 45002..=45033);
+        assert_eq!(parts[2].pbx_ports, 45066..=45099);
+        for p in &parts {
+            assert_eq!(p.max_sessions, 34);
+            assert_eq!(p.threads, 1);
+            assert_eq!(p.teams_ports.start() % 2, 0);
+        }
+        let pairs: usize = parts.iter().map(|p| PortPool::new(p.teams_ports.clone(), 1, 0).capacity()).sum();
+        assert_eq!(pairs, PortPool::new(cfg.teams_ports.clone(), 1, 0).capacity());
+        // one shard: the whole configuration
+        let one = cfg.shard(0, 1).unwrap();
+        assert_eq!((one.teams_ports, one.pbx_ports, one.max_sessions, one.threads), (40000..=40099, 45002..=45099, 101, 4));
+        // fewer pairs than shards: a shard without a pair is refused
+        let tiny = MediaEngineConfig { teams_ports: 40000..=40003, ..cfg };
+        assert!(tiny.shard(0, 3).is_none());
+        assert_eq!(tiny.shard(2, 3).unwrap().teams_ports, 40002..=40003);
     }
 }
