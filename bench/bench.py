@@ -287,6 +287,7 @@ class Lab:
 fqdn = "{FQDN}"
 user_agent = "drbridge"
 max_calls = {self.args.max_calls}
+signalling_threads = {self.args.signalling_threads}
 data_dir = "var"
 
 [teams]
@@ -1027,6 +1028,8 @@ def main():
     ap.add_argument("--port-base", type=int, default=25060)
     ap.add_argument("--max-calls", type=int, default=1000000,
                     help="drbridge sbc.max_calls (ended calls count for 32 s: the default 10000 caps ~300 cps)")
+    ap.add_argument("--signalling-threads", type=int, default=0,
+                    help="drbridge sbc.signalling_threads (0 = one per core, drbridge's default)")
     ap.add_argument("--max-transactions", type=int, default=4000000, help="drbridge limits.max_transactions")
     ap.add_argument("--log-level", default="warn")
     ap.add_argument("--media-levels", help="media stage: concurrent calls per level (default 250,500,1000,2000,2500)")
@@ -1108,7 +1111,7 @@ def main():
         "loadavg_before": loadavg(),
         "nice": args.nice,
         "p99_limit_ms": P99_LIMIT_MS,
-        "drbridge_config": {"max_calls": args.max_calls, "max_transactions": args.max_transactions,
+        "drbridge_config": {"max_calls": args.max_calls, "signalling_threads": args.signalling_threads, "max_transactions": args.max_transactions,
                             "log_level": args.log_level, "media_anchoring": args.media_anchoring,
                             "media_sessions": args.media_sessions},
         "kamailio_config": {"workers": args.kamailio_workers, "shm_mb": 2048, "mem": args.kamailio_mem},
