@@ -714,13 +714,23 @@ def log_step(t, rec, what=""):
         f"cpu {rec['cpu_pct']}, rss {rec['sut_rss_mb']} MB, {'clean' if rec['clean'] else 'NOT CLEAN'}")
 
 
-def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
+def target_cost(args, secs, perf):
+    """What one target needs at least: a ladder of six steps, a bisection, the perf step and one soak."""
+    soak_cost = (args.soak_secs + args.recv_timeout_ms / 1000.0 + 8) if args.soak_secs else 0
+    drain_s = args.recv_timeout_ms / 1000.0 + 1.5
+    return 7 * (secs + 3.5) + drain_s + ((secs + 4) if perf else 0) + soak_cost
+
+
+def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None, retry_deadline=None):
     """The ladder (until the first unclean step), one bisection between the last clean and the
     first unclean rate, a short perf record at the knee, then a soak at the knee longer than
-    64*T1 (32 s) so that the lingering transactions and call clean-ups are in steady state."""
+    64*T1 (32 s) so that the lingering transactions and call clean-ups are in steady state.
+    An unclean soak is retried at 3/4 of the rate until `retry_deadline` (later than `deadline`:
+    it may use time of the targets that follow, as long as what they need at least is left)."""
     args = t.lab.args
     out = t.out
     deadline = min(deadline or t.lab.deadline, t.lab.deadline)
+    retry_deadline = max(deadline, min(retry_deadline or deadline, t.lab.deadline))
     soak_cost = (args.soak_secs + args.recv_timeout_ms / 1000.0 + 8) if args.soak_secs else 0
     perf_cost = (secs + 4) if perf_rate else 0
     # after an unclean step, wait until its calls in flight have timed out (SIPp -recv_timeout)
@@ -788,7 +798,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
         if args.soak_secs and knee:
             rate = knee["rate"]
             for attempt in range(2):
-                if not usable(deadline):
+                if not usable(deadline if attempt == 0 else retry_deadline):
                     break
                 # a fresh server for the soak: the ladder ended in an overload, and what an overload
                 # leaves behind (e.g. media ports) must not decide the sustained rate; whether
@@ -803,7 +813,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None):
                 if rec["clean"]:
                     break
                 rate = int(round(rate * 0.75 / 50.0) * 50)
-                if rate <= 0 or time.time() + soak_cost + drain_s > deadline:
+                if rate <= 0 or time.time() + soak_cost + drain_s > retry_deadline:
                     break
     finally:
         t.stop()
@@ -1126,8 +1136,11 @@ def main():
             perf_rate = (not args.quick and not args.no_profile and name.startswith("drbridge"))
             # each target gets an equal share of what is left, so the peer always runs too
             share = (lab.deadline - media_reserve - time.time()) / (len(names) - i)
+            # the soak retry may borrow from the targets after this one, down to what they need
+            later = sum(target_cost(args, secs, not args.quick and not args.no_profile and n.startswith("drbridge")) for n in names[i + 1:])
             res["targets"].append(run_target(t, rates, secs, results_dir, perf_rate=perf_rate,
-                                             deadline=time.time() + share))
+                                             deadline=time.time() + share,
+                                             retry_deadline=lab.deadline - media_reserve - later))
         if args.media:
             res["media"] = media_stage(lab, args, results_dir)
     finally:

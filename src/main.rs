@@ -228,7 +228,7 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         // Media sockets stay bound once used (reused per call): at full use that is one socket
         // per Teams port (RTCP muxed: one per pair) and two per PBX pair. Raise the soft
         // descriptor limit to the hard one and say so if even that is short.
-        let pairs = |lo: u16, hi: u16| (u64::from(hi.saturating_sub(lo)) + 1) / 2;
+        let pairs = |lo: u16, hi: u16| u64::from(hi.saturating_sub(lo)).div_ceil(2);
         let need = pairs(m.teams_port_min, m.teams_port_max) * if m.rtcp_mux_teams { 1 } else { 2 } + pairs(m.pbx_port_min, m.pbx_port_max) * 2 + 1024;
         let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         if let Some(hard) = lim.maximum {
@@ -400,7 +400,9 @@ fn signalling_shards(configured: u32) -> usize {
     }
 }
 
-/// What shard 0 passes to another shard.
+/// What shard 0 passes to another shard. Not boxed: a message moves through the inbox once, and
+/// a box would be one more allocation per message.
+#[allow(clippy::large_enum_variant)]
 enum ShardInput {
     Event(TransportEvent),
     /// An OPTIONS result (shard 0 sends the keep-alives).
