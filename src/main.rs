@@ -258,19 +258,20 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
     // Automatic: not more shards than the media port ranges have pairs (a lab range of one pair).
     let mut shards = shards;
     if let (0, Some(mc)) = (cfg.sbc.signalling_threads, &media_cfg) {
-        while shards > 1 && (0..shards).any(|i| mc.shard(i, shards).is_none()) {
+        while shards > 1 && (0..shards).any(|index| media_share(mc, Shard { index, count: shards }).is_none()) {
             shards -= 1;
         }
     }
     // One B2BUA core per signalling shard, each with its part of the limits and media ports.
     let mut cores = Vec::with_capacity(shards);
     for index in 0..shards {
-        let shard_cfg = CoreConfig { max_calls: core_cfg.max_calls.div_ceil(shards), max_transactions: core_cfg.max_transactions.div_ceil(shards), ..core_cfg.clone() };
+        let shard = Shard { index, count: shards };
+        let shard_cfg = CoreConfig { max_calls: shard.part_of(core_cfg.max_calls), max_transactions: shard.part_of(core_cfg.max_transactions), ..core_cfg.clone() };
         let plan = Plan { numbers: NumberPlan::new(&cfg.numbers), routes: RouteTable::new(&cfg.routes) };
-        let mut core = B2bua::new(shard_cfg, Box::new(plan), Instant::now()).with_shard(Shard { index, count: shards }, index == 0);
+        let mut core = B2bua::new(shard_cfg, Box::new(plan), Instant::now()).with_shard(shard, index == 0);
         let (media_tx, mut media_events) = tokio::sync::mpsc::channel::<MediaEvent>(1);
         if let Some(mc) = &media_cfg {
-            let part = mc.shard(index, shards).ok_or_else(|| {
+            let part = media_share(mc, shard).ok_or_else(|| {
                 format!("{}: media: the port ranges have fewer pairs than sbc.signalling_threads ({shards}): widen them or lower it", path.display())
             })?;
             let (engine, ev) = MediaEngine::new(part, aux.clone());
@@ -390,6 +391,12 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         let _ = t.join();
     }
     Ok(())
+}
+
+/// The media engine configuration of one shard: its share of the ports and sessions.
+fn media_share(mc: &MediaEngineConfig, shard: Shard) -> Option<MediaEngineConfig> {
+    let (span, of) = shard.share();
+    mc.share(span, of, shard.count)
 }
 
 /// Signalling shards for `sbc.signalling_threads` (0: one per core, at most 8).

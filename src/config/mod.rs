@@ -98,8 +98,9 @@ pub struct Sbc {
     #[serde(default = "d_max_calls")]
     pub max_calls: u32,
     /// Signalling threads: the B2BUA runs as this many shards, calls split by Call-ID
-    /// (`b2bua::shard`); each has its own part of `max_calls`, of the media port ranges and
-    /// sessions. 0 = one per core, at most 8. At most 64.
+    /// (`b2bua::shard`); each has its share of `max_calls`, of the media port ranges and
+    /// sessions (shard 0, which also runs the transports, half the share of the others).
+    /// 0 = one per core, at most 8. At most 64.
     #[serde(default)]
     pub signalling_threads: u32,
     /// State directory (presence store), resolved against the config file's directory.

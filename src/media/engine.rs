@@ -109,18 +109,19 @@ impl Default for MediaEngineConfig {
 }
 
 impl MediaEngineConfig {
-    /// The part of this configuration that signalling shard `index` of `count` runs (one
-    /// engine per shard, see `b2bua::shard`): a contiguous `count`-th of each port range (whole
-    /// pairs), of `max_sessions` (rounded up) and of the media threads (at least one each;
-    /// 0 = one per core becomes cores / count). None when a range has fewer pairs than shards.
-    pub fn shard(&self, index: usize, count: usize) -> Option<MediaEngineConfig> {
-        let count = count.max(1);
+    /// The part of this configuration that one of `shards` signalling shards runs (one engine
+    /// per shard, see `b2bua::shard`): the shard's `span` out of `of` of each port range
+    /// (contiguous, whole pairs) and of `max_sessions` (rounded up), and an equal part of the
+    /// media threads (at least one each; 0 = one per core becomes cores / shards). None when a
+    /// range is too short to give this shard a pair.
+    pub fn share(&self, span: std::ops::Range<usize>, of: usize, shards: usize) -> Option<MediaEngineConfig> {
+        let of = of.max(1) as u64;
         let part = |r: &RangeInclusive<u16>| -> Option<RangeInclusive<u16>> {
-            let first = u32::from((*r.start()).max(2));
+            let first = u64::from((*r.start()).max(2));
             let first = first + (first & 1);
-            let end = u32::from(*r.end());
+            let end = u64::from(*r.end());
             let pairs = if first < end { (end - first).div_ceil(2) } else { 0 };
-            let (a, b) = (pairs * index as u32 / count as u32, pairs * (index as u32 + 1) / count as u32);
+            let (a, b) = (pairs * span.start as u64 / of, pairs * span.end as u64 / of);
             if b <= a {
                 return None;
             }
@@ -133,8 +134,8 @@ impl MediaEngineConfig {
         Some(MediaEngineConfig {
             teams_ports: part(&self.teams_ports)?,
             pbx_ports: part(&self.pbx_ports)?,
-            max_sessions: self.max_sessions.div_ceil(count),
-            threads: (threads / count).max(1),
+            max_sessions: ((self.max_sessions as u64 * span.len() as u64).div_ceil(of) as usize).max(1),
+            threads: (threads / shards.max(1)).max(1),
             ..self.clone()
         })
     }
@@ -1001,9 +1002,10 @@ mod tests {
     }
 
     #[test]
-    fn shard_config_splits_ranges_into_whole_pairs_without_overlap() {
+    fn share_splits_ranges_into_whole_pairs_without_overlap() {
         let cfg = MediaEngineConfig { teams_ports: 40000..=40099, pbx_ports: 45001..=45100, max_sessions: 101, threads: 4, ..MediaEngineConfig::default() };
-        let parts: Vec<MediaEngineConfig> = (0..3).map(|i| cfg.shard(i, 3).expect("enough pairs")).collect();
+        // three equal spans of three
+        let parts: Vec<MediaEngineConfig> = (0..3).map(|i| cfg.share(i..i + 1, 3, 3).expect("enough pairs")).collect();
         // 50 Teams pairs from 40000; PBX starts at the first even port, 45002: 49 pairs to 45099
         assert_eq!(parts[0].teams_ports, 40000..=40031);
         assert_eq!(parts[1].teams_ports, 40032..=40065);
@@ -1017,12 +1019,16 @@ mod tests {
         }
         let pairs: usize = parts.iter().map(|p| PortPool::new(p.teams_ports.clone(), 1, 0).capacity()).sum();
         assert_eq!(pairs, PortPool::new(cfg.teams_ports.clone(), 1, 0).capacity());
-        // one shard: the whole configuration
-        let one = cfg.shard(0, 1).unwrap();
+        // uneven spans (shard 0 of two: 1 of 3, shard 1: 2 of 3)
+        let (a, b) = (cfg.share(0..1, 3, 2).unwrap(), cfg.share(1..3, 3, 2).unwrap());
+        assert_eq!((a.teams_ports, b.teams_ports), (40000..=40031, 40032..=40099));
+        assert_eq!((a.max_sessions, b.max_sessions, a.threads), (34, 68, 2));
+        // all of it
+        let one = cfg.share(0..1, 1, 1).unwrap();
         assert_eq!((one.teams_ports, one.pbx_ports, one.max_sessions, one.threads), (40000..=40099, 45002..=45099, 101, 4));
-        // fewer pairs than shards: a shard without a pair is refused
+        // a span too short for a pair is refused
         let tiny = MediaEngineConfig { teams_ports: 40000..=40003, ..cfg };
-        assert!(tiny.shard(0, 3).is_none());
-        assert_eq!(tiny.shard(2, 3).unwrap().teams_ports, 40002..=40003);
+        assert!(tiny.share(0..1, 3, 3).is_none());
+        assert_eq!(tiny.share(2..3, 3, 3).unwrap().teams_ports, 40002..=40003);
     }
 }
