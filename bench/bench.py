@@ -725,7 +725,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None, retry
     """The ladder (until the first unclean step), one bisection between the last clean and the
     first unclean rate, a short perf record at the knee, then a soak at the knee longer than
     64*T1 (32 s) so that the lingering transactions and call clean-ups are in steady state.
-    An unclean soak is retried at 3/4 of the rate until `retry_deadline` (later than `deadline`:
+    An unclean soak is retried at 9/10 of the rate until `retry_deadline` (later than `deadline`:
     it may use time of the targets that follow, as long as what they need at least is left)."""
     args = t.lab.args
     out = t.out
@@ -812,7 +812,7 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None, retry
                 log_step(t, rec, f" (soak {args.soak_secs:.0f} s)")
                 if rec["clean"]:
                     break
-                rate = int(round(rate * 0.75 / 50.0) * 50)
+                rate = int(round(rate * 0.9 / 50.0) * 50)
                 if rate <= 0 or time.time() + soak_cost + drain_s > retry_deadline:
                     break
     finally:

@@ -1850,16 +1850,25 @@ impl B2bua {
         }
         let Some((id, end_from, end_to)) = self.media_ends(cid, from, to) else { return Ok(body.clone()) };
         let answer = Sdp::parse(body.clone()).map_err(|_| 400u16)?;
-        let (side_from, side_to, sent, original) = {
-            let c = &self.calls[&cid];
-            (c.legs[from].side, c.legs[to].side, c.legs[from].offer_out.clone(), c.legs[to].offer_in.clone())
-        };
-        let (Some(sent), Some(original)) = (sent, original) else { return Err(488) };
         let media = self.media.as_mut().expect("checked above");
         let Some(local_to) = media.local(id, end_to) else { return Err(500) };
         let call = self.calls.get_mut(&cid).ok_or(481u16)?;
-        let (out, remote) = rewrite_answer(&answer, trunk(side_from), &local_to, trunk(side_to), &sent, &original, &mut call.legs[to].sdp)
-            .map_err(|e| self.sdp_refused(cid, e))?;
+        // the offer sent to `from` and the one `to` made, borrowed (not cloned) beside `to`'s
+        // SDP session: from != to, so the two legs are split
+        let (lf, lt) = match from.cmp(&to) {
+            std::cmp::Ordering::Less => {
+                let (a, b) = call.legs.split_at_mut(to);
+                (&a[from], &mut b[0])
+            }
+            std::cmp::Ordering::Greater => {
+                let (a, b) = call.legs.split_at_mut(from);
+                (&b[0], &mut a[to])
+            }
+            std::cmp::Ordering::Equal => return Err(500),
+        };
+        let (Some(sent), Some(original)) = (lf.offer_out.as_ref(), lt.offer_in.as_ref()) else { return Err(488) };
+        let rewritten = rewrite_answer(&answer, trunk(lf.side), &local_to, trunk(lt.side), sent, original, &mut lt.sdp);
+        let (out, remote) = rewritten.map_err(|e| self.sdp_refused(cid, e))?;
         let media = self.media.as_mut().expect("checked above");
         media.update(id, end_from, remote.clone()).map_err(|_| 500u16)?;
         let call = self.calls.get_mut(&cid).ok_or(481u16)?;
