@@ -1,6 +1,6 @@
 //! Header names (case-insensitive, compact forms) and the ordered header list.
 
-use super::text::{split_commas, SipStr};
+use super::text::{comma_parts, split_commas, SipStr};
 use super::uri::{NameAddr, Via};
 use std::sync::OnceLock;
 
@@ -128,7 +128,7 @@ impl Headers {
     }
     /// The topmost Via value (first value of the first Via line), parsed.
     pub fn top_via(&self) -> Option<&Via> {
-        self.parsed.top_via.get_or_init(|| self.get("Via").and_then(|l| split_commas(l).first().and_then(|v| Via::parse(v).ok())).map(Box::new)).as_deref()
+        self.parsed.top_via.get_or_init(|| self.get("Via").and_then(|l| comma_parts(l).next().and_then(|v| Via::parse(v).ok())).map(Box::new)).as_deref()
     }
     /// Every change of the list forgets what was parsed from it.
     fn changed(&mut self) -> &mut Vec<Header> {

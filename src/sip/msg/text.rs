@@ -83,32 +83,70 @@ impl PartialEq<&str> for SipStr {
 /// Splits a header value at top-level commas: commas inside quoted strings and `<...>` do not
 /// split. Each part is trimmed; empty parts are skipped.
 pub fn split_commas(v: &str) -> Vec<&str> {
-    let mut out = Vec::new();
+    comma_parts(v).collect()
+}
+
+/// [`split_commas`] without the vector: the parts one by one (`comma_parts(v).next()` is the
+/// first value of a header line).
+pub fn comma_parts(v: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(v);
+    std::iter::from_fn(move || loop {
+        let s = rest?;
+        // bytes, not chars: every delimiter is ASCII, and no byte of a multi-byte UTF-8
+        // character is, so the split points are the same and always char boundaries
+        let end = top_level(s.as_bytes(), b',', true);
+        let (part, next) = match end {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        rest = next;
+        let part = part.trim();
+        if !part.is_empty() {
+            return Some(part);
+        }
+    })
+}
+
+/// The first `delim` outside quoted strings (and, with `angles`, outside `<...>`).
+pub(crate) fn top_level(b: &[u8], delim: u8, angles: bool) -> Option<usize> {
     let (mut in_q, mut in_angle, mut esc) = (false, false, false);
-    let mut start = 0;
-    for (i, c) in v.char_indices() {
+    for (i, &c) in b.iter().enumerate() {
         if esc {
             esc = false;
             continue;
         }
         match c {
-            '\\' if in_q => esc = true,
-            '"' => in_q = !in_q,
-            '<' if !in_q => in_angle = true,
-            '>' if !in_q => in_angle = false,
-            ',' if !in_q && !in_angle => {
-                let p = v[start..i].trim();
-                if !p.is_empty() {
-                    out.push(p);
-                }
-                start = i + 1;
-            }
+            b'\\' if in_q => esc = true,
+            b'"' => in_q = !in_q,
+            b'<' if angles && !in_q => in_angle = true,
+            b'>' if angles && !in_q => in_angle = false,
+            c if c == delim && !in_q && !in_angle => return Some(i),
             _ => {}
         }
     }
-    let p = v[start..].trim();
-    if !p.is_empty() {
-        out.push(p);
+    None
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn commas_split_only_at_top_level() {
+        let v = r#" "Doe, John" <sip:a@b;x=1,2>;tag=1 , <sip:c@d>,,"q\",<" <sip:e@f> ,"#;
+        assert_eq!(split_commas(v), vec![r#""Doe, John" <sip:a@b;x=1,2>;tag=1"#, "<sip:c@d>", r#""q\",<" <sip:e@f>"#]);
+        assert_eq!(comma_parts(v).next(), Some(r#""Doe, John" <sip:a@b;x=1,2>;tag=1"#));
+        assert_eq!(split_commas("SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TLS ü.example;rport").len(), 2);
+        assert!(split_commas(" , ").is_empty());
+        assert_eq!(comma_parts("").next(), None);
     }
-    out
+
+    #[test]
+    fn top_level_skips_quotes_escapes_and_angles() {
+        assert_eq!(top_level(br#""a;b";c"#, b';', false), Some(5));
+        assert_eq!(top_level(br#""a\";b";c"#, b';', false), Some(7));
+        assert_eq!(top_level(b"<sip:a;b>;c", b';', true), Some(9));
+        assert_eq!(top_level(b"<sip:a;b>;c", b';', false), Some(6));
+        assert_eq!(top_level(b"abc", b';', false), None);
+    }
 }

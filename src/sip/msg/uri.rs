@@ -61,28 +61,22 @@ impl fmt::Display for Params {
     }
 }
 
-/// Splits at `;` outside quotes.
-fn split_semis(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut in_q, mut esc) = (false, false);
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        if esc {
-            esc = false;
-            continue;
-        }
-        match c {
-            '\\' if in_q => esc = true,
-            '"' => in_q = !in_q,
-            ';' if !in_q => {
-                out.push(&s[start..i]);
-                start = i + 1;
+/// Splits at `;` outside quotes (every part, empty ones too).
+fn split_semis(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match super::text::top_level(s.as_bytes(), b';', false) {
+            Some(i) => {
+                rest = Some(&s[i + 1..]);
+                Some(&s[..i])
             }
-            _ => {}
+            None => {
+                rest = None;
+                Some(s)
+            }
         }
-    }
-    out.push(&s[start..]);
-    out
+    })
 }
 
 /// A `sip:`/`sips:`/`tel:` URI: `scheme:user@host:port;params?headers`.

@@ -605,7 +605,15 @@ fn next_retransmit(planned: Instant, interval: Duration, now: Instant) -> Instan
 fn server_key(req: &Request) -> Option<ServerKey> {
     let via = req.top_via()?;
     let cseq = req.cseq().filter(|c| c.method == req.method)?;
-    let sent_by = format!("{}:{}", via.host.to_ascii_lowercase(), via.port.unwrap_or(0));
+    // host (lower case) ":" port, without format!: this runs for every request received
+    let mut sent_by = String::with_capacity(via.host.len() + 6);
+    sent_by.push_str(&via.host);
+    sent_by.make_ascii_lowercase();
+    sent_by.push(':');
+    {
+        use std::fmt::Write;
+        let _ = write!(sent_by, "{}", via.port.unwrap_or(0));
+    }
     let branch = match via.branch() {
         Some(b) if b.starts_with(MAGIC_COOKIE) => b.to_string(),
         _ => format!(
