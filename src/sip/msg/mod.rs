@@ -18,7 +18,7 @@ mod uri;
 pub use headers::{canonical_name, Header, HeaderName, Headers};
 pub use parse::{frame_len, parse, parse_datagram, Limits, ParseError};
 pub use text::{split_commas, SipStr};
-pub use uri::{CSeq, NameAddr, Param, Params, Uri, Via};
+pub use uri::{CSeq, NameAddr, Params, Uri, Via};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;

@@ -257,7 +257,7 @@ l: 0\n\n";
     let r = req(ok(crlf(msg)));
     let u = Uri::parse(&r.uri).unwrap();
     assert_eq!((u.user.as_deref(), u.host.as_str()), (Some("user;par=u%40example.net"), "example.com"));
-    assert!(u.params.0.is_empty());
+    assert!(u.params.is_empty());
     assert_eq!(r.headers.values("Accept").len(), 6);
 }
 
