@@ -1071,7 +1071,7 @@ def main():
         budget = args.budget_s or 105
         args.recv_timeout_ms = args.recv_timeout_ms or 4000
     else:
-        rates = [1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000]
+        rates = [1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000]
         secs = args.step_secs or 5
         args.soak_secs = 45 if args.soak_secs is None else args.soak_secs
         budget = args.budget_s or 540
