@@ -410,6 +410,49 @@ async fn teams_transfers_pbx_caller_to_pbx_extension() {
     pbx.expect_bye(&caller, STEP).await;
 }
 
+/// A Call-ID that drbridge's router sends to signalling shard `shard` of 2.
+fn call_id_on_shard(shard: usize, tag: &str) -> String {
+    (0..).map(|i| format!("{tag}-{i}@teams.test")).find(|id| drbridge::b2bua::shard_of(id, 2) == shard).expect("some Call-ID lands there")
+}
+
+/// Two signalling shards; Teams replaces its leg of an answered call (INVITE with Replaces)
+/// with a Call-ID that hashes to the other shard. The INVITE must reach the shard holding the
+/// replaced dialog, and so must the rest of the new dialog (ACK, BYE): without the pin the
+/// INVITE gets 481 and the BYE never reaches the PBX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_with_replaces_reaches_the_shard_of_the_replaced_dialog() {
+    let lab = lab(1, |c| c.signalling_threads = 2).await;
+    let pbx = SipPeer::new("pbx");
+    pbx.bind_udp(lab.cfg.pbx_address).await;
+    let conn = lab.teams.connect_sbc(lab.cfg.teams_listen, 0).await;
+    let port = lab.cfg.teams_listen.port();
+    let mut inv = lab.teams.teams_invite(TEAMS_CALLER, PBX_EXT_E164, port, 0, &teams_sdp(50_000, "sendrecv"));
+    inv.headers.set("Call-ID", call_id_on_shard(0, "first"));
+    let mut a = lab.teams.send_invite(&conn, inv);
+    let pbx_call = pbx.answer_call_with(&pbx_sdp("sendrecv"), STEP).await;
+    assert_eq!(lab.teams.await_answer(&mut a, STEP).await.status, 200);
+    lab.teams.ack(&mut a).await;
+
+    // the replacing call, from another Teams party, on a Call-ID of shard 1
+    let mut rep = lab.teams.teams_invite("+46701234999", PBX_EXT_E164, port, 0, &teams_sdp(50_030, "sendrecv"));
+    rep.headers.set("Call-ID", call_id_on_shard(1, "replacing"));
+    let dr_tag = a.remote_tag.clone().expect("drbridge's tag");
+    rep.headers.push("Replaces", format!("{};to-tag={dr_tag};from-tag={}", a.call_id, a.local_tag));
+    let mut b = lab.teams.send_invite(&conn, rep);
+    // drbridge offers the new party's media to the PBX on the existing PBX dialog
+    let reinv = pbx.expect_in_dialog(&pbx_call, Method::Invite, STEP).await;
+    assert!(String::from_utf8_lossy(&reinv.body).contains("m=audio"), "a re-INVITE with SDP");
+    pbx.respond(&reinv, 200, &pbx_sdp("sendrecv"), &[]);
+    pbx.expect_ack(&pbx_call, STEP).await;
+    assert_eq!(lab.teams.await_answer(&mut b, STEP).await.status, 200, "the replacing INVITE is answered");
+    lab.teams.ack(&mut b).await;
+    // the replaced Teams dialog is ended by drbridge
+    lab.teams.expect_bye(&a, STEP).await;
+    // the new dialog's BYE reaches the call on shard 0, which hangs up the PBX
+    assert_eq!(lab.teams.bye(&mut b, STEP).await.status, 200);
+    pbx.expect_bye(&pbx_call, STEP).await;
+}
+
 fn pbx_sdp(direction: &str) -> String {
     format!("v=0\r\no=PBX 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na={direction}\r\n")
 }

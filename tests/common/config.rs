@@ -26,6 +26,8 @@ pub struct LabConfig {
     pub fqdn: String,
     pub user_agent: String,
     pub max_calls: u32,
+    /// `[sbc] signalling_threads` (0 = one per core).
+    pub signalling_threads: u32,
     /// drbridge's TLS listener for the Teams proxies; `contact_port` is the same port.
     pub teams_listen: SocketAddr,
     pub proxies: Vec<ProxySpec>,
@@ -153,6 +155,7 @@ impl LabConfig {
             fqdn: SBC_FQDN.to_string(),
             user_agent: "drbridge".to_string(),
             max_calls: 100,
+            signalling_threads: 0,
             teams_listen: loopback(free_port()),
             proxies: Vec::new(),
             teams_options_interval_secs: 60,
@@ -215,6 +218,7 @@ impl LabConfig {
         let _ = writeln!(t, "fqdn = {}", q(&self.fqdn));
         let _ = writeln!(t, "user_agent = {}", q(&self.user_agent));
         let _ = writeln!(t, "max_calls = {}", self.max_calls);
+        let _ = writeln!(t, "signalling_threads = {}", self.signalling_threads);
         let _ = writeln!(t, "data_dir = {}", p(&self.dir.join("var")));
         let _ = writeln!(t, "\n[teams]");
         let _ = writeln!(t, "listen = {}", q(&self.teams_listen.to_string()));
