@@ -311,9 +311,19 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             .name(format!("drbridge-sig-{}", i + 1))
             .spawn(move || {
                 let _keep = media_tx;
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                // A shard that stops on its own (a panic, no runtime) would leave its calls
+                // unanswered while the others go on: the whole process exits instead, as it does
+                // when shard 0 fails, so that a supervisor restarts it.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt.block_on(shard_loop(core, rx, media_events, out, pbx_proto, pbx_addr)),
-                    Err(e) => tracing::error!(shard = i + 1, error = %e, "cannot start a signalling shard's runtime"),
+                    Err(e) => {
+                        tracing::error!(shard = i + 1, error = %e, "cannot start a signalling shard's runtime: exiting");
+                        std::process::exit(70);
+                    }
+                }));
+                if ran.is_err() {
+                    tracing::error!(shard = i + 1, "signalling shard panicked: exiting");
+                    std::process::exit(70);
                 }
             })
             .map_err(|e| format!("cannot start a signalling thread: {e}"))?;
