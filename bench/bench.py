@@ -714,11 +714,24 @@ def log_step(t, rec, what=""):
         f"cpu {rec['cpu_pct']}, rss {rec['sut_rss_mb']} MB, {'clean' if rec['clean'] else 'NOT CLEAN'}")
 
 
+def costs(args, secs, perf):
+    """Seconds a target's parts take: (one soak, the perf step, the drain after an unclean step:
+    its calls in flight time out first, SIPp -recv_timeout)."""
+    soak_cost = (args.soak_secs + args.recv_timeout_ms / 1000.0 + 8) if args.soak_secs else 0
+    perf_cost = (secs + 4) if perf else 0
+    drain_s = args.recv_timeout_ms / 1000.0 + 1.5
+    return soak_cost, perf_cost, drain_s
+
+
 def target_cost(args, secs, perf):
     """What one target needs at least: a ladder of six steps, a bisection, the perf step and one soak."""
-    soak_cost = (args.soak_secs + args.recv_timeout_ms / 1000.0 + 8) if args.soak_secs else 0
-    drain_s = args.recv_timeout_ms / 1000.0 + 1.5
-    return 7 * (secs + 3.5) + drain_s + ((secs + 4) if perf else 0) + soak_cost
+    soak_cost, perf_cost, drain_s = costs(args, secs, perf)
+    return 7 * (secs + 3.5) + drain_s + perf_cost + soak_cost
+
+
+def profiled(args, name):
+    """Whether the target gets a perf record at its knee (drbridge, default mode)."""
+    return not args.quick and not args.no_profile and name.startswith("drbridge")
 
 
 def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None, retry_deadline=None):
@@ -731,11 +744,9 @@ def run_target(t, rates, secs, results_dir, perf_rate=None, deadline=None, retry
     out = t.out
     deadline = min(deadline or t.lab.deadline, t.lab.deadline)
     retry_deadline = max(deadline, min(retry_deadline or deadline, t.lab.deadline))
-    soak_cost = (args.soak_secs + args.recv_timeout_ms / 1000.0 + 8) if args.soak_secs else 0
-    perf_cost = (secs + 4) if perf_rate else 0
-    # after an unclean step, wait until its calls in flight have timed out (SIPp -recv_timeout)
-    # so that they do not count against the next step
-    drain_s = args.recv_timeout_ms / 1000.0 + 1.5
+    # after an unclean step, wait drain_s until its calls in flight have timed out, so that they
+    # do not count against the next step
+    soak_cost, perf_cost, drain_s = costs(args, secs, perf_rate)
     ladder_deadline = deadline - soak_cost - perf_cost - drain_s
     out.mkdir(parents=True, exist_ok=True)
     log(f"== {t.label}: start")
@@ -1133,11 +1144,11 @@ def main():
         for i, name in enumerate(names):
             c = classes[name]
             t = c(lab, work / c.name)
-            perf_rate = (not args.quick and not args.no_profile and name.startswith("drbridge"))
+            perf_rate = profiled(args, name)
             # each target gets an equal share of what is left, so the peer always runs too
             share = (lab.deadline - media_reserve - time.time()) / (len(names) - i)
             # the soak retry may borrow from the targets after this one, down to what they need
-            later = sum(target_cost(args, secs, not args.quick and not args.no_profile and n.startswith("drbridge")) for n in names[i + 1:])
+            later = sum(target_cost(args, secs, profiled(args, n)) for n in names[i + 1:])
             res["targets"].append(run_target(t, rates, secs, results_dir, perf_rate=perf_rate,
                                              deadline=time.time() + share,
                                              retry_deadline=lab.deadline - media_reserve - later))

@@ -222,7 +222,7 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         max_transactions: cfg.limits.max_transactions,
     };
     let pbx_addr = cfg.pbx.address;
-    let shards = signalling_shards(cfg.sbc.signalling_threads);
+    let mut shards = signalling_shards(cfg.sbc.signalling_threads);
     let media_cfg = cfg.media.enabled.then(|| {
         let m = &cfg.media;
         // Media sockets stay bound once used (reused per call): at full use that is one socket
@@ -256,7 +256,6 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         }
     });
     // Automatic: not more shards than the media port ranges have pairs (a lab range of one pair).
-    let mut shards = shards;
     if let (0, Some(mc)) = (cfg.sbc.signalling_threads, &media_cfg) {
         while shards > 1 && (0..shards).any(|index| media_share(mc, Shard { index, count: shards }).is_none()) {
             shards -= 1;

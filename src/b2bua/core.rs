@@ -467,11 +467,13 @@ impl B2bua {
         if let Some(Reverse((at, _))) = self.wakeups.peek() {
             consider(*at);
         }
-        for p in self.proxies.iter().filter(|_| self.keepalive) {
-            consider(p.next_options);
-        }
-        if self.keepalive && self.cfg.pbx_options_interval.is_some() {
-            consider(self.pbx_health.next_options);
+        if self.keepalive {
+            for p in &self.proxies {
+                consider(p.next_options);
+            }
+            if self.cfg.pbx_options_interval.is_some() {
+                consider(self.pbx_health.next_options);
+            }
         }
         t
     }

@@ -113,10 +113,6 @@ impl ShardRouter {
         }
     }
 
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     /// Pins in force (for tests and stats).
     pub fn pinned(&self) -> usize {
         self.pins.len()

@@ -44,7 +44,7 @@
 //! dropped on pairs without a session.
 
 use super::poll::{EventSet, Ready};
-use super::pool::{PortPair, PortPool};
+use super::pool::{pairs_in, PortPair, PortPool};
 use super::relay::{bump, Action, LegSetup, Pending, Port, Relay, SessionStats, SessionStatsSnapshot, HEADROOM};
 use super::{IceCredentials, LocalMedia, MediaControl, MediaEnd, MediaError, MediaEvent, MediaSessionId, RemoteMedia, SrtpKey, SrtpSuite};
 use crate::config::Trunk;
@@ -109,6 +109,14 @@ impl Default for MediaEngineConfig {
 }
 
 impl MediaEngineConfig {
+    /// Media threads to start: `threads`, or one per core for 0.
+    fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// The part of this configuration that one of `shards` signalling shards runs (one engine
     /// per shard, see `b2bua::shard`): the shard's `span` out of `of` of each port range
     /// (contiguous, whole pairs) and of `max_sessions` (rounded up), and an equal part of the
@@ -117,25 +125,19 @@ impl MediaEngineConfig {
     pub fn share(&self, span: std::ops::Range<usize>, of: usize, shards: usize) -> Option<MediaEngineConfig> {
         let of = of.max(1) as u64;
         let part = |r: &RangeInclusive<u16>| -> Option<RangeInclusive<u16>> {
-            let first = u64::from((*r.start()).max(2));
-            let first = first + (first & 1);
-            let end = u64::from(*r.end());
-            let pairs = if first < end { (end - first).div_ceil(2) } else { 0 };
+            let (first, pairs) = pairs_in(r);
+            let (first, pairs) = (u64::from(first), pairs as u64);
             let (a, b) = (pairs * span.start as u64 / of, pairs * span.end as u64 / of);
             if b <= a {
                 return None;
             }
-            Some((first + 2 * a) as u16..=((first + 2 * b - 1).min(end)) as u16)
-        };
-        let threads = match self.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
+            Some((first + 2 * a) as u16..=((first + 2 * b - 1).min(u64::from(*r.end()))) as u16)
         };
         Some(MediaEngineConfig {
             teams_ports: part(&self.teams_ports)?,
             pbx_ports: part(&self.pbx_ports)?,
             max_sessions: ((self.max_sessions as u64 * span.len() as u64).div_ceil(of) as usize).max(1),
-            threads: (threads / shards.max(1)).max(1),
+            threads: (self.thread_count() / shards.max(1)).max(1),
             ..self.clone()
         })
     }
@@ -307,10 +309,7 @@ impl MediaEngine {
             period,
             inactive_count.clone(),
         ));
-        let n = match cfg.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let n = cfg.thread_count();
         let threads = (0..n).map(|i| spawn_media_thread(i, epoch)).collect();
         let engine = MediaEngine {
             teams_pool: PortPool::new(cfg.teams_ports.clone(), n, REUSE_AFTER.as_millis() as u64),

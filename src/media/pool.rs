@@ -51,15 +51,23 @@ pub struct PortPool {
     free: usize,
 }
 
+/// The pairs of `range`: its first even port (port 0 excluded; beyond 65535 when the range
+/// starts at 65535, and then no pair) and how many even ports `p` from there have `p` and `p+1`
+/// inside it.
+pub fn pairs_in(range: &RangeInclusive<u16>) -> (u32, usize) {
+    let start = u32::from((*range.start()).max(2));
+    let first = start + (start & 1);
+    let end = u32::from(*range.end());
+    let n = if first < end { (end - first).div_ceil(2) as usize } else { 0 };
+    (first, n)
+}
+
 impl PortPool {
     /// All even ports `p` with `p` and `p+1` inside `range` (port 0 excluded), pair `i` owned
     /// by thread `i % owners` (`owners` at least 1); a freed bound pair rests `reuse_after_ms`
     /// before it is preferred to an unbound one.
     pub fn new(range: RangeInclusive<u16>, owners: usize, reuse_after_ms: u64) -> PortPool {
-        let start = (*range.start()).max(2);
-        let first = start + (start & 1);
-        let end = *range.end();
-        let n = if (first as u32) < end as u32 { (end as u32 - first as u32).div_ceil(2) as usize } else { 0 };
+        let (first, n) = pairs_in(&range);
         let owners = owners.max(1);
         let mut unbound_free = vec![VecDeque::with_capacity(n / owners + 1); owners];
         for i in 0..n {
@@ -73,7 +81,8 @@ impl PortPool {
             bound_count: 0,
             freed_at: vec![0; n],
             reuse_after_ms,
-            first,
+            // only read for pairs that exist (then it is a port)
+            first: first as u16,
             free: n,
         }
     }

@@ -4,7 +4,7 @@
 
 use super::RoutingError;
 use crate::config::{NumberRule, Numbers, TeamsProxy, Trunk};
-use crate::sip::msg::{split_commas, Headers, NameAddr, Params, Uri};
+use crate::sip::msg::{comma_parts, Headers, NameAddr, Params, Uri};
 use regex::Regex;
 
 /// One direction's rules (`[[numbers.to_teams]]` or `[[numbers.to_pbx]]`).
@@ -76,7 +76,7 @@ impl NumberRules {
         let mut changed = 0;
         let mut out = Vec::new();
         for line in headers.get_all(name) {
-            for v in split_commas(line) {
+            for v in comma_parts(line) {
                 match NameAddr::parse(v) {
                     Ok(mut na) => {
                         if self.normalize_uri(&mut na.uri) {

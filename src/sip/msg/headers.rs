@@ -1,6 +1,6 @@
 //! Header names (case-insensitive, compact forms) and the ordered header list.
 
-use super::text::{comma_parts, split_commas, SipStr};
+use super::text::{comma_parts, SipStr};
 use super::uri::{NameAddr, Via};
 use std::sync::OnceLock;
 
@@ -156,7 +156,7 @@ impl Headers {
     /// Use only for headers whose grammar is a comma list (Via, Route, Record-Route, Contact,
     /// Allow, Supported, Require, History-Info, Diversion ...).
     pub fn values<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
-        self.get_all(name).flat_map(split_commas).collect()
+        self.get_all(name).flat_map(comma_parts).collect()
     }
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
@@ -215,7 +215,7 @@ impl Headers {
     /// its own or the first of a comma-joined line. Returns it.
     pub fn pop_first_value(&mut self, name: &str) -> Option<String> {
         let i = self.list.iter().position(|h| h.name.is(name))?;
-        let parts: Vec<String> = split_commas(&self.list[i].value).into_iter().map(String::from).collect();
+        let parts: Vec<String> = comma_parts(&self.list[i].value).map(String::from).collect();
         if parts.len() <= 1 {
             let h = self.changed().remove(i);
             return Some(h.value.to_string());

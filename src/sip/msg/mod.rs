@@ -17,7 +17,7 @@ mod uri;
 
 pub use headers::{canonical_name, Header, HeaderName, Headers};
 pub use parse::{frame_len, parse, parse_datagram, Limits, ParseError};
-pub use text::{split_commas, SipStr};
+pub use text::{comma_parts, SipStr};
 pub use uri::{CSeq, NameAddr, Params, Uri, Via};
 
 use bytes::{BufMut, Bytes, BytesMut};

@@ -80,14 +80,9 @@ impl PartialEq<&str> for SipStr {
     }
 }
 
-/// Splits a header value at top-level commas: commas inside quoted strings and `<...>` do not
-/// split. Each part is trimmed; empty parts are skipped.
-pub fn split_commas(v: &str) -> Vec<&str> {
-    comma_parts(v).collect()
-}
-
-/// [`split_commas`] without the vector: the parts one by one (`comma_parts(v).next()` is the
-/// first value of a header line).
+/// The parts of a header value split at top-level commas (commas inside quoted strings and
+/// `<...>` do not split), one by one: each trimmed, empty parts skipped. `comma_parts(v).next()`
+/// is the first value of a header line.
 pub fn comma_parts(v: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(v);
     std::iter::from_fn(move || loop {
@@ -134,10 +129,10 @@ mod split_tests {
     #[test]
     fn commas_split_only_at_top_level() {
         let v = r#" "Doe, John" <sip:a@b;x=1,2>;tag=1 , <sip:c@d>,,"q\",<" <sip:e@f> ,"#;
-        assert_eq!(split_commas(v), vec![r#""Doe, John" <sip:a@b;x=1,2>;tag=1"#, "<sip:c@d>", r#""q\",<" <sip:e@f>"#]);
+        assert_eq!(comma_parts(v).collect::<Vec<_>>(), vec![r#""Doe, John" <sip:a@b;x=1,2>;tag=1"#, "<sip:c@d>", r#""q\",<" <sip:e@f>"#]);
         assert_eq!(comma_parts(v).next(), Some(r#""Doe, John" <sip:a@b;x=1,2>;tag=1"#));
-        assert_eq!(split_commas("SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TLS ü.example;rport").len(), 2);
-        assert!(split_commas(" , ").is_empty());
+        assert_eq!(comma_parts("SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TLS ü.example;rport").count(), 2);
+        assert!(comma_parts(" , ").next().is_none());
         assert_eq!(comma_parts("").next(), None);
     }
 

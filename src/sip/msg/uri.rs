@@ -14,6 +14,16 @@ pub struct Params {
     raw: String,
 }
 
+/// Appends `;name[=value]` to a parameter string.
+fn push_param(raw: &mut String, name: &str, value: Option<&str>) {
+    raw.push(';');
+    raw.push_str(name);
+    if let Some(v) = value {
+        raw.push('=');
+        raw.push_str(v);
+    }
+}
+
 /// One parameter: name and value (None for a flag such as `lr`).
 fn split_param(p: &str) -> (&str, Option<&str>) {
     match p.split_once('=') {
@@ -32,18 +42,17 @@ impl Params {
                 continue;
             }
             let (n, v) = split_param(p);
-            raw.push(';');
-            raw.push_str(n);
-            if let Some(v) = v {
-                raw.push('=');
-                raw.push_str(v);
-            }
+            push_param(&mut raw, n, v);
         }
         Params { raw }
     }
+    /// The parameters as written (`name[=value]`), in order.
+    fn parts(&self) -> impl Iterator<Item = &str> {
+        split_semis(self.raw.strip_prefix(';').unwrap_or("")).filter(|p| !p.is_empty())
+    }
     /// The parameters in order: name and value.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
-        split_semis(self.raw.strip_prefix(';').unwrap_or("")).filter(|p| !p.is_empty()).map(split_param)
+        self.parts().map(split_param)
     }
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty()
@@ -58,24 +67,16 @@ impl Params {
     pub fn set(&mut self, name: &str, value: Option<&str>) {
         let mut raw = String::with_capacity(self.raw.len() + name.len() + value.map_or(0, |v| v.len() + 1) + 1);
         let mut done = false;
-        let put = |raw: &mut String, n: &str, v: Option<&str>| {
-            raw.push(';');
-            raw.push_str(n);
-            if let Some(v) = v {
-                raw.push('=');
-                raw.push_str(v);
-            }
-        };
         for (n, v) in self.iter() {
             if !done && n.eq_ignore_ascii_case(name) {
-                put(&mut raw, n, value);
+                push_param(&mut raw, n, value);
                 done = true;
             } else {
-                put(&mut raw, n, v);
+                push_param(&mut raw, n, v);
             }
         }
         if !done {
-            put(&mut raw, name, value);
+            push_param(&mut raw, name, value);
         }
         self.raw = raw;
     }
@@ -84,7 +85,7 @@ impl Params {
             return;
         }
         let mut raw = String::with_capacity(self.raw.len());
-        for p in split_semis(self.raw.strip_prefix(';').unwrap_or("")).filter(|p| !p.is_empty()) {
+        for p in self.parts() {
             if !split_param(p).0.eq_ignore_ascii_case(name) {
                 raw.push(';');
                 raw.push_str(p);
