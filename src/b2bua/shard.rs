@@ -67,11 +67,7 @@ pub fn shard_of(call_id: &str, count: usize) -> usize {
     if count <= 1 {
         return 0;
     }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in call_id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = crate::fnv::hash(call_id.as_bytes());
     // fold the high bits in: FNV's low bits alone mix poorly for a small modulus
     let bucket = ((h ^ (h >> 32)) % (2 * count as u64 - 1)) as usize;
     bucket.div_ceil(2)

@@ -153,7 +153,7 @@ impl SdpSession {
         sdp.set_origin(&self.origin(ip));
         let digest = |sdp: &Sdp| {
             use std::hash::{Hash, Hasher};
-            let mut h = std::hash::DefaultHasher::new();
+            let mut h = crate::fnv::Fnv1a::default();
             sdp.hash(&mut h);
             h.finish()
         };

@@ -482,7 +482,17 @@ impl Section {
     fn insert(&mut self, line: Line) {
         match self.rank(line.kind) {
             Some(r) => {
-                let pos = self.ranks().iter().position(|&x| x > r).unwrap_or(self.lines.len());
+                // the first line ranked after `r` (what `ranks()` gives, without its vector:
+                // this runs for every line of every SDP drbridge writes)
+                let mut prev = 0;
+                let pos = self
+                    .lines
+                    .iter()
+                    .position(|l| {
+                        prev = self.rank(l.kind).unwrap_or(prev);
+                        prev > r
+                    })
+                    .unwrap_or(self.lines.len());
                 self.lines.insert(pos, line);
             }
             None => self.lines.push(line),
@@ -593,15 +603,26 @@ fn split_attr(v: &str) -> (&str, &str) {
 
 fn attr_line(name: &str, value: &str) -> SipStr {
     let name = name.trim();
-    if value.is_empty() {
-        sanitize(name)
-    } else {
-        sanitize(&format!("{name}:{value}"))
+    let mut line = String::with_capacity(name.len() + 1 + value.len());
+    line.push_str(name);
+    if !value.is_empty() {
+        line.push(':');
+        line.push_str(value);
     }
+    sanitize_owned(line)
 }
 
 /// CR and LF become spaces: a value set through the API can never start a new line.
 fn sanitize(s: &str) -> SipStr {
+    if s.contains(['\r', '\n']) {
+        SipStr::from(s.replace(['\r', '\n'], " "))
+    } else {
+        SipStr::from(s)
+    }
+}
+
+/// `sanitize` for a string built here: kept without a copy when it has no line end.
+fn sanitize_owned(s: String) -> SipStr {
     if s.contains(['\r', '\n']) {
         SipStr::from(s.replace(['\r', '\n'], " "))
     } else {
@@ -1020,9 +1041,11 @@ impl Media {
     }
     /// Replaces the `a=rtpmap` of that payload type, or adds one.
     pub fn set_rtpmap(&mut self, r: &RtpMap) {
-        let pt = r.payload_type.to_string();
-        let value = attr_line("rtpmap", &r.to_string());
-        match self.sec.lines.iter().position(|l| l.kind == b'a' && is_pt_attr(&l.value, "rtpmap", &pt)) {
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(24 + r.encoding.len());
+        let _ = write!(line, "rtpmap:{r}");
+        let value = sanitize_owned(line);
+        match self.sec.lines.iter().position(|l| l.kind == b'a' && attr_value(&l.value, "rtpmap").is_some_and(|v| token_is_pt(pt_token(v).0, r.payload_type))) {
             Some(i) => self.sec.lines[i].value = value,
             None => self.sec.insert(Line { kind: b'a', value }),
         }
@@ -1031,16 +1054,16 @@ impl Media {
     pub fn fmtp(&self, pt: u8) -> Option<&str> {
         self.sec.attr_lines("fmtp").find_map(|(_, v)| {
             let (p, rest) = pt_token(v);
-            // `p == pt.to_string()`, without the allocation
-            (p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().ok() == Some(pt as u16) && (p.len() == 1 || !p.starts_with('0')))
-                .then(|| rest.trim())
+            token_is_pt(p, pt).then(|| rest.trim())
         })
     }
     /// Replaces the `a=fmtp` of that payload type, or adds one.
     pub fn set_fmtp(&mut self, pt: u8, params: &str) {
-        let pts = pt.to_string();
-        let value = attr_line("fmtp", &format!("{pts} {params}"));
-        match self.sec.lines.iter().position(|l| l.kind == b'a' && is_pt_attr(&l.value, "fmtp", &pts)) {
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(9 + params.len());
+        let _ = write!(line, "fmtp:{pt} {params}");
+        let value = sanitize_owned(line);
+        match self.sec.lines.iter().position(|l| l.kind == b'a' && attr_value(&l.value, "fmtp").is_some_and(|v| token_is_pt(pt_token(v).0, pt))) {
             Some(i) => self.sec.lines[i].value = value,
             None => self.sec.insert(Line { kind: b'a', value }),
         }
@@ -1102,6 +1125,11 @@ fn leading_pt(v: &str) -> Option<u8> {
         return None;
     }
     v[..end].parse().ok()
+}
+
+/// `p == pt.to_string()`, without the allocation.
+fn token_is_pt(p: &str, pt: u8) -> bool {
+    p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().ok() == Some(pt as u16) && (p.len() == 1 || !p.starts_with('0'))
 }
 
 /// The payload-type token a `rtpmap`/`fmtp`/`rtcp-fb` value starts with, and the rest.
