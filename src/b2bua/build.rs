@@ -17,8 +17,8 @@ pub const SUPPORTED: &str = "timer, replaces";
 
 pub fn via(cfg: &CoreConfig, side: Side, branch: &str) -> String {
     match side {
-        Side::Teams => format!("SIP/2.0/TLS {}:{};branch={}", cfg.fqdn, cfg.teams_contact_port, branch),
-        Side::Pbx => format!(
+        Side::Teams => crate::fmt64!("SIP/2.0/TLS {}:{};branch={}", cfg.fqdn, cfg.teams_contact_port, branch),
+        Side::Pbx => crate::fmt64!(
             "SIP/2.0/{} {};branch={};rport",
             cfg.pbx.proto.as_str(),
             cfg.pbx_local,
@@ -30,18 +30,18 @@ pub fn via(cfg: &CoreConfig, side: Side, branch: &str) -> String {
 /// Our host:port as written in URIs on a side.
 pub fn local_host(cfg: &CoreConfig, side: Side) -> String {
     match side {
-        Side::Teams => format!("{}:{}", cfg.fqdn, cfg.teams_contact_port),
+        Side::Teams => crate::fmt64!("{}:{}", cfg.fqdn, cfg.teams_contact_port),
         Side::Pbx => cfg.pbx_local.to_string(),
     }
 }
 
 pub fn contact(cfg: &CoreConfig, side: Side, user: Option<&str>) -> String {
-    let user = user.map(|u| format!("{u}@")).unwrap_or_default();
+    let user = user.map(|u| crate::fmt64!("{u}@")).unwrap_or_default();
     match side {
-        Side::Teams => format!("<sip:{user}{}:{};transport=tls>", cfg.fqdn, cfg.teams_contact_port),
+        Side::Teams => crate::fmt64!("<sip:{user}{}:{};transport=tls>", cfg.fqdn, cfg.teams_contact_port),
         Side::Pbx => match cfg.pbx.proto {
-            Proto::Udp => format!("<sip:{user}{}>", cfg.pbx_local),
-            p => format!("<sip:{user}{};transport={}>", cfg.pbx_local, p.as_str().to_ascii_lowercase()),
+            Proto::Udp => crate::fmt64!("<sip:{user}{}>", cfg.pbx_local),
+            p => crate::fmt64!("<sip:{user}{};transport={}>", cfg.pbx_local, p.as_str().to_ascii_lowercase()),
         },
     }
 }
@@ -51,11 +51,11 @@ pub fn add_identity(cfg: &CoreConfig, side: Side, h: &mut Headers, is_request: b
     match side {
         Side::Teams => {
             h.set("Allow", ALLOW_TEAMS);
-            h.set("X-MS-SBC", format!("{}/drbridge/{}", cfg.user_agent, env!("CARGO_PKG_VERSION")));
+            h.set("X-MS-SBC", crate::fmt64!("{}/drbridge/{}", cfg.user_agent, env!("CARGO_PKG_VERSION")));
         }
         Side::Pbx => h.set("Allow", ALLOW_PBX),
     }
-    let ua = format!("{}/{}", cfg.user_agent, env!("CARGO_PKG_VERSION"));
+    let ua = crate::fmt64!("{}/{}", cfg.user_agent, env!("CARGO_PKG_VERSION"));
     if is_request {
         h.set("User-Agent", ua);
     } else {
@@ -103,5 +103,5 @@ pub fn number_of_uri(uri: &Uri) -> Option<String> {
 pub fn new_tag() -> String {
     use rand::Rng;
     let mut r = rand::rng();
-    format!("{:016x}", r.random::<u64>())
+    crate::fmt64!("{:016x}", r.random::<u64>())
 }

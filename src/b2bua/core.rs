@@ -725,7 +725,7 @@ impl B2bua {
             side,
             hop,
             call_id: req.call_id().unwrap_or("").to_string(),
-            local: format!("{to};tag={tag}"),
+            local: crate::fmt64!("{to};tag={tag}"),
             local_tag: tag,
             remote: req.headers.get("From").unwrap_or("").to_string(),
             remote_tag: req.from_tag().map(str::to_string),
@@ -802,7 +802,7 @@ impl B2bua {
         });
         let mut from = NameAddr::new(party_uri(caller, &our_host, dest));
         from.display = display;
-        let local = format!("{from};tag={tag}");
+        let local = crate::fmt64!("{from};tag={tag}");
         let (to_host, hop) = match dest {
             Side::Teams => {
                 let p = &self.cfg.teams_proxies[first.unwrap_or(0)];
@@ -830,7 +830,7 @@ impl B2bua {
         req.headers.push("CSeq", "1 INVITE");
         req.headers.push("Contact", contact(&self.cfg, dest, Some(caller)));
         req.headers.push("Supported", build::SUPPORTED);
-        req.headers.push("Session-Expires", format!("{};refresher=uac", self.cfg.session_expires));
+        req.headers.push("Session-Expires", crate::fmt64!("{};refresher=uac", self.cfg.session_expires));
         req.headers.push("Min-SE", self.cfg.min_se.to_string());
         add_identity(&self.cfg, dest, &mut req.headers, true);
         carry_headers(src_headers, &mut req.headers, from_side, &*self.plan, &our_host);
@@ -964,7 +964,7 @@ impl B2bua {
                 None => return,
             },
         };
-        r.headers.set("Session-Expires", format!("{interval};refresher={}", if they { "uac" } else { "uas" }));
+        r.headers.set("Session-Expires", crate::fmt64!("{interval};refresher={}", if they { "uac" } else { "uas" }));
         if req.headers.has_token("Supported", "timer") {
             r.headers.set("Require", "timer");
         }
@@ -1012,7 +1012,7 @@ impl B2bua {
         req.headers.push("From", leg.local.clone());
         req.headers.push("To", leg.remote.clone());
         req.headers.push("Call-ID", leg.call_id.clone());
-        req.headers.push("CSeq", format!("{} {}", leg.local_cseq, method));
+        req.headers.push("CSeq", crate::fmt64!("{} {}", leg.local_cseq, method));
         if matches!(method, Method::Invite | Method::Update | Method::Refer | Method::Notify | Method::Subscribe) {
             req.headers.push("Contact", contact(cfg, leg.side, None));
         }
@@ -1081,7 +1081,7 @@ impl B2bua {
         if is_offer {
             out.headers.push("Supported", build::SUPPORTED);
             if let Some(se) = self.calls[&cid].legs[olid].se.clone() {
-                out.headers.push("Session-Expires", format!("{};refresher={}", se.interval, if se.we_refresh { "uac" } else { "uas" }));
+                out.headers.push("Session-Expires", crate::fmt64!("{};refresher={}", se.interval, if se.we_refresh { "uac" } else { "uas" }));
             }
             if let Some(c) = self.calls.get_mut(&cid) {
                 c.legs[olid].offer_pending = true;
@@ -1227,7 +1227,7 @@ impl B2bua {
         ack.headers.push("From", leg.local.clone());
         ack.headers.push("To", leg.remote.clone());
         ack.headers.push("Call-ID", leg.call_id.clone());
-        ack.headers.push("CSeq", format!("{seq} ACK"));
+        ack.headers.push("CSeq", crate::fmt64!("{seq} ACK"));
         if body_later.is_some() {
             leg.ack_waits = Some(Box::new(ack));
             return;
@@ -1400,7 +1400,7 @@ impl B2bua {
         uri.port = Some(p.port);
         req.uri = SipStr::from(uri.to_string());
         let seq = req.cseq().map(|c| c.seq + 1).unwrap_or(2);
-        req.headers.set("CSeq", format!("{seq} INVITE"));
+        req.headers.set("CSeq", crate::fmt64!("{seq} INVITE"));
         req.headers.set("Via", via(&self.cfg, Side::Teams, &new_branch()));
         if let Some(to) = req.headers.get("To").and_then(|t| NameAddr::parse(t).ok()) {
             let mut to = to;
@@ -1937,7 +1937,7 @@ impl B2bua {
             r.headers.push("From", resp.headers.get("From").unwrap_or("").to_string());
             r.headers.push("To", resp.headers.get("To").unwrap_or("").to_string());
             r.headers.push("Call-ID", resp.call_id().unwrap_or("").to_string());
-            r.headers.push("CSeq", format!("{s} {m}"));
+            r.headers.push("CSeq", crate::fmt64!("{s} {m}"));
             if m == Method::Ack {
                 self.out.push_back(Transmit { hop: hop.clone(), data: r.to_bytes() });
             } else {
@@ -2022,7 +2022,7 @@ impl B2bua {
         };
         let Some((mut req, hop)) = self.dialog_request(cid, lid, if use_update { Method::Update } else { Method::Invite }) else { return };
         req.headers.push("Supported", build::SUPPORTED);
-        req.headers.push("Session-Expires", format!("{interval};refresher=uac"));
+        req.headers.push("Session-Expires", crate::fmt64!("{interval};refresher=uac"));
         if !use_update && !sdp.is_empty() {
             req.headers.push("Content-Type", "application/sdp");
             req.body = sdp;
@@ -2047,12 +2047,12 @@ impl B2bua {
                 continue;
             }
             let p = self.cfg.teams_proxies[i].clone();
-            let mut req = Request::new(Method::Options, format!("sip:{}:{};transport=tls", p.host, p.port));
+            let mut req = Request::new(Method::Options, crate::fmt64!("sip:{}:{};transport=tls", p.host, p.port));
             let tag = new_tag();
             req.headers.push("Via", via(&self.cfg, Side::Teams, &new_branch()));
             req.headers.push("Max-Forwards", "70");
-            req.headers.push("From", format!("<sip:{}:{}>;tag={tag}", self.cfg.fqdn, self.cfg.teams_contact_port));
-            req.headers.push("To", format!("<sip:{}:{}>", p.host, p.port));
+            req.headers.push("From", crate::fmt64!("<sip:{}:{}>;tag={tag}", self.cfg.fqdn, self.cfg.teams_contact_port));
+            req.headers.push("To", crate::fmt64!("<sip:{}:{}>", p.host, p.port));
             req.headers.push("Call-ID", self.shard.call_id(&self.cfg.fqdn));
             req.headers.push("CSeq", "1 OPTIONS");
             req.headers.push("Contact", contact(&self.cfg, Side::Teams, None));
@@ -2070,11 +2070,11 @@ impl B2bua {
             self.pbx_health.next_options = now + iv;
             if self.pbx_health.probe.is_none() {
                 let pbx = self.cfg.pbx;
-                let mut req = Request::new(Method::Options, format!("sip:{}", self.cfg.pbx_domain));
+                let mut req = Request::new(Method::Options, crate::fmt64!("sip:{}", self.cfg.pbx_domain));
                 req.headers.push("Via", via(&self.cfg, Side::Pbx, &new_branch()));
                 req.headers.push("Max-Forwards", "70");
-                req.headers.push("From", format!("<sip:{}>;tag={}", self.cfg.pbx_local, new_tag()));
-                req.headers.push("To", format!("<sip:{}>", self.cfg.pbx_domain));
+                req.headers.push("From", crate::fmt64!("<sip:{}>;tag={}", self.cfg.pbx_local, new_tag()));
+                req.headers.push("To", crate::fmt64!("<sip:{}>", self.cfg.pbx_domain));
                 req.headers.push("Call-ID", self.shard.call_id("drbridge"));
                 req.headers.push("CSeq", "1 OPTIONS");
                 req.headers.push("Contact", contact(&self.cfg, Side::Pbx, None));
@@ -2184,7 +2184,7 @@ impl B2bua {
             if terminated { "terminated;reason=noresource".to_string() } else { "active;expires=60".to_string() },
         );
         req.headers.push("Content-Type", "message/sipfrag;version=2.0");
-        req.body = Bytes::from(format!("{frag}\r\n"));
+        req.body = Bytes::from(crate::fmt64!("{frag}\r\n"));
         self.send_in_dialog(cid, req, hop, Purpose::Notify, now);
     }
 
@@ -2318,7 +2318,7 @@ impl B2bua {
 
     fn transfer_failed(&mut self, cid: CallId, status: u16, now: Instant) {
         let Some(refer) = self.calls.get_mut(&cid).and_then(|c| c.refer.take()) else { return };
-        let frag = format!("SIP/2.0 {} {}", status, crate::sip::msg::reason_phrase(status));
+        let frag = crate::fmt64!("SIP/2.0 {} {}", status, crate::sip::msg::reason_phrase(status));
         tracing::info!(call = cid, status, "transfer failed");
         self.notify_sipfrag(cid, refer.transferor, &frag, true, now);
     }

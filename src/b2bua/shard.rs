@@ -50,7 +50,7 @@ impl Shard {
         use rand::Rng;
         let mut r = rand::rng();
         loop {
-            let id = format!("{:032x}@{}", r.random::<u128>(), host);
+            let id = crate::fmt64!("{:032x}@{}", r.random::<u128>(), host);
             if shard_of(&id, self.count) == self.index {
                 return id;
             }

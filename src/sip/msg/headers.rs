@@ -1,6 +1,6 @@
 //! Header names (case-insensitive, compact forms) and the ordered header list.
 
-use super::text::{comma_parts, SipStr};
+use super::text::{comma_parts, is_token, SipStr};
 use super::uri::{NameAddr, Via};
 use std::sync::OnceLock;
 
@@ -28,19 +28,20 @@ const COMPACT: &[(u8, &str)] = &[
     (b'y', "Identity"),
 ];
 
-/// Names written with a canonical spelling (for well-known headers).
+/// Names written with a canonical spelling (for well-known headers), sorted ignoring case
+/// (`canonical_name` searches it by halves).
 const CANONICAL: &[&str] = &[
     "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow",
     "Allow-Events", "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
     "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
     "Content-Type", "CSeq", "Date", "Diversion", "Error-Info", "Event", "Expires", "From",
-    "History-Info", "Identity", "Identity-Info", "In-Reply-To", "Max-Forwards", "Min-Expires",
-    "Min-SE", "MIME-Version", "Organization", "P-Asserted-Identity", "P-Preferred-Identity",
-    "Privacy", "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "RAck",
-    "Reason", "Record-Route", "Refer-To", "Referred-By", "Reject-Contact", "Replaces",
-    "Reply-To", "Request-Disposition", "Require", "Retry-After", "Route", "RSeq", "Server",
-    "Session-Expires", "Subject", "Subscription-State", "Supported", "Timestamp", "To",
-    "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate", "X-MS-SBC",
+    "History-Info", "Identity", "Identity-Info", "In-Reply-To", "Max-Forwards", "MIME-Version",
+    "Min-Expires", "Min-SE", "Organization", "P-Asserted-Identity", "P-Preferred-Identity",
+    "Priority", "Privacy", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "RAck",
+    "Reason", "Record-Route", "Refer-To", "Referred-By", "Reject-Contact", "Replaces", "Reply-To",
+    "Request-Disposition", "Require", "Retry-After", "Route", "RSeq", "Server", "Session-Expires",
+    "Subject", "Subscription-State", "Supported", "Timestamp", "To", "Unsupported", "User-Agent",
+    "Via", "Warning", "WWW-Authenticate", "X-MS-SBC",
 ];
 
 /// Returns the canonical spelling for a header name given in any case or compact form.
@@ -51,7 +52,18 @@ pub fn canonical_name(name: &str) -> Option<&'static str> {
             return Some(full);
         }
     }
-    CANONICAL.iter().copied().find(|c| c.eq_ignore_ascii_case(name))
+    CANONICAL.binary_search_by(|c| cmp_ignore_case(c, name)).ok().map(|i| CANONICAL[i])
+}
+
+fn cmp_ignore_case(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (x.to_ascii_lowercase(), y.to_ascii_lowercase());
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// A header name: canonical for known headers, as received otherwise. Comparison ignores case
@@ -238,22 +250,19 @@ pub(crate) fn sanitize_value(v: SipStr) -> SipStr {
     }
 }
 
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
-}
 
 /// A header name made of token characters only (others become `-`), never empty.
 fn header_name(name: &str) -> HeaderName {
     let name = name.trim();
-    if !name.is_empty() && name.bytes().all(is_token_byte) {
+    if !name.is_empty() && name.bytes().all(is_token) {
         return HeaderName::new(SipStr::from(name));
     }
-    let clean: String = name.bytes().map(|b| if is_token_byte(b) { b as char } else { '-' }).collect();
+    let clean: String = name.bytes().map(|b| if is_token(b) { b as char } else { '-' }).collect();
     HeaderName::new(SipStr::from(if clean.is_empty() { "X".to_string() } else { clean }))
 }
 
 fn sanitize_header(h: Header) -> Header {
-    let name = if !h.name.as_str().is_empty() && h.name.as_str().bytes().all(is_token_byte) { h.name } else { header_name(h.name.as_str()) };
+    let name = if !h.name.as_str().is_empty() && h.name.as_str().bytes().all(is_token) { h.name } else { header_name(h.name.as_str()) };
     Header { name, value: sanitize_value(h.value) }
 }
 
@@ -287,6 +296,17 @@ mod tests {
     }
 
     #[test]
+    fn canonical_table_is_sorted_and_found() {
+        assert!(CANONICAL.windows(2).all(|w| cmp_ignore_case(w[0], w[1]).is_lt()));
+        for c in CANONICAL {
+            assert_eq!(canonical_name(&c.to_ascii_lowercase()), Some(*c));
+            assert_eq!(canonical_name(&c.to_ascii_uppercase()), Some(*c));
+        }
+        assert_eq!(canonical_name("X-Unknown"), None);
+        assert_eq!(canonical_name("i"), Some("Call-ID"));
+    }
+
+    #[test]
     fn compact_and_case() {
         let mut h = Headers::new();
         h.push("v", "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2");
@@ -310,7 +330,7 @@ mod tests {
         h.push("", "empty name");
         for x in h.iter() {
             assert!(!x.value.contains(['\r', '\n']), "{x:?}");
-            assert!(x.name.as_str().bytes().all(is_token_byte), "{x:?}");
+            assert!(x.name.as_str().bytes().all(is_token), "{x:?}");
         }
         assert_eq!(h.get("Subject"), Some("hi  Via: SIP/2.0/UDP evil"));
         assert_eq!(h.get("X-A"), Some("a b c"));

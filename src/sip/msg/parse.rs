@@ -2,7 +2,7 @@
 //! colon), Content-Length framing. Accepts CRLF and bare LF line ends (RFC 3261 7.5 robustness).
 
 use super::headers::{Header, HeaderName, Headers};
-use super::text::SipStr;
+use super::text::{is_token, SipStr};
 use super::uri::{CSeq, Uri, Via};
 use super::{Message, Method, Request, Response};
 use bytes::Bytes;
@@ -252,7 +252,7 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
         let m = parts.next().ok_or(ParseError::BadStartLine)?;
         let uri = parts.next().ok_or(ParseError::BadStartLine)?;
         let ver = parts.next().ok_or(ParseError::BadStartLine)?;
-        if parts.next().is_some() || m.is_empty() || !m.bytes().all(is_token_byte) || !uri.contains(':') {
+        if parts.next().is_some() || m.is_empty() || !m.bytes().all(is_token) || !uri.contains(':') {
             return Err(ParseError::BadStartLine);
         }
         if !ver.eq_ignore_ascii_case("SIP/2.0") {
@@ -321,15 +321,12 @@ fn canonical(name: &str) -> &'static str {
 }
 
 fn check_header_name(name: &str) -> Result<(), ParseError> {
-    if name.is_empty() || !name.bytes().all(is_token_byte) {
+    if name.is_empty() || !name.bytes().all(is_token) {
         return Err(ParseError::BadHeader);
     }
     Ok(())
 }
 
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
-}
 
 #[cfg(test)]
 mod tests {

@@ -80,6 +80,24 @@ impl PartialEq<&str> for SipStr {
     }
 }
 
+/// RFC 3261 token characters: alphanumerics and `-.!%*_+`'~`.
+const TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        i += 1;
+    }
+    t
+};
+
+/// True for an RFC 3261 token character (a table lookup: this runs for every byte of every
+/// header name and parameter name received).
+pub(crate) fn is_token(b: u8) -> bool {
+    TOKEN[b as usize]
+}
+
 /// The parts of a header value split at top-level commas (commas inside quoted strings and
 /// `<...>` do not split), one by one: each trimmed, empty parts skipped. `comma_parts(v).next()`
 /// is the first value of a header line.

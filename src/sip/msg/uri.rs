@@ -3,6 +3,7 @@
 
 use super::Method;
 use super::ParseError;
+use super::text::is_token;
 use std::fmt;
 
 /// `;name=value` parameters, order kept, names compared case-insensitively. Kept as their
@@ -26,7 +27,7 @@ fn push_param(raw: &mut String, name: &str, value: Option<&str>) {
 
 /// One parameter: name and value (None for a flag such as `lr`).
 fn split_param(p: &str) -> (&str, Option<&str>) {
-    match p.split_once('=') {
+    match split_at_byte(p, b'=') {
         Some((n, v)) => (n.trim(), Some(v.trim())),
         None => (p, None),
     }
@@ -35,6 +36,25 @@ fn split_param(p: &str) -> (&str, Option<&str>) {
 impl Params {
     /// Parses `;a=b;c` (leading `;` optional).
     pub fn parse(s: &str) -> Params {
+        // Already in the stored form (`a=b;c`: ASCII, no whitespace, no empty part)? Then it
+        // is kept as it is, without splitting it (most parameter lists received are).
+        let body = s.strip_prefix(';').unwrap_or(s);
+        let plain = body.bytes().all(|b| b.is_ascii() && !b.is_ascii_whitespace() && b != 0x0b);
+        if plain
+            && !body.is_empty()
+            && !body.starts_with(';')
+            && !body.ends_with(';')
+            && memchr::memmem::find(body.as_bytes(), b";;").is_none()
+        {
+            let mut raw = String::with_capacity(body.len() + 1);
+            raw.push(';');
+            raw.push_str(body);
+            return Params { raw };
+        }
+        Params::parse_parts(s)
+    }
+    /// `parse` part by part: each trimmed, empty ones dropped.
+    fn parse_parts(s: &str) -> Params {
         let mut raw = String::with_capacity(s.len() + 1);
         for p in split_semis(s) {
             let p = p.trim();
@@ -133,22 +153,22 @@ pub struct Uri {
 impl Uri {
     pub fn parse(s: &str) -> Result<Uri, ParseError> {
         let s = s.trim();
-        let (scheme, rest) = s.split_once(':').ok_or(ParseError::BadHeader)?;
+        let (scheme, rest) = split_at_byte(s, b':').ok_or(ParseError::BadHeader)?;
         let scheme_l = scheme.to_ascii_lowercase();
         if scheme_l.is_empty() || !scheme_l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') {
             return Err(ParseError::BadHeader);
         }
         if scheme_l != "sip" && scheme_l != "sips" {
             // tel:, urn:, and any other scheme: opaque part kept in `user`, params after ';'.
-            let (rest, headers) = match rest.split_once('?') {
+            let (rest, headers) = match split_at_byte(rest, b'?') {
                 Some((a, h)) => (a, Some(h.to_string())),
                 None => (rest, None),
             };
-            let (num, params) = match rest.split_once(';') {
+            let (num, params) = match split_at_byte(rest, b';') {
                 Some((n, p)) => (n, Params::parse(p)),
                 None => (rest, Params::default()),
             };
-            if num.is_empty() || num.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '"') {
+            if num.is_empty() || has_space_or(num, b"<>\"") {
                 return Err(ParseError::BadHeader);
             }
             return Ok(Uri { scheme: scheme_l, user: Some(num.to_string()), host: String::new(), port: None, params, headers });
@@ -156,29 +176,32 @@ impl Uri {
         // The user part may hold ';' '?' '/' (RFC 3261 25.1 user-unreserved): split at the '@'
         // first (the last one before the first '?', else the last one), then params and
         // headers in the host part.
-        let at = match rest.find('?') {
-            Some(q) => rest[..q].rfind('@').or_else(|| rest.rfind('@')),
-            None => rest.rfind('@'),
+        // (bytes, not chars, from here on: every delimiter is ASCII, so the split points are
+        // char boundaries; this runs for every From, To and Contact received)
+        let rb = rest.as_bytes();
+        let at = match memchr::memchr(b'?', rb) {
+            Some(q) => memchr::memrchr(b'@', &rb[..q]).or_else(|| memchr::memrchr(b'@', rb)),
+            None => memchr::memrchr(b'@', rb),
         };
         let (userinfo, hostpart) = match at {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
             None => (None, rest),
         };
-        let (hostpart, headers) = match hostpart.split_once('?') {
+        let (hostpart, headers) = match split_at_byte(hostpart, b'?') {
             Some((a, h)) => (a, Some(h.to_string())),
             None => (hostpart, None),
         };
-        let (hostport, params) = match hostpart.split_once(';') {
+        let (hostport, params) = match split_at_byte(hostpart, b';') {
             Some((h, p)) => (h, Params::parse(p)),
             None => (hostpart, Params::default()),
         };
         if let Some(u) = userinfo {
-            if u.is_empty() || u.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '"') {
+            if u.is_empty() || has_space_or(u, b"<>\"") {
                 return Err(ParseError::BadHeader);
             }
         }
         let (host, port) = split_host_port(hostport)?;
-        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '"' || c == ',') {
+        if host.is_empty() || has_space_or(&host, b"<>\",") {
             return Err(ParseError::BadHeader);
         }
         Ok(Uri {
@@ -218,26 +241,48 @@ pub(crate) fn split_host_port(hp: &str) -> Result<(String, Option<u16>), ParseEr
         };
         return Ok((host, port));
     }
-    match hp.split_once(':') {
+    match split_at_byte(hp, b':') {
         Some((h, p)) => Ok((h.trim().to_string(), Some(p.trim().parse().map_err(|_| ParseError::BadHeader)?))),
         None => Ok((hp.to_string(), None)),
     }
 }
 
+/// `s.split_once(c)` for an ASCII `c`, by `memchr`.
+fn split_at_byte(s: &str, c: u8) -> Option<(&str, &str)> {
+    let i = memchr::memchr(c, s.as_bytes())?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+/// True if `s` holds whitespace (any Unicode whitespace) or one of the ASCII bytes in `bad`.
+fn has_space_or(s: &str, bad: &[u8]) -> bool {
+    // the ASCII bytes to find as a 128-bit set: one shift per byte of `s`
+    let mut set: u128 = (1 << b' ') | (1 << b'\t') | (1 << b'\n') | (1 << 0x0b) | (1 << 0x0c) | (1 << b'\r');
+    for &b in bad {
+        set |= 1u128 << (b & 0x7f);
+    }
+    s.bytes().any(|b| b < 0x80 && set >> b & 1 == 1) || (!s.is_ascii() && s.chars().any(char::is_whitespace))
+}
+
 impl fmt::Display for Uri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:", self.scheme)?;
+        f.write_str(&self.scheme)?;
+        f.write_str(":")?;
         if self.scheme != "sip" && self.scheme != "sips" {
-            write!(f, "{}", self.user.as_deref().unwrap_or(""))?;
+            f.write_str(self.user.as_deref().unwrap_or(""))?;
         } else {
             if let Some(u) = &self.user {
-                write!(f, "{u}@")?;
+                f.write_str(u)?;
+                f.write_str("@")?;
             }
-            write!(f, "{}", self.host_port())?;
+            f.write_str(&self.host)?;
+            if let Some(p) = self.port {
+                write!(f, ":{p}")?;
+            }
         }
-        write!(f, "{}", self.params)?;
+        f.write_str(&self.params.raw)?;
         if let Some(h) = &self.headers {
-            write!(f, "?{h}")?;
+            f.write_str("?")?;
+            f.write_str(h)?;
         }
         Ok(())
     }
@@ -264,7 +309,7 @@ impl NameAddr {
             Ok(NameAddr { display, uri, params })
         } else {
             // addr-spec form: parameters after ';' belong to the header, not the URI.
-            let (u, p) = match s.split_once(';') {
+            let (u, p) = match split_at_byte(s, b';') {
                 Some((u, p)) => (u, Params::parse(p)),
                 None => (s, Params::default()),
             };
@@ -331,9 +376,6 @@ fn parse_display(d: &str) -> Result<Option<String>, ParseError> {
     }
 }
 
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
-}
 
 /// Header parameter names are tokens (RFC 4475 badinv01: `;;,;,,`).
 fn check_param_names(p: &Params) -> Result<(), ParseError> {
@@ -388,13 +430,13 @@ impl Via {
             return Err(ParseError::BadHeader);
         }
         let sent = rest[ws..].trim_start();
-        let (hp, params) = match sent.split_once(';') {
+        let (hp, params) = match split_at_byte(sent, b';') {
             Some((h, p)) => (h, Params::parse(p)),
             None => (sent, Params::default()),
         };
         check_param_names(&params)?;
         let (host, port) = split_host_port(hp)?;
-        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == ',' || c == '"') {
+        if host.is_empty() || has_space_or(&host, b",\"") {
             return Err(ParseError::BadHeader);
         }
         Ok(Via { transport, host, port, params })
@@ -445,6 +487,18 @@ impl fmt::Display for CSeq {
 
 #[cfg(test)]
 mod tests {
+    /// The shortcut for lists already in stored form gives what the part-by-part parse gives.
+    #[test]
+    fn params_shortcut_matches_the_full_parse() {
+        let cases = [
+            "tag=1", ";tag=1", "a=b;c;d=e", ";;a", "a;;b", "a;", ";", "", "a=\"x;y\";b", "a=\"x;;y\"",
+            " a=b", "a = b", "a=b\t", "lr;transport=tls;maddr=[::1]", "a==b", "a=", "x=\u{e9}", "\u{a0}a=b",
+        ];
+        for c in cases {
+            assert_eq!(super::Params::parse(c), super::Params::parse_parts(c), "{c:?}");
+        }
+    }
+
     #[test]
     fn params_keep_order_and_edit_in_place() {
         let mut p = Params::parse(" ; Transport = tls ;lr;; x=\"a;b\" ;maddr=1.2.3.4");

@@ -205,5 +205,5 @@ fn copy_dialog_headers(invite: &Request, out: &mut Request, to: Option<&str>, me
         }
     }
     let seq = invite.cseq().map(|c| c.seq).unwrap_or(0);
-    h.push("CSeq", format!("{seq} {method}"));
+    h.push("CSeq", crate::fmt64!("{seq} {method}"));
 }
