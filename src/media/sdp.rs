@@ -40,7 +40,7 @@
 
 use super::{IceCredentials, LocalMedia, MediaError, RemoteMedia, SrtpKey, SrtpSuite};
 use crate::config::Trunk;
-use crate::sip::msg::sdp::{Connection, Crypto, Direction, Media, Origin, Rtcp, RtpMap, Sdp};
+use crate::sip::msg::sdp::{static_rtpmap, Connection, Crypto, Direction, Media, Origin, Rtcp, RtpMap, Sdp};
 use crate::sip::msg::SipStr;
 use base64::Engine as _;
 use std::net::{IpAddr, SocketAddr};
@@ -400,18 +400,23 @@ impl Codec {
 /// The formats of a media section that have a known encoding (an `a=rtpmap` or a static
 /// payload type), in order, without duplicates.
 fn codecs_of(m: &Media) -> Vec<Codec> {
+    // the rtpmap and fmtp lines read once, not once per payload type (`Media::rtpmap` and
+    // `Media::fmtp` each scan every line: 4 % of the instructions per call before)
+    let maps = m.rtpmaps();
+    let fmtps = m.fmtps();
     let mut out: Vec<Codec> = Vec::new();
     for pt in m.payload_types() {
         if out.iter().any(|c| c.pt == pt) {
             continue;
         }
-        if let Some(r) = m.rtpmap(pt) {
+        let map = maps.iter().find(|r| r.payload_type == pt).cloned().or_else(|| static_rtpmap(pt));
+        if let Some(r) = map {
             out.push(Codec {
                 pt,
                 encoding: r.encoding.to_string(),
                 clock_rate: r.clock_rate,
                 channels: r.channels.unwrap_or(1),
-                fmtp: m.fmtp(pt).map(str::to_string),
+                fmtp: fmtps.iter().find(|(p, _)| *p == pt).map(|(_, f)| f.to_string()),
             });
         }
     }

@@ -263,6 +263,16 @@ pub const STATIC_PAYLOAD_TYPES: &[(u8, &str, u32)] = &[
     (18, "G729", 8000),
 ];
 
+/// The RFC 3551 mapping of a static payload type.
+pub fn static_rtpmap(pt: u8) -> Option<RtpMap> {
+    STATIC_PAYLOAD_TYPES.iter().find(|(p, _, _)| *p == pt).map(|&(p, e, r)| RtpMap {
+        payload_type: p,
+        encoding: SipStr::from_static(e),
+        clock_rate: r,
+        channels: None,
+    })
+}
+
 /// `a=crypto:<tag> <crypto-suite> <key-params> [<session-params>]` (RFC 4568). The key
 /// parameters stay text (`inline:<key||salt>[|lifetime][|MKI:length]`, `;`-separated when
 /// there are several). `Debug` hides the keys; `Display` writes them (it is the wire form).
@@ -1026,14 +1036,19 @@ impl Media {
             .attr_lines("rtpmap")
             .filter(|(_, v)| leading_pt(v) == Some(pt))
             .find_map(|(whole, v)| RtpMap::parse_sip(&whole.slice_ref(v)).filter(|r| r.payload_type == pt))
-            .or_else(|| {
-                STATIC_PAYLOAD_TYPES.iter().find(|(p, _, _)| *p == pt).map(|&(p, e, r)| RtpMap {
-                    payload_type: p,
-                    encoding: SipStr::from_static(e),
-                    clock_rate: r,
-                    channels: None,
-                })
+            .or_else(|| static_rtpmap(pt))
+    }
+    /// Every `a=fmtp` with a well-formed payload type: (payload type, parameters), in order.
+    /// With [`Media::rtpmaps`], what a codec list needs in one pass over the lines each.
+    pub fn fmtps(&self) -> Vec<(u8, &str)> {
+        self.sec
+            .attr_lines("fmtp")
+            .filter_map(|(_, v)| {
+                let (p, rest) = pt_token(v);
+                let pt = p.parse::<u8>().ok()?;
+                token_is_pt(p, pt).then(|| (pt, rest.trim()))
             })
+            .collect()
     }
     /// Every well-formed `a=rtpmap`, in order.
     pub fn rtpmaps(&self) -> Vec<RtpMap> {
