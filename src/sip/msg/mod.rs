@@ -321,7 +321,7 @@ impl Message {
 /// a value from a received message may hold as a lone CR) is written as a space, so nothing
 /// written here can end the line early (no header injection, no request smuggling).
 fn put_line_safe(b: &mut BytesMut, s: &[u8]) {
-    if s.iter().any(|&c| c == b'\r' || c == b'\n') {
+    if memchr::memchr2(b'\r', b'\n', s).is_some() {
         b.extend(s.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }));
     } else {
         b.put_slice(s);
