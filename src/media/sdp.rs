@@ -90,9 +90,9 @@ impl CodecProfile {
     /// True if a codec with this encoding name and clock rate is allowed.
     pub fn allows(&self, encoding: &str, clock_rate: u32) -> bool {
         self.allowed.iter().any(|a| {
-            let a = a.trim();
+            let a = a.trim_ascii();
             match a.split_once('/') {
-                Some((name, rate)) => name.eq_ignore_ascii_case(encoding) && rate.trim().parse() == Ok(clock_rate),
+                Some((name, rate)) => name.eq_ignore_ascii_case(encoding) && rate.trim_ascii().parse() == Ok(clock_rate),
                 None => a.eq_ignore_ascii_case(encoding),
             }
         })
@@ -461,11 +461,11 @@ fn filter_codecs(codecs: &[Codec], profile: &CodecProfile) -> Vec<Codec> {
 /// The key of a crypto line drbridge can use: a known suite, one `inline:` key of 30 bytes
 /// (16 key + 14 salt), no MKI, no session parameters.
 fn usable_key(c: &Crypto) -> Option<SrtpKey> {
-    let suite = SrtpSuite::from_sdp_name(c.suite.trim())?;
+    let suite = SrtpSuite::from_sdp_name(c.suite.trim_ascii())?;
     if c.session_params.is_some() || c.key_params.contains(';') {
         return None;
     }
-    let first = c.key_params.trim().strip_prefix("inline:")?;
+    let first = c.key_params.trim_ascii().strip_prefix("inline:")?;
     if first.split('|').skip(1).any(|p| p.contains(':')) {
         return None; // MKI
     }

@@ -213,8 +213,9 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
             }
             None => {
                 let line = line_str(s, e)?;
-                let colon = line.find(':').ok_or(ParseError::BadHeader)?;
-                let name = line[..colon].trim();
+                let colon = memchr::memchr(b':', line.as_bytes()).ok_or(ParseError::BadHeader)?;
+                // SIP's whitespace is ASCII (SP and HT): no Unicode tables per header line
+                let name = line[..colon].trim_ascii();
                 check_header_name(name)?;
                 let value = line[colon + 1..].trim_matches(|c| c == ' ' || c == '\t');
                 Header { name: HeaderName::new(head_str.slice_ref(name)), value: head_str.slice_ref(value) }
@@ -224,7 +225,7 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
     }
     // Every Content-Length line (folded ones included) agrees with the framing length.
     for v in headers.get_all("Content-Length") {
-        let v = v.trim();
+        let v = v.trim_ascii();
         if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) || v.parse::<usize>().ok() != cl {
             return Err(ParseError::BadContentLength);
         }
@@ -268,7 +269,7 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
     };
     for (name, label) in [("Via", "Via"), ("Call-ID", "Call-ID"), ("CSeq", "CSeq"), ("From", "From"), ("To", "To")] {
         match msg.headers().get(name) {
-            Some(v) if !v.trim().is_empty() => {}
+            Some(v) if !v.trim_ascii().is_empty() => {}
             _ => return Err(ParseError::MissingHeader(label)),
         }
     }

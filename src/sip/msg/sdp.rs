@@ -104,7 +104,7 @@ impl Direction {
         }
     }
     pub fn parse(s: &str) -> Option<Direction> {
-        let s = s.trim();
+        let s = s.trim_ascii();
         [Direction::SendRecv, Direction::SendOnly, Direction::RecvOnly, Direction::Inactive]
             .into_iter()
             .find(|d| d.as_str().eq_ignore_ascii_case(s))
@@ -224,12 +224,12 @@ pub struct RtpMap {
 impl RtpMap {
     fn parse_sip(v: &SipStr) -> Option<RtpMap> {
         let v_str: &str = v;
-        let (pt, rest) = v_str.trim().split_once([' ', '\t'])?;
-        let mut parts = rest.trim().split('/');
-        let enc = parts.next()?.trim();
-        let clock_rate = parts.next()?.trim().parse().ok()?;
+        let (pt, rest) = v_str.trim_ascii().split_once([' ', '\t'])?;
+        let mut parts = rest.trim_ascii().split('/');
+        let enc = parts.next()?.trim_ascii();
+        let clock_rate = parts.next()?.trim_ascii().parse().ok()?;
         let channels = match parts.next() {
-            Some(c) => Some(c.trim().parse().ok()?),
+            Some(c) => Some(c.trim_ascii().parse().ok()?),
             None => None,
         };
         if enc.is_empty() || parts.next().is_some() {
@@ -297,7 +297,7 @@ impl Crypto {
         }
         let suite = it.next()?;
         let key = it.next()?;
-        let rest = after(s, key).trim();
+        let rest = after(s, key).trim_ascii();
         Some(Crypto {
             tag: tag_s.parse().ok()?,
             suite: v.slice_ref(suite),
@@ -311,7 +311,7 @@ impl Crypto {
     /// The base64 key||salt of the first `inline:` key parameter. Secret: never log it.
     pub fn inline_key(&self) -> Option<&str> {
         let first = self.key_params.split(';').next()?;
-        let k = first.trim().strip_prefix("inline:")?;
+        let k = first.trim_ascii().strip_prefix("inline:")?;
         Some(k.split('|').next().unwrap_or(k))
     }
     /// The lifetime of the first key parameter (`2^31` or a number), as written.
@@ -363,7 +363,7 @@ impl Candidate {
         if t.len() < 8 || !t[6].eq_ignore_ascii_case("typ") {
             return None;
         }
-        let rest = after(s, t[7]).trim();
+        let rest = after(s, t[7]).trim_ascii();
         Some(Candidate {
             foundation: v.slice_ref(t[0]),
             component: t[1].parse().ok()?,
@@ -420,9 +420,9 @@ pub struct Rtcp {
 impl Rtcp {
     fn parse_sip(v: &SipStr) -> Option<Rtcp> {
         let s: &str = v;
-        let s = s.trim();
+        let s = s.trim_ascii();
         let (p, rest) = match s.split_once([' ', '\t']) {
-            Some((p, r)) => (p, r.trim()),
+            Some((p, r)) => (p, r.trim_ascii()),
             None => (s, ""),
         };
         let connection = if rest.is_empty() { None } else { Some(Connection::parse_sip(&v.slice_ref(rest))?) };
@@ -599,20 +599,20 @@ fn attr_value<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     // `name` is ASCII and matched byte for byte, so `n` is a char boundary.
     let rest = &line[n..];
     match rest.find(':') {
-        Some(i) => rest[..i].trim().is_empty().then(|| &rest[i + 1..]),
-        None => rest.trim().is_empty().then_some(""),
+        Some(i) => rest[..i].trim_ascii().is_empty().then(|| &rest[i + 1..]),
+        None => rest.trim_ascii().is_empty().then_some(""),
     }
 }
 
 fn split_attr(v: &str) -> (&str, &str) {
     match v.find(':') {
-        Some(i) => (v[..i].trim(), &v[i + 1..]),
-        None => (v.trim(), ""),
+        Some(i) => (v[..i].trim_ascii(), &v[i + 1..]),
+        None => (v.trim_ascii(), ""),
     }
 }
 
 fn attr_line(name: &str, value: &str) -> SipStr {
-    let name = name.trim();
+    let name = name.trim_ascii();
     let mut line = String::with_capacity(name.len() + 1 + value.len());
     line.push_str(name);
     if !value.is_empty() {
@@ -854,7 +854,7 @@ impl Sdp {
         for (i, raw) in text.split('\n').enumerate() {
             let no = i + 1;
             let l = raw.strip_suffix('\r').unwrap_or(raw);
-            if l.trim().is_empty() {
+            if l.trim_ascii().is_empty() {
                 continue;
             }
             count += 1;
@@ -867,7 +867,7 @@ impl Sdp {
             }
             let kind = b[0];
             let value = whole.slice_ref(&l[2..]);
-            if count == 1 && (kind != b'v' || value.trim() != "0") {
+            if count == 1 && (kind != b'v' || value.trim_ascii() != "0") {
                 return Err(SdpError::BadVersion);
             }
             if kind == b'm' {
@@ -1046,7 +1046,7 @@ impl Media {
             .filter_map(|(_, v)| {
                 let (p, rest) = pt_token(v);
                 let pt = p.parse::<u8>().ok()?;
-                token_is_pt(p, pt).then(|| (pt, rest.trim()))
+                token_is_pt(p, pt).then(|| (pt, rest.trim_ascii()))
             })
             .collect()
     }
@@ -1069,7 +1069,7 @@ impl Media {
     pub fn fmtp(&self, pt: u8) -> Option<&str> {
         self.sec.attr_lines("fmtp").find_map(|(_, v)| {
             let (p, rest) = pt_token(v);
-            token_is_pt(p, pt).then(|| rest.trim())
+            token_is_pt(p, pt).then(|| rest.trim_ascii())
         })
     }
     /// Replaces the `a=fmtp` of that payload type, or adds one.
@@ -1122,7 +1122,7 @@ impl Media {
     }
     /// `a=ptime` in milliseconds (a fraction such as `20.0` is truncated).
     pub fn ptime(&self) -> Option<u32> {
-        let v = self.attr("ptime")?.trim();
+        let v = self.attr("ptime")?.trim_ascii();
         let int = v.split('.').next()?;
         int.parse().ok()
     }

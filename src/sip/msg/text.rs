@@ -113,7 +113,7 @@ pub fn comma_parts(v: &str) -> impl Iterator<Item = &str> {
             None => (s, None),
         };
         rest = next;
-        let part = part.trim();
+        let part = part.trim_ascii();
         if !part.is_empty() {
             return Some(part);
         }

@@ -28,7 +28,7 @@ fn push_param(raw: &mut String, name: &str, value: Option<&str>) {
 /// One parameter: name and value (None for a flag such as `lr`).
 fn split_param(p: &str) -> (&str, Option<&str>) {
     match split_at_byte(p, b'=') {
-        Some((n, v)) => (n.trim(), Some(v.trim())),
+        Some((n, v)) => (n.trim_ascii(), Some(v.trim_ascii())),
         None => (p, None),
     }
 }
@@ -57,7 +57,7 @@ impl Params {
     fn parse_parts(s: &str) -> Params {
         let mut raw = String::with_capacity(s.len() + 1);
         for p in split_semis(s) {
-            let p = p.trim();
+            let p = p.trim_ascii();
             if p.is_empty() {
                 continue;
             }
@@ -152,7 +152,7 @@ pub struct Uri {
 
 impl Uri {
     pub fn parse(s: &str) -> Result<Uri, ParseError> {
-        let s = s.trim();
+        let s = s.trim_ascii();
         let (scheme, rest) = split_at_byte(s, b':').ok_or(ParseError::BadHeader)?;
         let scheme_l = scheme.to_ascii_lowercase();
         if scheme_l.is_empty() || !scheme_l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') {
@@ -229,7 +229,7 @@ impl Uri {
 
 /// Splits `host[:port]`, IPv6 `[..]` aware. The host keeps its brackets.
 pub(crate) fn split_host_port(hp: &str) -> Result<(String, Option<u16>), ParseError> {
-    let hp = hp.trim();
+    let hp = hp.trim_ascii();
     if hp.starts_with('[') {
         let end = hp.find(']').ok_or(ParseError::BadHeader)?;
         let host = hp[..=end].to_string();
@@ -242,7 +242,7 @@ pub(crate) fn split_host_port(hp: &str) -> Result<(String, Option<u16>), ParseEr
         return Ok((host, port));
     }
     match split_at_byte(hp, b':') {
-        Some((h, p)) => Ok((h.trim().to_string(), Some(p.trim().parse().map_err(|_| ParseError::BadHeader)?))),
+        Some((h, p)) => Ok((h.trim_ascii().to_string(), Some(p.trim_ascii().parse().map_err(|_| ParseError::BadHeader)?))),
         None => Ok((hp.to_string(), None)),
     }
 }
@@ -299,10 +299,10 @@ pub struct NameAddr {
 
 impl NameAddr {
     pub fn parse(s: &str) -> Result<NameAddr, ParseError> {
-        let s = s.trim();
+        let s = s.trim_ascii();
         if let Some(lt) = find_unquoted(s, '<') {
             let gt = s[lt..].find('>').ok_or(ParseError::BadHeader)? + lt;
-            let display = parse_display(s[..lt].trim())?;
+            let display = parse_display(s[..lt].trim_ascii())?;
             let uri = Uri::parse(&s[lt + 1..gt])?;
             let params = Params::parse(&s[gt + 1..]);
             check_param_names(&params)?;
@@ -313,7 +313,7 @@ impl NameAddr {
                 Some((u, p)) => (u, Params::parse(p)),
                 None => (s, Params::default()),
             };
-            if u.contains(['"', '<', '>', ',']) || u.trim().contains([' ', '\t']) {
+            if u.contains(['"', '<', '>', ',']) || u.trim_ascii().contains([' ', '\t']) {
                 return Err(ParseError::BadHeader);
             }
             check_param_names(&p)?;
@@ -364,7 +364,7 @@ fn parse_display(d: &str) -> Result<Option<String>, ParseError> {
                 Some(c) => out.push(c),
             }
         }
-        if !chars.as_str().trim().is_empty() {
+        if !chars.as_str().trim_ascii().is_empty() {
             return Err(ParseError::BadHeader);
         }
         return Ok(Some(out));
@@ -417,9 +417,9 @@ impl Via {
     pub fn parse(s: &str) -> Result<Via, ParseError> {
         // sent-protocol = name SLASH version SLASH transport, LWS allowed around each SLASH
         // (RFC 4475 wsinv: "SIP  /   2.0\r\n /UDP").
-        let mut it = s.trim().splitn(3, '/');
-        let name = it.next().ok_or(ParseError::BadHeader)?.trim();
-        let version = it.next().ok_or(ParseError::BadHeader)?.trim();
+        let mut it = s.trim_ascii().splitn(3, '/');
+        let name = it.next().ok_or(ParseError::BadHeader)?.trim_ascii();
+        let version = it.next().ok_or(ParseError::BadHeader)?.trim_ascii();
         let rest = it.next().ok_or(ParseError::BadHeader)?.trim_start();
         if !name.eq_ignore_ascii_case("SIP") || version != "2.0" {
             return Err(ParseError::BadHeader);
