@@ -270,14 +270,17 @@ pub(crate) fn bump(c: &AtomicU64) {
 }
 
 pub struct Relay {
-    teams: Leg,
-    pbx: Leg,
+    // Boxed: a leg's SRTP contexts make it ~4.5 KB, and a relay built by value was copied
+    // whole on its way into the media thread (3 % of the instructions per call set up,
+    // bench/PROFILE.md fifth pass).
+    teams: Box<Leg>,
+    pbx: Box<Leg>,
     stun_out: [u8; 512],
 }
 
 impl Relay {
     pub fn new(teams: LegSetup, pbx: LegSetup) -> Relay {
-        Relay { teams: Leg::new(teams), pbx: Leg::new(pbx), stun_out: [0; 512] }
+        Relay { teams: Box::new(Leg::new(teams)), pbx: Box::new(Leg::new(pbx)), stun_out: [0; 512] }
     }
 
     /// Applies what signalling left in the pending slot.

@@ -589,29 +589,29 @@ fn audio_section(
     crypto: Option<(u32, SrtpSuite, &SrtpKey)>,
     offer: bool,
 ) -> Media {
+    // The section is new: every line is pushed after the others (each `set_*` would first
+    // look for a line to replace; the order written is the same).
     let pts: Vec<String> = codecs.iter().map(|c| c.pt.to_string()).collect();
     let pts: Vec<&str> = pts.iter().map(String::as_str).collect();
     let proto = if crypto.is_some() { "RTP/SAVP" } else { "RTP/AVP" };
     let mut m = Media::new("audio", local.rtp.port(), proto, &pts);
     for c in codecs {
-        let channels = (c.channels != 1).then_some(c.channels);
-        m.set_rtpmap(&RtpMap {
-            payload_type: c.pt,
-            encoding: SipStr::from(c.encoding.as_str()),
-            clock_rate: c.clock_rate,
-            channels,
-        });
+        let rtpmap = match c.channels {
+            1 => crate::fmt64!("{} {}/{}", c.pt, c.encoding, c.clock_rate),
+            n => crate::fmt64!("{} {}/{}/{n}", c.pt, c.encoding, c.clock_rate),
+        };
+        m.push_attr("rtpmap", &rtpmap);
         if let Some(f) = c.fmtp.as_deref().filter(|f| !f.is_empty()) {
-            m.set_fmtp(c.pt, f);
+            m.push_attr("fmtp", &crate::fmt64!("{} {f}", c.pt));
         }
     }
     if let Some(p) = like.ptime() {
-        m.set_ptime(p);
+        m.push_attr("ptime", &p.to_string());
     }
-    if let Some(p) = like.attr("maxptime").map(str::trim).filter(|p| p.parse::<u32>().is_ok()) {
-        m.set_attr("maxptime", p);
+    if let Some(p) = like.attr("maxptime").map(str::trim_ascii).filter(|p| p.parse::<u32>().is_ok()) {
+        m.push_attr("maxptime", p);
     }
-    m.set_direction(direction);
+    m.push_attr(direction.as_str(), "");
     let muxed_answer = rtcp_mux && !offer;
     let rtcp_port = if muxed_answer { local.rtp.port() } else { local.rtcp.port() };
     // A component 2 candidate for a separate RTCP port: in offers (fallback if mux is
@@ -620,23 +620,24 @@ fn audio_section(
     if rtcp_mux {
         // RFC 5761 5.1.3: in an offer a=rtcp names the fallback port; in an answer that
         // accepts mux, the RTP port.
-        m.set_rtcp(&Rtcp { port: rtcp_port, connection: None });
-        m.set_rtcp_mux(true);
+        m.push_attr("rtcp", &Rtcp { port: rtcp_port, connection: None }.to_string());
+        m.push_attr("rtcp-mux", "");
     } else if rtcp_port != local.rtp.port().wrapping_add(1) || local.rtcp.ip() != local.rtp.ip() {
         let connection = (local.rtcp.ip() != local.rtp.ip()).then(|| Connection::from_ip(local.rtcp.ip()));
-        m.set_rtcp(&Rtcp { port: rtcp_port, connection });
+        m.push_attr("rtcp", &Rtcp { port: rtcp_port, connection }.to_string());
     }
     if let Some(ice) = ice {
-        m.set_ice_credentials(&ice.ufrag, &ice.pwd);
+        m.push_attr("ice-ufrag", &ice.ufrag);
+        m.push_attr("ice-pwd", &ice.pwd);
         let ip = local.rtp.ip();
-        m.push_attr("candidate", &format!("1 1 UDP {HOST_PRIORITY} {ip} {} typ host", local.rtp.port()));
+        m.push_attr("candidate", &crate::fmt64!("1 1 UDP {HOST_PRIORITY} {ip} {} typ host", local.rtp.port()));
         if separate_rtcp {
             let rip = local.rtcp.ip();
-            m.push_attr("candidate", &format!("1 2 UDP {} {rip} {rtcp_port} typ host", HOST_PRIORITY - 1));
+            m.push_attr("candidate", &crate::fmt64!("1 2 UDP {} {rip} {rtcp_port} typ host", HOST_PRIORITY - 1));
         }
     }
     if let Some((tag, suite, key)) = crypto {
-        m.set_cryptos(&[crypto_line(tag, suite, key)]);
+        m.push_attr("crypto", &crypto_line(tag, suite, key).to_string());
     }
     m
 }
