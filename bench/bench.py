@@ -249,6 +249,16 @@ def pct(sorted_vals, q):
 # the lab
 # ------------------------------------------------------------------------------------------
 
+# drbridge's media port ranges in the bench: 6,000 pairs per side, for the concurrency of the
+# fastest signalling steps (7,000 calls/s x ~0.75 s from INVITE to BYE is ~5,300 sessions, and
+# each signalling shard has its share of the pairs); clear of the SIP ports (--port-base 25060
+# and up, the PBX UAC's media port 26000) and of the Teams UAS's fixed media port 50000. Pairs
+# stay bound once used: 6,000 x 2 sockets toward the PBX and 6,000 toward Teams (RTCP muxed)
+# stay under a hard open-file limit of 20,000 (what this machine has).
+MEDIA_PBX = (27000, 38999)
+MEDIA_TEAMS = (51000, 62999)
+
+
 class Lab:
     def __init__(self, args):
         self.args = args
@@ -352,10 +362,10 @@ token_file = "{self.work / 'admin-token'}"
 enabled = true
 teams_ip = "127.0.0.1"
 pbx_ip = "127.0.0.1"
-teams_port_min = 51000
-teams_port_max = 60999
-pbx_port_min = 40000
-pbx_port_max = 49999
+teams_port_min = {MEDIA_TEAMS[0]}
+teams_port_max = {MEDIA_TEAMS[1]}
+pbx_port_min = {MEDIA_PBX[0]}
+pbx_port_max = {MEDIA_PBX[1]}
 max_sessions = {self.args.media_sessions}
 """
 
@@ -1059,8 +1069,8 @@ def main():
                     help="media stage: SIPp's rtp_stream of a 7 s A-law tone (default) or pcap play of g711a.pcap")
     ap.add_argument("--no-media-anchoring", dest="media_anchoring", action="store_false",
                     help="[media] enabled = false: signalling only, SDP passed through")
-    ap.add_argument("--media-sessions", type=int, default=4800,
-                    help="drbridge media.max_sessions (port ranges give 5000 pairs per side)")
+    ap.add_argument("--media-sessions", type=int, default=6000,
+                    help="drbridge media.max_sessions (the port ranges give 6,000 pairs per side)")
     ap.add_argument("--kamailio-workers", type=int, default=4)
     ap.add_argument("--kamailio-mem", default="fm",
                     help="Kamailio memory manager: fm (fast, default here), qm (Debian's default, debug: ~3x slower), tlsf")
@@ -1371,7 +1381,7 @@ def media_stage(lab, args, results_dir):
                 t.start_level_uas(level_dir)
                 time.sleep(0.5)
                 # drbridge's media port ranges (media_toml), not SIPp's fixed media port 50000 between them
-                drb_drops = lambda: range_drops(40000, 49999) + range_drops(51000, 60999)
+                drb_drops = lambda: range_drops(*MEDIA_PBX) + range_drops(*MEDIA_TEAMS)
                 m0, k0 = media_metrics(lab.p["admin"]), drb_drops()
                 rec = run_step(t, rate, secs, level_dir, watch=lambda: socket_drops(lab.p["pbx_media"]))
                 time.sleep(1.0)

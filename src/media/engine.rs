@@ -386,6 +386,15 @@ fn take_pair(
         unbound_tries -= 1;
         match BoundPair::bind(ip, pair.port, with_rtcp) {
             Ok(b) => return Some((pair, Some(b))),
+            Err(e) if out_of_descriptors(&e) => {
+                // Not this port's fault: every other unbound pair would fail the same way (and
+                // trying them all, per call, was millions of failed binds a second). The pair
+                // stays unbound; pairs bound already are still used.
+                *bind_failures += 1;
+                tracing::warn!(port = pair.port, error = %e, "media port pair not bound: out of file descriptors");
+                pool.release(pair.index, now_ms);
+                return pool.take(owner, now_ms, false).map(|p| (p, None));
+            }
             Err(e) => {
                 *bind_failures += 1;
                 tracing::warn!(port = pair.port, error = %e, "media port pair not bound; skipped");
@@ -393,6 +402,12 @@ fn take_pair(
             }
         }
     }
+}
+
+/// EMFILE or ENFILE: the process (or the system) has no file descriptor left.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    let code = e.raw_os_error();
+    code == Some(rustix::io::Errno::MFILE.raw_os_error()) || code == Some(rustix::io::Errno::NFILE.raw_os_error())
 }
 
 /// Receive buffer asked for each media socket (the kernel doubles it, capped by
