@@ -1,6 +1,6 @@
 //! Header names (case-insensitive, compact forms) and the ordered header list.
 
-use super::text::{comma_parts, is_token, SipStr};
+use super::text::{comma_parts, is_token, is_token_str, SipStr};
 use super::uri::{NameAddr, Via};
 use std::sync::{Arc, OnceLock};
 
@@ -263,11 +263,10 @@ pub(crate) fn sanitize_value(v: SipStr) -> SipStr {
     }
 }
 
-
 /// A header name made of token characters only (others become `-`), never empty.
 fn header_name(name: &str) -> HeaderName {
     let name = name.trim();
-    if !name.is_empty() && name.bytes().all(is_token) {
+    if is_token_str(name) {
         return HeaderName::new(SipStr::from(name));
     }
     let clean: String = name.bytes().map(|b| if is_token(b) { b as char } else { '-' }).collect();
@@ -275,7 +274,7 @@ fn header_name(name: &str) -> HeaderName {
 }
 
 fn sanitize_header(h: Header) -> Header {
-    let name = if !h.name.as_str().is_empty() && h.name.as_str().bytes().all(is_token) { h.name } else { header_name(h.name.as_str()) };
+    let name = if is_token_str(h.name.as_str()) { h.name } else { header_name(h.name.as_str()) };
     Header { name, value: sanitize_value(h.value) }
 }
 

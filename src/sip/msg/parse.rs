@@ -2,7 +2,7 @@
 //! colon), Content-Length framing. Accepts CRLF and bare LF line ends (RFC 3261 7.5 robustness).
 
 use super::headers::{Header, HeaderName, Headers};
-use super::text::{is_token, SipStr};
+use super::text::{is_token_str, SipStr};
 use super::uri::{CSeq, Uri, Via};
 use super::{Message, Method, Request, Response};
 use bytes::Bytes;
@@ -253,7 +253,7 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
         let m = parts.next().ok_or(ParseError::BadStartLine)?;
         let uri = parts.next().ok_or(ParseError::BadStartLine)?;
         let ver = parts.next().ok_or(ParseError::BadStartLine)?;
-        if parts.next().is_some() || m.is_empty() || !m.bytes().all(is_token) || !uri.contains(':') {
+        if parts.next().is_some() || !is_token_str(m) || !uri.contains(':') {
             return Err(ParseError::BadStartLine);
         }
         if !ver.eq_ignore_ascii_case("SIP/2.0") {
@@ -322,12 +322,11 @@ fn canonical(name: &str) -> &'static str {
 }
 
 fn check_header_name(name: &str) -> Result<(), ParseError> {
-    if name.is_empty() || !name.bytes().all(is_token) {
+    if !is_token_str(name) {
         return Err(ParseError::BadHeader);
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@
 //! after `inline:`) nor an `a=ice-pwd` value; use [`redact_secrets`] for any other SDP text that
 //! may be logged.
 
+use super::headers::sanitize_value;
 use super::text::SipStr;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
@@ -622,22 +623,15 @@ fn attr_line(name: &str, value: &str) -> SipStr {
     sanitize_owned(line)
 }
 
-/// CR and LF become spaces: a value set through the API can never start a new line.
+/// CR and LF become spaces: a value set through the API can never start a new line (the same
+/// rule as a SIP header value's).
 fn sanitize(s: &str) -> SipStr {
-    if s.contains(['\r', '\n']) {
-        SipStr::from(s.replace(['\r', '\n'], " "))
-    } else {
-        SipStr::from(s)
-    }
+    sanitize_value(SipStr::from(s))
 }
 
 /// `sanitize` for a string built here: kept without a copy when it has no line end.
 fn sanitize_owned(s: String) -> SipStr {
-    if s.contains(['\r', '\n']) {
-        SipStr::from(s.replace(['\r', '\n'], " "))
-    } else {
-        SipStr::from(s)
-    }
+    sanitize_value(SipStr::from(s))
 }
 
 /// The rest of `whole` after `part`, which must be a sub-slice of it.

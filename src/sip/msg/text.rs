@@ -98,6 +98,11 @@ pub(crate) fn is_token(b: u8) -> bool {
     TOKEN[b as usize]
 }
 
+/// True for a non-empty run of token characters (a header name, a method, a parameter name).
+pub(crate) fn is_token_str(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_token)
+}
+
 /// The parts of a header value split at top-level commas (commas inside quoted strings and
 /// `<...>` do not split), one by one: each trimmed, empty parts skipped. `comma_parts(v).next()`
 /// is the first value of a header line.

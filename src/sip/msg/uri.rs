@@ -3,7 +3,7 @@
 
 use super::Method;
 use super::ParseError;
-use super::text::is_token;
+use super::text::{is_token, is_token_str};
 use std::fmt;
 
 /// `;name=value` parameters, order kept, names compared case-insensitively. Kept as their
@@ -379,7 +379,7 @@ fn parse_display(d: &str) -> Result<Option<String>, ParseError> {
 
 /// Header parameter names are tokens (RFC 4475 badinv01: `;;,;,,`).
 fn check_param_names(p: &Params) -> Result<(), ParseError> {
-    if p.iter().all(|(n, _)| !n.is_empty() && n.bytes().all(is_token)) {
+    if p.iter().all(|(n, _)| is_token_str(n)) {
         Ok(())
     } else {
         Err(ParseError::BadHeader)
@@ -426,7 +426,7 @@ impl Via {
         }
         let ws = rest.find([' ', '\t']).ok_or(ParseError::BadHeader)?;
         let transport = rest[..ws].to_ascii_uppercase();
-        if transport.is_empty() || !transport.bytes().all(is_token) {
+        if !is_token_str(&transport) {
             return Err(ParseError::BadHeader);
         }
         let sent = rest[ws..].trim_start();
