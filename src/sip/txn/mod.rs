@@ -63,6 +63,7 @@ use client::{ClientTxn, ResponseAction};
 use rand::Rng;
 use server::{AckAction, ServerTxn};
 use std::cmp::Reverse;
+use rustc_hash::FxHashMap;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -230,9 +231,9 @@ pub struct Transactions<D> {
     timers: TxnTimers,
     max: usize,
     next_id: u64,
-    clients: HashMap<u64, (ClientKey, ClientTxn<D>)>,
+    clients: FxHashMap<u64, Box<(ClientKey, ClientTxn<D>)>>,
     client_keys: HashMap<ClientKey, u64>,
-    servers: HashMap<u64, (ServerKey, ServerTxn<D>)>,
+    servers: FxHashMap<u64, Box<(ServerKey, ServerTxn<D>)>>,
     server_keys: HashMap<ServerKey, u64>,
     heap: BinaryHeap<Reverse<(Instant, TimerRef)>>,
     transmits: VecDeque<(D, Bytes)>,
@@ -247,9 +248,9 @@ impl<D: Clone> Transactions<D> {
             timers,
             max,
             next_id: 0,
-            clients: HashMap::new(),
+            clients: FxHashMap::default(),
             client_keys: HashMap::new(),
-            servers: HashMap::new(),
+            servers: FxHashMap::default(),
             server_keys: HashMap::new(),
             heap: BinaryHeap::new(),
             transmits: VecDeque::new(),
@@ -272,16 +273,16 @@ impl<D: Clone> Transactions<D> {
     }
 
     pub fn client_state(&self, id: ClientTxnId) -> Option<ClientState> {
-        self.clients.get(&id.0).map(|(_, t)| t.state)
+        self.clients.get(&id.0).map(|e| e.1.state)
     }
 
     pub fn server_state(&self, id: ServerTxnId) -> Option<ServerState> {
-        self.servers.get(&id.0).map(|(_, t)| t.state)
+        self.servers.get(&id.0).map(|e| e.1.state)
     }
 
     /// The request a client transaction sent.
     pub fn client_request(&self, id: ClientTxnId) -> Option<&Request> {
-        self.clients.get(&id.0).map(|(_, t)| &t.request)
+        self.clients.get(&id.0).map(|e| &e.1.request)
     }
 
     // ---- requests from the network -------------------------------------------------------
@@ -297,7 +298,7 @@ impl<D: Clone> Transactions<D> {
             let Some(&id) = self.server_keys.get(&invite_key) else {
                 return RequestDisposition::Ack2xx;
             };
-            let Some((_, txn)) = self.servers.get_mut(&id) else {
+            let Some(txn) = self.servers.get_mut(&id).map(|e| &mut e.1) else {
                 return RequestDisposition::Ack2xx;
             };
             let action = txn.on_ack(&self.timers, now);
@@ -311,7 +312,7 @@ impl<D: Clone> Transactions<D> {
             };
         }
         if let Some(&id) = self.server_keys.get(&key) {
-            if let Some((_, txn)) = self.servers.get_mut(&id) {
+            if let Some(txn) = self.servers.get_mut(&id).map(|e| &mut e.1) {
                 txn.on_retransmission(&mut self.transmits);
             }
             self.stats.absorbed_requests += 1;
@@ -325,7 +326,7 @@ impl<D: Clone> Transactions<D> {
         let invite_key = (req.method == Method::Cancel).then(|| ServerKey { method: Method::Invite, ..key.clone() });
         let txn = ServerTxn::new(req.method == Method::Invite, src, reliable, &self.timers);
         self.server_keys.insert(key.clone(), id);
-        self.servers.insert(id, (key, txn));
+        self.servers.insert(id, Box::new((key, txn)));
         match invite_key {
             Some(k) => RequestDisposition::Cancel {
                 cancel: ServerTxnId(id),
@@ -338,7 +339,7 @@ impl<D: Clone> Transactions<D> {
     /// The TU answers a server transaction. Provisional and final responses as the state machine
     /// allows; after a 2xx to an INVITE, further 2xx (the TU's retransmissions) pass through.
     pub fn send_response(&mut self, id: ServerTxnId, resp: &Response, now: Instant) -> Result<(), TxnError> {
-        let (_, txn) = self.servers.get_mut(&id.0).ok_or(TxnError::NoTxn)?;
+        let txn = &mut self.servers.get_mut(&id.0).ok_or(TxnError::NoTxn)?.1;
         txn.send_response(resp.status, resp.to_bytes(), &self.timers, now, &mut self.transmits)?;
         self.after_server(id.0, now);
         Ok(())
@@ -381,7 +382,7 @@ impl<D: Clone> Transactions<D> {
         let id = self.alloc_id();
         let txn = ClientTxn::start(req, dest, reliable, &self.timers, now, &mut self.transmits);
         self.client_keys.insert(key.clone(), id);
-        self.clients.insert(id, (key, txn));
+        self.clients.insert(id, Box::new((key, txn)));
         self.after_client(id, now);
         Ok(ClientTxnId(id))
     }
@@ -398,7 +399,7 @@ impl<D: Clone> Transactions<D> {
             self.stats.absorbed_responses += 1;
             return None;
         };
-        let (_, txn) = self.clients.get_mut(&id)?;
+        let txn = &mut self.clients.get_mut(&id)?.1;
         let action = txn.on_response(&resp, &self.timers, now, &mut self.transmits);
         self.after_client(id, now);
         match action {
@@ -413,7 +414,7 @@ impl<D: Clone> Transactions<D> {
     /// The CANCEL for an INVITE client transaction that has no final response yet (RFC 3261 9.1).
     /// RFC 3261 says not to send it before a provisional response came; that is up to the TU.
     pub fn cancel_request(&self, id: ClientTxnId) -> Option<Request> {
-        let (_, txn) = self.clients.get(&id.0)?;
+        let txn = &self.clients.get(&id.0)?.1;
         let cancellable =
             txn.request.method == Method::Invite && matches!(txn.state, ClientState::Calling | ClientState::Proceeding);
         cancellable.then(|| build_cancel(&txn.request))
@@ -423,7 +424,7 @@ impl<D: Clone> Transactions<D> {
     /// INVITE's destination over the same kind of transport.
     pub fn send_cancel(&mut self, id: ClientTxnId, now: Instant) -> Result<ClientTxnId, TxnError> {
         let cancel = self.cancel_request(id).ok_or(TxnError::NotCancellable)?;
-        let (_, invite) = self.clients.get(&id.0).ok_or(TxnError::NoTxn)?;
+        let invite = &self.clients.get(&id.0).ok_or(TxnError::NoTxn)?.1;
         let (dest, reliable) = (invite.dest.clone(), invite.reliable);
         self.send_request(cancel, dest, reliable, now)
     }
@@ -433,7 +434,7 @@ impl<D: Clone> Transactions<D> {
     /// The transport could not send this transaction's request: it terminates with
     /// [`TxnEvent::ClientTransportError`]. Returns false if it was gone already.
     pub fn client_transport_failed(&mut self, id: ClientTxnId) -> bool {
-        let Some((key, _)) = self.clients.remove(&id.0) else { return false };
+        let Some(key) = self.clients.remove(&id.0).map(|e| e.0) else { return false };
         self.client_keys.remove(&key);
         self.events.push_back(TxnEvent::ClientTransportError(id));
         self.events.push_back(TxnEvent::ClientTerminated(id));
@@ -442,7 +443,7 @@ impl<D: Clone> Transactions<D> {
 
     /// The transport could not send this transaction's response (RFC 3261 17.2.4).
     pub fn server_transport_failed(&mut self, id: ServerTxnId) -> bool {
-        let Some((key, _)) = self.servers.remove(&id.0) else { return false };
+        let Some(key) = self.servers.remove(&id.0).map(|e| e.0) else { return false };
         self.server_keys.remove(&key);
         self.events.push_back(TxnEvent::ServerTransportError(id));
         self.events.push_back(TxnEvent::ServerTerminated(id));
@@ -453,9 +454,9 @@ impl<D: Clone> Transactions<D> {
     /// be opened). Scans the whole table: meant for rare events. Returns how many failed.
     pub fn transport_failed(&mut self, mut dest: impl FnMut(&D) -> bool) -> usize {
         let mut clients: Vec<u64> =
-            self.clients.iter().filter(|(_, (_, t))| dest(&t.dest)).map(|(&id, _)| id).collect();
+            self.clients.iter().filter(|(_, e)| dest(&e.1.dest)).map(|(&id, _)| id).collect();
         let mut servers: Vec<u64> =
-            self.servers.iter().filter(|(_, (_, t))| dest(t.src())).map(|(&id, _)| id).collect();
+            self.servers.iter().filter(|(_, e)| dest(e.1.src())).map(|(&id, _)| id).collect();
         clients.sort_unstable();
         servers.sort_unstable();
         let n = clients.len() + servers.len();
@@ -479,7 +480,7 @@ impl<D: Clone> Transactions<D> {
             self.heap.pop();
             match r {
                 TimerRef::Client(id) => {
-                    let Some((_, txn)) = self.clients.get_mut(&id) else { continue };
+                    let Some(txn) = self.clients.get_mut(&id).map(|e| &mut e.1) else { continue };
                     if txn.scheduled != Some(at) {
                         continue;
                     }
@@ -491,7 +492,7 @@ impl<D: Clone> Transactions<D> {
                     self.after_client(id, now);
                 }
                 TimerRef::Server(id) => {
-                    let Some((_, txn)) = self.servers.get_mut(&id) else { continue };
+                    let Some(txn) = self.servers.get_mut(&id).map(|e| &mut e.1) else { continue };
                     if txn.scheduled != Some(at) {
                         continue;
                     }
@@ -535,17 +536,17 @@ impl<D: Clone> Transactions<D> {
 
     fn is_live(&self, at: Instant, r: TimerRef) -> bool {
         let scheduled = match r {
-            TimerRef::Client(id) => self.clients.get(&id).and_then(|(_, t)| t.scheduled),
-            TimerRef::Server(id) => self.servers.get(&id).and_then(|(_, t)| t.scheduled),
+            TimerRef::Client(id) => self.clients.get(&id).and_then(|e| e.1.scheduled),
+            TimerRef::Server(id) => self.servers.get(&id).and_then(|e| e.1.scheduled),
         };
         scheduled == Some(at)
     }
 
     /// After a client transaction changed: remove it if terminated, else (re)schedule it.
     fn after_client(&mut self, id: u64, now: Instant) {
-        let Some((_, txn)) = self.clients.get_mut(&id) else { return };
+        let Some(txn) = self.clients.get_mut(&id).map(|e| &mut e.1) else { return };
         if txn.state == ClientState::Terminated {
-            if let Some((key, _)) = self.clients.remove(&id) {
+            if let Some(key) = self.clients.remove(&id).map(|e| e.0) {
                 self.client_keys.remove(&key);
             }
             self.events.push_back(TxnEvent::ClientTerminated(ClientTxnId(id)));
@@ -561,9 +562,9 @@ impl<D: Clone> Transactions<D> {
     }
 
     fn after_server(&mut self, id: u64, now: Instant) {
-        let Some((_, txn)) = self.servers.get_mut(&id) else { return };
+        let Some(txn) = self.servers.get_mut(&id).map(|e| &mut e.1) else { return };
         if txn.state == ServerState::Terminated {
-            if let Some((key, _)) = self.servers.remove(&id) {
+            if let Some(key) = self.servers.remove(&id).map(|e| e.0) {
                 self.server_keys.remove(&key);
             }
             self.events.push_back(TxnEvent::ServerTerminated(ServerTxnId(id)));
