@@ -64,7 +64,8 @@ use rand::Rng;
 use server::{AckAction, ServerTxn};
 use std::cmp::Reverse;
 use rustc_hash::FxHashMap;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 /// The RFC 3261 branch magic cookie.
@@ -220,6 +221,37 @@ struct ServerKey {
     method: Method,
 }
 
+/// Transaction ids by key (branch, sent-by, method), the key itself living in the
+/// transaction: entries are (hash, id), 16 bytes, so the key strings are not copied into the
+/// index and growing it neither moves them nor hashes them again (a `HashMap<ServerKey, u64>`
+/// grew by rehashing every key with SipHash: ~8 % of the samples while 10^5 transactions
+/// lingered, bench/PROFILE.md sixth pass). The keys come from the network, so they are hashed
+/// with a random SipHash key; `find` compares the whole key of the candidate transaction.
+#[derive(Default)]
+struct KeyIndex {
+    table: hashbrown::HashTable<(u64, u64)>,
+    state: std::hash::RandomState,
+}
+
+impl KeyIndex {
+    fn find<K: std::hash::Hash>(&self, key: &K, mut is: impl FnMut(u64) -> bool) -> Option<u64> {
+        let h = self.state.hash_one(key);
+        self.table.find(h, |&(eh, id)| eh == h && is(id)).map(|&(_, id)| id)
+    }
+
+    fn insert<K: std::hash::Hash>(&mut self, key: &K, id: u64) {
+        let h = self.state.hash_one(key);
+        self.table.insert_unique(h, (h, id), |&(eh, _)| eh);
+    }
+
+    fn remove<K: std::hash::Hash>(&mut self, key: &K, id: u64) {
+        let h = self.state.hash_one(key);
+        if let Ok(e) = self.table.find_entry(h, |&(_, i)| i == id) {
+            e.remove();
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerRef {
     Client(u64),
@@ -232,9 +264,9 @@ pub struct Transactions<D> {
     max: usize,
     next_id: u64,
     clients: FxHashMap<u64, Box<(ClientKey, ClientTxn<D>)>>,
-    client_keys: HashMap<ClientKey, u64>,
+    client_keys: KeyIndex,
     servers: FxHashMap<u64, Box<(ServerKey, ServerTxn<D>)>>,
-    server_keys: HashMap<ServerKey, u64>,
+    server_keys: KeyIndex,
     heap: BinaryHeap<Reverse<(Instant, TimerRef)>>,
     transmits: VecDeque<(D, Bytes)>,
     events: VecDeque<TxnEvent>,
@@ -249,9 +281,9 @@ impl<D: Clone> Transactions<D> {
             max,
             next_id: 0,
             clients: FxHashMap::default(),
-            client_keys: HashMap::new(),
+            client_keys: KeyIndex::default(),
             servers: FxHashMap::default(),
-            server_keys: HashMap::new(),
+            server_keys: KeyIndex::default(),
             heap: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -295,7 +327,7 @@ impl<D: Clone> Transactions<D> {
         };
         if req.method == Method::Ack {
             let invite_key = ServerKey { method: Method::Invite, ..key };
-            let Some(&id) = self.server_keys.get(&invite_key) else {
+            let Some(id) = self.find_server(&invite_key) else {
                 return RequestDisposition::Ack2xx;
             };
             let Some(txn) = self.servers.get_mut(&id).map(|e| &mut e.1) else {
@@ -311,7 +343,7 @@ impl<D: Clone> Transactions<D> {
                 }
             };
         }
-        if let Some(&id) = self.server_keys.get(&key) {
+        if let Some(id) = self.find_server(&key) {
             if let Some(txn) = self.servers.get_mut(&id).map(|e| &mut e.1) {
                 txn.on_retransmission(&mut self.transmits);
             }
@@ -325,12 +357,12 @@ impl<D: Clone> Transactions<D> {
         let id = self.alloc_id();
         let invite_key = (req.method == Method::Cancel).then(|| ServerKey { method: Method::Invite, ..key.clone() });
         let txn = ServerTxn::new(req.method == Method::Invite, src, reliable, &self.timers);
-        self.server_keys.insert(key.clone(), id);
+        self.server_keys.insert(&key, id);
         self.servers.insert(id, Box::new((key, txn)));
         match invite_key {
             Some(k) => RequestDisposition::Cancel {
                 cancel: ServerTxnId(id),
-                invite: self.server_keys.get(&k).map(|&i| ServerTxnId(i)),
+                invite: self.find_server(&k).map(ServerTxnId),
             },
             None => RequestDisposition::New(ServerTxnId(id)),
         }
@@ -373,7 +405,7 @@ impl<D: Clone> Transactions<D> {
             return Err(TxnError::BadCSeq);
         }
         let key = ClientKey { branch, method: req.method.clone() };
-        if self.client_keys.contains_key(&key) {
+        if self.find_client(&key).is_some() {
             return Err(TxnError::Duplicate);
         }
         if self.len() >= self.max {
@@ -381,7 +413,7 @@ impl<D: Clone> Transactions<D> {
         }
         let id = self.alloc_id();
         let txn = ClientTxn::start(req, dest, reliable, &self.timers, now, &mut self.transmits);
-        self.client_keys.insert(key.clone(), id);
+        self.client_keys.insert(&key, id);
         self.clients.insert(id, Box::new((key, txn)));
         self.after_client(id, now);
         Ok(ClientTxnId(id))
@@ -395,7 +427,7 @@ impl<D: Clone> Transactions<D> {
             .and_then(|v| v.branch().map(str::to_string))
             .zip(resp.cseq())
             .map(|(branch, cseq)| ClientKey { branch, method: cseq.method });
-        let Some(&id) = key.as_ref().and_then(|k| self.client_keys.get(k)) else {
+        let Some(id) = key.as_ref().and_then(|k| self.find_client(k)) else {
             self.stats.absorbed_responses += 1;
             return None;
         };
@@ -435,7 +467,7 @@ impl<D: Clone> Transactions<D> {
     /// [`TxnEvent::ClientTransportError`]. Returns false if it was gone already.
     pub fn client_transport_failed(&mut self, id: ClientTxnId) -> bool {
         let Some(key) = self.clients.remove(&id.0).map(|e| e.0) else { return false };
-        self.client_keys.remove(&key);
+        self.client_keys.remove(&key, id.0);
         self.events.push_back(TxnEvent::ClientTransportError(id));
         self.events.push_back(TxnEvent::ClientTerminated(id));
         true
@@ -444,7 +476,7 @@ impl<D: Clone> Transactions<D> {
     /// The transport could not send this transaction's response (RFC 3261 17.2.4).
     pub fn server_transport_failed(&mut self, id: ServerTxnId) -> bool {
         let Some(key) = self.servers.remove(&id.0).map(|e| e.0) else { return false };
-        self.server_keys.remove(&key);
+        self.server_keys.remove(&key, id.0);
         self.events.push_back(TxnEvent::ServerTransportError(id));
         self.events.push_back(TxnEvent::ServerTerminated(id));
         true
@@ -534,6 +566,14 @@ impl<D: Clone> Transactions<D> {
         self.next_id
     }
 
+    fn find_server(&self, key: &ServerKey) -> Option<u64> {
+        self.server_keys.find(key, |id| self.servers.get(&id).is_some_and(|e| e.0 == *key))
+    }
+
+    fn find_client(&self, key: &ClientKey) -> Option<u64> {
+        self.client_keys.find(key, |id| self.clients.get(&id).is_some_and(|e| e.0 == *key))
+    }
+
     fn is_live(&self, at: Instant, r: TimerRef) -> bool {
         let scheduled = match r {
             TimerRef::Client(id) => self.clients.get(&id).and_then(|e| e.1.scheduled),
@@ -547,7 +587,7 @@ impl<D: Clone> Transactions<D> {
         let Some(txn) = self.clients.get_mut(&id).map(|e| &mut e.1) else { return };
         if txn.state == ClientState::Terminated {
             if let Some(key) = self.clients.remove(&id).map(|e| e.0) {
-                self.client_keys.remove(&key);
+                self.client_keys.remove(&key, id);
             }
             self.events.push_back(TxnEvent::ClientTerminated(ClientTxnId(id)));
             return;
@@ -565,7 +605,7 @@ impl<D: Clone> Transactions<D> {
         let Some(txn) = self.servers.get_mut(&id).map(|e| &mut e.1) else { return };
         if txn.state == ServerState::Terminated {
             if let Some(key) = self.servers.remove(&id).map(|e| e.0) {
-                self.server_keys.remove(&key);
+                self.server_keys.remove(&key, id);
             }
             self.events.push_back(TxnEvent::ServerTerminated(ServerTxnId(id)));
             return;
