@@ -221,9 +221,9 @@ enum Purpose {
     /// An INVITE opening `leg` (initial call or transfer target).
     OpenLeg(LegId),
     /// A request received on `from` relayed to the other leg; answer on `stx`.
-    Relay { from: LegId, stx: ServerTxnId, req: Request },
+    Relay { from: LegId, stx: ServerTxnId, req: Box<Request> },
     /// A re-INVITE that connects the remaining party to a new leg (REFER, Replaces).
-    Reconnect { to_leg: LegId, new_leg: LegId, answer: Option<(ServerTxnId, Request)> },
+    Reconnect { to_leg: LegId, new_leg: LegId, answer: Option<Box<(ServerTxnId, Request)>> },
     Bye,
     Cancel,
     Notify,
@@ -1131,7 +1131,7 @@ impl B2bua {
         if let Some(c) = self.calls.get_mut(&cid) {
             c.open_stx.push((stx, req.clone()));
         }
-        if self.send_in_dialog(cid, out, hop, Purpose::Relay { from: lid, stx, req: req.clone() }, now).is_none() {
+        if self.send_in_dialog(cid, out, hop, Purpose::Relay { from: lid, stx, req: Box::new(req.clone()) }, now).is_none() {
             self.respond(stx, &req, 503, side, now);
         }
     }
@@ -1221,8 +1221,8 @@ impl B2bua {
         let Some((cid, purpose)) = taken else { return };
         match purpose {
             Purpose::OpenLeg(lid) => self.open_leg_response(cid, lid, ctx, resp, now),
-            Purpose::Relay { from, stx, req } => self.relay_response(cid, from, stx, req, ctx, resp, now),
-            Purpose::Reconnect { to_leg, new_leg, answer } => self.reconnect_response(cid, to_leg, new_leg, answer, resp, now),
+            Purpose::Relay { from, stx, req } => self.relay_response(cid, from, stx, *req, ctx, resp, now),
+            Purpose::Reconnect { to_leg, new_leg, answer } => self.reconnect_response(cid, to_leg, new_leg, answer.map(|a| *a), resp, now),
             Purpose::Refresh(lid) => {
                 if resp.status >= 200 {
                     if resp.is_success() || resp.status == 422 || resp.status == 491 {
@@ -1708,7 +1708,7 @@ impl B2bua {
             }
             Purpose::Subscribe(id) => self.sub_events.push_back(SubscriptionEvent::Response { id, status: 408, expires: None }),
             Purpose::Reconnect { answer, new_leg, .. } => {
-                if let Some((stx, req)) = answer {
+                if let Some((stx, req)) = answer.map(|a| *a) {
                     self.respond(stx, &req, 408, Side::Teams, now);
                 }
                 let _ = new_leg;
@@ -2276,7 +2276,7 @@ impl B2bua {
         if let Some(c) = self.calls.get_mut(&cid) {
             c.legs[to_leg].offer_pending = true;
         }
-        self.send_in_dialog(cid, req, hop, Purpose::Reconnect { to_leg, new_leg, answer }, now);
+        self.send_in_dialog(cid, req, hop, Purpose::Reconnect { to_leg, new_leg, answer: answer.map(Box::new) }, now);
     }
 
     fn reconnect_response(&mut self, cid: CallId, to_leg: LegId, new_leg: LegId, answer: Option<(ServerTxnId, Request)>, resp: Response, now: Instant) {
