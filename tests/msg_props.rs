@@ -198,6 +198,16 @@ fn sdp_text() -> impl Strategy<Value = String> {
     })
 }
 
+/// Strings made of the pieces a name-addr is made of, in any order: most are malformed, many
+/// are not.
+fn name_addr_pieces() -> impl Strategy<Value = String> {
+    let pieces = vec![
+        "<", ">", "sip:", "sips:", "tel:+49", "a", "@", "h.example", ":5060", ":x", ";", "tag", "=", "t1", " ", "\t", "\"", "\\",
+        ",", "[::1]", "lr", "?", "Bob",
+    ];
+    prop::collection::vec(prop::sample::select(pieces), 0..14).prop_map(|v| v.concat())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Properties
 
@@ -215,6 +225,16 @@ proptest! {
         let _ = Uri::parse(&s);
         let _ = NameAddr::parse(&s);
         let _ = Via::parse(&s);
+    }
+
+    /// The parser's check of From/To and its tag reading agree with the full parse.
+    #[test]
+    fn name_addr_check_and_tag_agree_with_parse(s in name_addr_pieces()) {
+        let full = NameAddr::parse(&s);
+        prop_assert_eq!(NameAddr::check(&s).is_ok(), full.is_ok());
+        if let Ok(n) = full {
+            prop_assert_eq!(drbridge::sip::msg::tag_of(&s), n.tag());
+        }
     }
 
     #[test]

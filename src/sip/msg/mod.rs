@@ -18,7 +18,7 @@ mod uri;
 pub use headers::{canonical_name, Header, HeaderName, Headers};
 pub use parse::{frame_len, parse, parse_datagram, Limits, ParseError};
 pub use text::{comma_parts, SipStr};
-pub use uri::{CSeq, NameAddr, Params, Uri, Via};
+pub use uri::{tag_of, CSeq, NameAddr, Params, Uri, Via};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
@@ -208,11 +208,12 @@ macro_rules! common_accessors {
         pub fn to_hdr(&self) -> Option<&NameAddr> {
             self.headers.to_addr()
         }
+        /// The From tag, read from the header text (see [`uri::tag_of`]).
         pub fn from_tag(&self) -> Option<&str> {
-            self.from_hdr().and_then(|n| n.tag())
+            self.headers.get("From").and_then(uri::tag_of)
         }
         pub fn to_tag(&self) -> Option<&str> {
-            self.to_hdr().and_then(|n| n.tag())
+            self.headers.get("To").and_then(uri::tag_of)
         }
         pub fn content_type(&self) -> Option<&str> {
             self.headers.get("Content-Type")
@@ -252,7 +253,7 @@ impl Request {
             } else if h.name.is("To") {
                 let mut v = h.value.to_string();
                 if let Some(tag) = to_tag {
-                    if status != 100 && self.to_hdr().is_some_and(|n| n.tag().is_none()) {
+                    if status != 100 && NameAddr::check(&h.value).is_ok() && uri::tag_of(&h.value).is_none() {
                         v.push_str(";tag=");
                         v.push_str(tag);
                     }

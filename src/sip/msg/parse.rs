@@ -3,7 +3,7 @@
 
 use super::headers::{Header, HeaderName, Headers};
 use super::text::{is_token_str, SipStr};
-use super::uri::{CSeq, Uri, Via};
+use super::uri::{CSeq, NameAddr, Uri, Via};
 use super::{Message, Method, Request, Response};
 use bytes::Bytes;
 
@@ -293,12 +293,13 @@ fn validate(msg: &Message) -> Result<(), ParseError> {
             return Err(ParseError::BadHeaderValue("CSeq"));
         }
     }
-    // From, To and the top Via are parsed into the headers' cache, where the B2BUA and the
-    // transaction layer find them.
-    if h.contains("From") && h.from_addr().is_none() {
+    // From and To are checked without being built (most messages are read for their tags
+    // only, `uri::tag_of`); the top Via is parsed into the headers' cache, where the
+    // transaction layer finds it.
+    if h.get("From").is_some_and(|v| NameAddr::check(v).is_err()) {
         return Err(ParseError::BadHeaderValue("From"));
     }
-    if h.contains("To") && h.to_addr().is_none() {
+    if h.get("To").is_some_and(|v| NameAddr::check(v).is_err()) {
         return Err(ParseError::BadHeaderValue("To"));
     }
     let vias = h.values("Via");

@@ -150,28 +150,38 @@ pub struct Uri {
     pub headers: Option<String>,
 }
 
-impl Uri {
-    pub fn parse(s: &str) -> Result<Uri, ParseError> {
+/// A URI's parts as written, checked: what [`Uri::parse`] keeps, without copying it (the
+/// parser checks the From and To of every message received, and most are never read whole).
+struct UriParts<'a> {
+    scheme: &'a str,
+    user: Option<&'a str>,
+    host: &'a str,
+    port: Option<u16>,
+    params: Option<&'a str>,
+    headers: Option<&'a str>,
+}
+
+impl<'a> UriParts<'a> {
+    fn split(s: &'a str) -> Result<UriParts<'a>, ParseError> {
         let s = s.trim_ascii();
         let (scheme, rest) = split_at_byte(s, b':').ok_or(ParseError::BadHeader)?;
-        let scheme_l = scheme.to_ascii_lowercase();
-        if scheme_l.is_empty() || !scheme_l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') {
+        if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') {
             return Err(ParseError::BadHeader);
         }
-        if scheme_l != "sip" && scheme_l != "sips" {
+        if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
             // tel:, urn:, and any other scheme: opaque part kept in `user`, params after ';'.
             let (rest, headers) = match split_at_byte(rest, b'?') {
-                Some((a, h)) => (a, Some(h.to_string())),
+                Some((a, h)) => (a, Some(h)),
                 None => (rest, None),
             };
             let (num, params) = match split_at_byte(rest, b';') {
-                Some((n, p)) => (n, Params::parse(p)),
-                None => (rest, Params::default()),
+                Some((n, p)) => (n, Some(p)),
+                None => (rest, None),
             };
             if num.is_empty() || has_space_or(num, b"<>\"") {
                 return Err(ParseError::BadHeader);
             }
-            return Ok(Uri { scheme: scheme_l, user: Some(num.to_string()), host: String::new(), port: None, params, headers });
+            return Ok(UriParts { scheme, user: Some(num), host: "", port: None, params, headers });
         }
         // The user part may hold ';' '?' '/' (RFC 3261 25.1 user-unreserved): split at the '@'
         // first (the last one before the first '?', else the last one), then params and
@@ -188,30 +198,40 @@ impl Uri {
             None => (None, rest),
         };
         let (hostpart, headers) = match split_at_byte(hostpart, b'?') {
-            Some((a, h)) => (a, Some(h.to_string())),
+            Some((a, h)) => (a, Some(h)),
             None => (hostpart, None),
         };
         let (hostport, params) = match split_at_byte(hostpart, b';') {
-            Some((h, p)) => (h, Params::parse(p)),
-            None => (hostpart, Params::default()),
+            Some((h, p)) => (h, Some(p)),
+            None => (hostpart, None),
         };
         if let Some(u) = userinfo {
             if u.is_empty() || has_space_or(u, b"<>\"") {
                 return Err(ParseError::BadHeader);
             }
         }
-        let (host, port) = split_host_port(hostport)?;
-        if host.is_empty() || has_space_or(&host, b"<>\",") {
+        let (host, port) = host_port_parts(hostport)?;
+        if host.is_empty() || has_space_or(host, b"<>\",") {
             return Err(ParseError::BadHeader);
         }
-        Ok(Uri {
-            scheme: scheme_l,
-            user: userinfo.map(|u| u.split(':').next().unwrap_or("").to_string()),
-            host,
-            port,
-            params,
-            headers,
-        })
+        Ok(UriParts { scheme, user: userinfo.map(|u| u.split(':').next().unwrap_or("")), host, port, params, headers })
+    }
+
+    fn to_uri(&self) -> Uri {
+        Uri {
+            scheme: self.scheme.to_ascii_lowercase(),
+            user: self.user.map(str::to_string),
+            host: self.host.to_string(),
+            port: self.port,
+            params: self.params.map(Params::parse).unwrap_or_default(),
+            headers: self.headers.map(str::to_string),
+        }
+    }
+}
+
+impl Uri {
+    pub fn parse(s: &str) -> Result<Uri, ParseError> {
+        UriParts::split(s).map(|p| p.to_uri())
     }
 
     pub fn sip(user: Option<&str>, host: &str, port: Option<u16>) -> Uri {
@@ -229,21 +249,24 @@ impl Uri {
 
 /// Splits `host[:port]`, IPv6 `[..]` aware. The host keeps its brackets.
 pub(crate) fn split_host_port(hp: &str) -> Result<(String, Option<u16>), ParseError> {
+    host_port_parts(hp).map(|(h, p)| (h.to_string(), p))
+}
+
+fn host_port_parts(hp: &str) -> Result<(&str, Option<u16>), ParseError> {
     let hp = hp.trim_ascii();
     if hp.starts_with('[') {
         let end = hp.find(']').ok_or(ParseError::BadHeader)?;
-        let host = hp[..=end].to_string();
         let rest = &hp[end + 1..];
         let port = match rest.strip_prefix(':') {
             Some(p) => Some(p.parse().map_err(|_| ParseError::BadHeader)?),
             None if rest.is_empty() => None,
             None => return Err(ParseError::BadHeader),
         };
-        return Ok((host, port));
+        return Ok((&hp[..=end], port));
     }
     match split_at_byte(hp, b':') {
-        Some((h, p)) => Ok((h.trim_ascii().to_string(), Some(p.trim_ascii().parse().map_err(|_| ParseError::BadHeader)?))),
-        None => Ok((hp.to_string(), None)),
+        Some((h, p)) => Ok((h.trim_ascii(), Some(p.trim_ascii().parse().map_err(|_| ParseError::BadHeader)?))),
+        None => Ok((hp, None)),
     }
 }
 
@@ -297,28 +320,64 @@ pub struct NameAddr {
     pub params: Params,
 }
 
-impl NameAddr {
-    pub fn parse(s: &str) -> Result<NameAddr, ParseError> {
+/// A name-addr's parts as written, checked: the display name (still quoted), the URI and the
+/// header parameters. [`NameAddr::check`] stops here, [`NameAddr::parse`] copies them out.
+struct NameAddrParts<'a> {
+    display: &'a str,
+    uri: UriParts<'a>,
+    params: &'a str,
+}
+
+impl<'a> NameAddrParts<'a> {
+    fn split(s: &'a str) -> Result<NameAddrParts<'a>, ParseError> {
         let s = s.trim_ascii();
-        if let Some(lt) = find_unquoted(s, '<') {
+        let (display, uri, params) = if let Some(lt) = find_unquoted(s, '<') {
             let gt = s[lt..].find('>').ok_or(ParseError::BadHeader)? + lt;
-            let display = parse_display(s[..lt].trim_ascii())?;
-            let uri = Uri::parse(&s[lt + 1..gt])?;
-            let params = Params::parse(&s[gt + 1..]);
-            check_param_names(&params)?;
-            Ok(NameAddr { display, uri, params })
+            let display = s[..lt].trim_ascii();
+            check_display(display)?;
+            (display, UriParts::split(&s[lt + 1..gt])?, &s[gt + 1..])
         } else {
             // addr-spec form: parameters after ';' belong to the header, not the URI.
-            let (u, p) = match split_at_byte(s, b';') {
-                Some((u, p)) => (u, Params::parse(p)),
-                None => (s, Params::default()),
-            };
+            let (u, p) = split_at_byte(s, b';').unwrap_or((s, ""));
             if u.contains(['"', '<', '>', ',']) || u.trim_ascii().contains([' ', '\t']) {
                 return Err(ParseError::BadHeader);
             }
-            check_param_names(&p)?;
-            Ok(NameAddr { display: None, uri: Uri::parse(u)?, params: p })
+            ("", UriParts::split(u)?, p)
+        };
+        if !param_parts(params).all(|(n, _)| is_token_str(n)) {
+            return Err(ParseError::BadHeader);
         }
+        Ok(NameAddrParts { display, uri, params })
+    }
+}
+
+/// Parameters as written (`;a=b ; c`): each part trimmed, empty ones skipped, as
+/// [`Params::parse`] keeps them.
+fn param_parts(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    split_semis(s).map(str::trim_ascii).filter(|p| !p.is_empty()).map(split_param)
+}
+
+/// The `tag` parameter of a From or To value, read from the text without parsing the rest
+/// (the value was checked by the parser; a response's From and To are read for their tags
+/// only).
+pub fn tag_of(name_addr: &str) -> Option<&str> {
+    let s = name_addr.trim_ascii();
+    let params = match find_unquoted(s, '<') {
+        Some(lt) => &s[lt + s[lt..].find('>')? + 1..],
+        None => split_at_byte(s, b';')?.1,
+    };
+    param_parts(params).find(|(n, _)| n.eq_ignore_ascii_case("tag")).map(|(_, v)| v.unwrap_or(""))
+}
+
+impl NameAddr {
+    pub fn parse(s: &str) -> Result<NameAddr, ParseError> {
+        let p = NameAddrParts::split(s)?;
+        let display = parse_display(p.display)?;
+        Ok(NameAddr { display, uri: p.uri.to_uri(), params: Params::parse(p.params) })
+    }
+    /// What `parse` checks, without building the value.
+    pub fn check(s: &str) -> Result<(), ParseError> {
+        NameAddrParts::split(s).map(|_| ())
     }
     pub fn new(uri: Uri) -> NameAddr {
         NameAddr { display: None, uri, params: Params::default() }
@@ -353,33 +412,44 @@ fn parse_display(d: &str) -> Result<Option<String>, ParseError> {
     if d.is_empty() {
         return Ok(None);
     }
-    if let Some(inner) = d.strip_prefix('"') {
-        let mut out = String::new();
-        let mut chars = inner.chars();
-        loop {
-            match chars.next() {
-                None => return Err(ParseError::BadHeader),
-                Some('\\') => out.push(chars.next().ok_or(ParseError::BadHeader)?),
-                Some('"') => break,
-                Some(c) => out.push(c),
-            }
-        }
-        if !chars.as_str().trim_ascii().is_empty() {
-            return Err(ParseError::BadHeader);
-        }
-        return Ok(Some(out));
-    }
-    if d.bytes().all(|b| b == b' ' || b == b'\t' || is_token(b)) {
-        Ok(Some(d.to_string()))
+    let mut out = String::new();
+    display_chars(d, |c| out.push(c))?;
+    Ok(Some(out))
+}
+
+/// Header parameter names are tokens (RFC 4475 badinv01: `;;,;,,`).
+fn check_param_names(p: &Params) -> Result<(), ParseError> {
+    if p.iter().all(|(n, _)| is_token_str(n)) {
+        Ok(())
     } else {
         Err(ParseError::BadHeader)
     }
 }
 
+/// What `parse_display` checks.
+fn check_display(d: &str) -> Result<(), ParseError> {
+    display_chars(d, |_| ())
+}
 
-/// Header parameter names are tokens (RFC 4475 badinv01: `;;,;,,`).
-fn check_param_names(p: &Params) -> Result<(), ParseError> {
-    if p.iter().all(|(n, _)| is_token_str(n)) {
+/// The characters of a display name, escapes undone, to `out`; an error if it is malformed.
+fn display_chars(d: &str, mut out: impl FnMut(char)) -> Result<(), ParseError> {
+    if let Some(inner) = d.strip_prefix('"') {
+        let mut chars = inner.chars();
+        loop {
+            match chars.next() {
+                None => return Err(ParseError::BadHeader),
+                Some('\\') => out(chars.next().ok_or(ParseError::BadHeader)?),
+                Some('"') => break,
+                Some(c) => out(c),
+            }
+        }
+        if !chars.as_str().trim_ascii().is_empty() {
+            return Err(ParseError::BadHeader);
+        }
+        return Ok(());
+    }
+    if d.bytes().all(|b| b == b' ' || b == b'\t' || is_token(b)) {
+        d.chars().for_each(out);
         Ok(())
     } else {
         Err(ParseError::BadHeader)
@@ -487,6 +557,26 @@ impl fmt::Display for CSeq {
 
 #[cfg(test)]
 mod tests {
+    /// The parser checks From and To with `NameAddr::check` and reads their tags with `tag_of`:
+    /// both must agree with the full parse.
+    #[test]
+    fn check_and_tag_of_agree_with_the_full_parse() {
+        let cases = [
+            "<sip:a@b>;tag=1", "\"A \\\"q\\\" B\" <sip:a@b;lr>;Tag = x ;y", "sip:a@b;tag=2", "sip:a@b", "Bob <sip:b@h:5060>",
+            "<sip:a@b>;;tag=3", "<sip:a@b>;tag", "<sip:a@b>;tag=", "<tel:+4930;phone-context=x>;tag=9", "<sips:[::1]:5061>",
+            "<sip:a@b", "\"unterminated <sip:a@b>", "bad\u{1} <sip:a@b>", "<sip:a@b>;;,;,,", "<sip:a@b>;t@g=1",
+            "sip:a b@c", "<sip:a@b:99999>", "<sip:a@[::1>", "<:a@b>", "<sip:@b>", "x <sip:a@b> y", "<sip:a@b>junk;tag=5",
+            "sip:a@b?x=1;tag=6", "\"a;tag=7\" <sip:a@b>;tag=8", "<sip:a@b;tag=uri>", "", "  <sip:a@b>;tag=t  ",
+        ];
+        for c in cases {
+            let full = NameAddr::parse(c);
+            assert_eq!(NameAddr::check(c).is_ok(), full.is_ok(), "{c:?}");
+            if let Ok(n) = full {
+                assert_eq!(super::tag_of(c), n.tag(), "{c:?}");
+            }
+        }
+    }
+
     /// The shortcut for lists already in stored form gives what the part-by-part parse gives.
     #[test]
     fn params_shortcut_matches_the_full_parse() {
