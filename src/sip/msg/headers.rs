@@ -188,7 +188,7 @@ impl Headers {
     }
     /// True if a comma-list header of that name has `token` (case-insensitive), e.g. Supported: timer.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.values(name).iter().any(|v| v.eq_ignore_ascii_case(token))
+        self.get_all(name).flat_map(comma_parts).any(|v| v.eq_ignore_ascii_case(token))
     }
     /// Appends a header line. Header injection is impossible by construction: CR and LF in
     /// `value` are replaced by a space, and a name keeps only token characters (any other

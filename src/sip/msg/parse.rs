@@ -302,11 +302,11 @@ fn validate(msg: &Message) -> Result<(), ParseError> {
     if h.get("To").is_some_and(|v| NameAddr::check(v).is_err()) {
         return Err(ParseError::BadHeaderValue("To"));
     }
-    let vias = h.values("Via");
-    if !vias.is_empty() && h.top_via().is_none() {
+    let mut vias = h.get_all("Via").flat_map(super::text::comma_parts);
+    if vias.next().is_some() && h.top_via().is_none() {
         return Err(ParseError::BadHeaderValue("Via"));
     }
-    for v in vias.iter().skip(1) {
+    for v in vias {
         Via::parse(v).map_err(|_| ParseError::BadHeaderValue("Via"))?;
     }
     if let Some(mf) = h.get("Max-Forwards") {
