@@ -20,4 +20,5 @@ pub mod media;
 pub mod presence;
 pub mod routing;
 pub mod sip;
+pub mod timerq;
 pub mod admin;

@@ -16,8 +16,8 @@ use crate::sip::transport::{Peer, Proto};
 use crate::sip::txn::{new_branch, ClientTxnId, RequestDisposition, ServerTxnId, Transactions, TxnEvent, TxnTimers};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use crate::timerq::TimerQueue;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -245,7 +245,7 @@ pub struct B2bua {
     dialogs: DialogIndex,
     invite_stx: FxHashMap<ServerTxnId, CallId>,
     ctx: FxHashMap<ClientTxnId, (CallId, Purpose)>,
-    wakeups: BinaryHeap<Reverse<(Instant, CallId)>>,
+    wakeups: TimerQueue<CallId>,
     out: VecDeque<Transmit>,
     events: VecDeque<CallEvent>,
     next_call: CallId,
@@ -306,7 +306,7 @@ impl B2bua {
             dialogs: DialogIndex::default(),
             invite_stx: FxHashMap::default(),
             ctx: FxHashMap::default(),
-            wakeups: BinaryHeap::new(),
+            wakeups: TimerQueue::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
             next_call: 1,
@@ -506,8 +506,8 @@ impl B2bua {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let mut t = self.txns.poll_timeout();
         let mut consider = |x: Instant| t = Some(t.map_or(x, |c: Instant| c.min(x)));
-        if let Some(Reverse((at, _))) = self.wakeups.peek() {
-            consider(*at);
+        if let Some((at, _)) = self.wakeups.peek() {
+            consider(at);
         }
         if self.keepalive {
             for p in &self.proxies {
@@ -548,7 +548,7 @@ impl B2bua {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.txns.handle_timeout(now);
         self.drain_txn_events(now);
-        while let Some(Reverse((at, cid))) = self.wakeups.peek().copied() {
+        while let Some((at, cid)) = self.wakeups.peek() {
             if at > now {
                 break;
             }
@@ -948,7 +948,7 @@ impl B2bua {
         if let Some(c) = self.calls.get_mut(&cid) {
             c.timers.retain(|(_, x)| *x != t);
             c.timers.push((at, t));
-            self.wakeups.push(Reverse((at, cid)));
+            self.wakeups.push(at, cid);
         }
     }
 

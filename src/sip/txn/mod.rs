@@ -15,10 +15,12 @@
 //!   errors, terminations) and [`Transactions::poll_timeout`] (when to call `handle_timeout`).
 //!
 //! Each transaction is a small struct holding its state and three optional deadlines
-//! (retransmit: A/E/G; timeout: B/F/H; linger: D/I/J/K/L/M). The table keeps one binary heap
-//! of `(deadline, id)` with lazy deletion: a transaction remembers the deadline it last pushed,
-//! and a popped entry that no longer equals it is stale and skipped. Lookups are `HashMap`s
-//! keyed by branch, so the table scales to ~100k live transactions with O(log n) per timer.
+//! (retransmit: A/E/G; timeout: B/F/H; linger: D/I/J/K/L/M). The table keeps one queue of
+//! `(deadline, id)` ([`crate::timerq::TimerQueue`]: a FIFO for the 64*T1 timers, which come in
+//! deadline order, a binary heap for the rest) with lazy deletion: a transaction remembers the
+//! deadline it last pushed, and a popped entry that no longer equals it is stale and skipped.
+//! Lookups are hash tables keyed by id and by branch, so the table scales to ~10^5 live
+//! transactions.
 //!
 //! # Behaviour
 //!
@@ -62,9 +64,9 @@ use bytes::Bytes;
 use client::{ClientTxn, ResponseAction};
 use rand::Rng;
 use server::{AckAction, ServerTxn};
-use std::cmp::Reverse;
 use rustc_hash::FxHashMap;
-use std::collections::{BinaryHeap, VecDeque};
+use crate::timerq::TimerQueue;
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
@@ -267,7 +269,7 @@ pub struct Transactions<D> {
     client_keys: KeyIndex,
     servers: FxHashMap<u64, Box<(ServerKey, ServerTxn<D>)>>,
     server_keys: KeyIndex,
-    heap: BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    queue: TimerQueue<TimerRef>,
     transmits: VecDeque<(D, Bytes)>,
     events: VecDeque<TxnEvent>,
     stats: TxnStats,
@@ -284,7 +286,7 @@ impl<D: Clone> Transactions<D> {
             client_keys: KeyIndex::default(),
             servers: FxHashMap::default(),
             server_keys: KeyIndex::default(),
-            heap: BinaryHeap::new(),
+            queue: TimerQueue::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: TxnStats::default(),
@@ -505,11 +507,11 @@ impl<D: Clone> Transactions<D> {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, r))) = self.heap.peek() {
+        while let Some((at, r)) = self.queue.peek() {
             if at > now {
                 break;
             }
-            self.heap.pop();
+            self.queue.pop();
             match r {
                 TimerRef::Client(id) => {
                     let Some(txn) = self.clients.get_mut(&id).map(|e| &mut e.1) else { continue };
@@ -541,11 +543,11 @@ impl<D: Clone> Transactions<D> {
 
     /// The next instant `handle_timeout` must be called, if any.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((at, r))) = self.heap.peek() {
+        while let Some((at, r)) = self.queue.peek() {
             if self.is_live(at, r) {
                 return Some(at);
             }
-            self.heap.pop();
+            self.queue.pop();
         }
         None
     }
@@ -620,12 +622,13 @@ impl<D: Clone> Transactions<D> {
     }
 
     fn push_timer(&mut self, at: Instant, r: TimerRef) {
-        self.heap.push(Reverse((at, r)));
+        self.queue.push(at, r);
         // Stale entries pile up when timers are cancelled early (a 1xx stopping timer A); drop
         // them when they outnumber the live ones, so memory stays proportional to the table.
-        if self.heap.len() > 2 * self.len() + 1024 {
-            let heap = std::mem::take(&mut self.heap);
-            self.heap = heap.into_iter().filter(|Reverse((at, r))| self.is_live(*at, *r)).collect();
+        if self.queue.len() > 2 * self.len() + 1024 {
+            let mut q = std::mem::take(&mut self.queue);
+            q.retain(|at, r| self.is_live(at, r));
+            self.queue = q;
         }
     }
 }

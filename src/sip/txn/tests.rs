@@ -713,12 +713,12 @@ fn many_transactions_heap_stays_bounded() {
     for r in &reqs {
         t.on_response(resp(r, 200), t0 + Duration::from_secs(2));
     }
-    assert!(t.heap.len() <= 2 * N + 1024 + 1, "heap {}", t.heap.len());
+    assert!(t.queue.len() <= 2 * N + 1024 + 1, "queue {}", t.queue.len());
     drain(&mut t);
     t.handle_timeout(t0 + Duration::from_secs(7));
     assert!(t.is_empty());
     assert_eq!(t.poll_timeout(), None);
-    assert!(t.heap.is_empty());
+    assert!(t.queue.is_empty());
     assert_eq!(events(&mut t).len(), N);
 }
 
@@ -732,7 +732,7 @@ fn stale_timer_entries_are_compacted_under_churn() {
         // Over TCP each transaction pushes timer F, then ends at once on its 200 (K = 0).
         t.send_request(r.clone(), "pbx", true, t0).unwrap();
         assert!(t.on_response(resp(&r, 200), t0).is_some());
-        assert!(t.heap.len() <= 2 * (t.len() + 1) + 1024, "heap {} at {i}", t.heap.len());
+        assert!(t.queue.len() <= 2 * (t.len() + 1) + 1024, "queue {} at {i}", t.queue.len());
     }
     assert_eq!(t.len(), 1);
     assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(32)));
