@@ -1781,7 +1781,11 @@ impl B2bua {
             }
         }
         self.free_media(cid);
-        // What lingers until the clean-up (64*T1, for retransmissions) is the dialogs only.
+        // What lingers until the clean-up (64*T1, for retransmissions) is the dialogs only: the
+        // Call-ID and tag that find a leg, and the ACK a retransmitted 2xx gets again. A leg
+        // whose BYE is sent (or came) and whose INVITE is done builds no request again (an
+        // in-dialog request on an ended call is answered 481 from the request itself), so its
+        // addresses and route set go now, while they are in the cache, and not 32 s later.
         if let Some(call) = self.calls.get_mut(&cid) {
             for l in &mut call.legs {
                 l.remote_sdp = Bytes::new();
@@ -1791,6 +1795,13 @@ impl B2bua {
                 l.offer_in = None;
                 l.offer_out = None;
                 l.remote_media = None;
+                if l.ended && l.invite.is_none() {
+                    l.local = String::new();
+                    l.remote = String::new();
+                    l.remote_target = String::new();
+                    l.route_set = Vec::new();
+                    l.party = String::new();
+                }
             }
         }
         tracing::info!(call = cid, ?reason, answered = was_answered, "call ended");
