@@ -16,6 +16,7 @@ macro_rules! fmt64 {
 pub mod b2bua;
 pub mod config;
 pub mod fnv;
+pub mod hashindex;
 pub mod media;
 pub mod presence;
 pub mod routing;

@@ -16,6 +16,7 @@ use crate::sip::transport::{Peer, Proto};
 use crate::sip::txn::{new_branch, ClientTxnId, RequestDisposition, ServerTxnId, Transactions, TxnEvent, TxnTimers};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
+use crate::hashindex::HashIndex;
 use crate::timerq::TimerQueue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -113,41 +114,6 @@ struct Leg {
     remote_media: Option<Box<RemoteMedia>>,
 }
 
-/// Dialogs by Call-ID and our tag, both living in the leg: entries are (hash, call, leg), so
-/// the strings are not copied into the index (nor copied again to look an entry up or remove
-/// it), and growing the index moves 24 bytes an entry without hashing anything again (see
-/// `txn::KeyIndex`). The tags come from the network: a random SipHash key.
-#[derive(Default)]
-struct DialogIndex {
-    table: hashbrown::HashTable<(u64, CallId, LegId)>,
-    state: std::hash::RandomState,
-}
-
-impl DialogIndex {
-    fn hash(&self, call_id: &str, tag: &str) -> u64 {
-        use std::hash::BuildHasher;
-        self.state.hash_one((call_id, tag))
-    }
-
-    /// `is(call, leg)` confirms a candidate against the leg's own Call-ID and tag.
-    fn find(&self, call_id: &str, tag: &str, is: impl Fn(CallId, LegId) -> bool) -> Option<(CallId, LegId)> {
-        let h = self.hash(call_id, tag);
-        self.table.find(h, |&(eh, c, l)| eh == h && is(c, l)).map(|&(_, c, l)| (c, l))
-    }
-
-    fn insert(&mut self, call_id: &str, tag: &str, cid: CallId, lid: LegId) {
-        let h = self.hash(call_id, tag);
-        self.table.insert_unique(h, (h, cid, lid), |&(eh, _, _)| eh);
-    }
-
-    fn remove(&mut self, call_id: &str, tag: &str, cid: CallId, lid: LegId) {
-        let h = self.hash(call_id, tag);
-        if let Ok(e) = self.table.find_entry(h, |&(_, c, l)| c == cid && l == lid) {
-            e.remove();
-        }
-    }
-}
-
 /// The media session of a call and which leg sits at each of its ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct MediaBinding {
@@ -242,7 +208,8 @@ pub struct B2bua {
     /// inline 300-400 byte values copied it whole (perf: ~20 % of the samples of a 40 s run in
     /// `resize_inner` and clearing its fresh pages).
     calls: FxHashMap<CallId, Box<Call>>,
-    dialogs: DialogIndex,
+    /// Dialogs by Call-ID and our tag, both living in the leg ([`HashIndex`]).
+    dialogs: HashIndex<(CallId, LegId)>,
     invite_stx: FxHashMap<ServerTxnId, CallId>,
     ctx: FxHashMap<ClientTxnId, (CallId, Purpose)>,
     wakeups: TimerQueue<CallId>,
@@ -303,7 +270,7 @@ impl B2bua {
             txns: Transactions::new(timers, cfg.max_transactions),
             plan,
             calls: FxHashMap::default(),
-            dialogs: DialogIndex::default(),
+            dialogs: HashIndex::default(),
             invite_stx: FxHashMap::default(),
             ctx: FxHashMap::default(),
             wakeups: TimerQueue::default(),
@@ -710,7 +677,7 @@ impl B2bua {
         self.stats.calls_total += 1;
         self.live_calls += 1;
         let a = self.uas_leg(&req, peer, side);
-        self.dialogs.insert(&a.call_id, &a.local_tag, cid, 0);
+        self.dialogs.insert(&(&a.call_id, &a.local_tag), (cid, 0));
         let mut call = Call {
             state: CallState::Calling,
             // two legs for a call's life (a transfer adds a third): room for two, not four
@@ -880,8 +847,8 @@ impl B2bua {
         let leg = Leg {
             side: dest,
             hop: hop.clone(),
-            call_id: call_id.clone(),
-            local_tag: tag.clone(),
+            call_id,
+            local_tag: tag,
             local,
             remote: to,
             remote_tag: None,
@@ -919,7 +886,9 @@ impl B2bua {
             },
             None => body,
         };
-        self.dialogs.insert(&call_id, &tag, cid, lid);
+        if let Some(l) = self.calls.get(&cid).and_then(|c| c.legs.get(lid)) {
+            self.dialogs.insert(&(&l.call_id, &l.local_tag), (cid, lid));
+        }
         self.send_open_invite(cid, lid, req, hop, plan, first, now);
         Some(lid)
     }
@@ -1964,7 +1933,7 @@ impl B2bua {
 
     /// The call and leg of the dialog with this Call-ID and our tag.
     fn dialog(&self, call_id: &str, tag: &str) -> Option<(CallId, LegId)> {
-        self.dialogs.find(call_id, tag, |cid, lid| {
+        self.dialogs.find(&(call_id, tag), |(cid, lid)| {
             self.calls.get(&cid).and_then(|c| c.legs.get(lid)).is_some_and(|l| l.call_id == call_id && l.local_tag == tag)
         })
     }
@@ -1973,7 +1942,7 @@ impl B2bua {
         self.free_media(cid);
         if let Some(call) = self.calls.remove(&cid) {
             for (lid, l) in call.legs.iter().enumerate() {
-                self.dialogs.remove(&l.call_id, &l.local_tag, cid, lid);
+                self.dialogs.remove(&(&l.call_id, &l.local_tag), (cid, lid));
             }
             for c in &call.ctxs {
                 self.ctx.remove(c);
@@ -2413,7 +2382,7 @@ impl B2bua {
         let leg = self.uas_leg(&req, peer, side);
         let Some(call) = self.calls.get_mut(&cid) else { return };
         let new_leg = call.legs.len();
-        self.dialogs.insert(&leg.call_id, &leg.local_tag, cid, new_leg);
+        self.dialogs.insert(&(&leg.call_id, &leg.local_tag), (cid, new_leg));
         call.legs.push(leg);
         call.open_stx.push((stx, req.clone()));
         tracing::info!(call = cid, "INVITE with Replaces: reconnecting");

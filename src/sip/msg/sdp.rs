@@ -620,18 +620,14 @@ fn attr_line(name: &str, value: &str) -> SipStr {
         line.push(':');
         line.push_str(value);
     }
-    sanitize_owned(line)
+    sanitize(line)
 }
 
 /// CR and LF become spaces: a value set through the API can never start a new line (the same
-/// rule as a SIP header value's).
-fn sanitize(s: &str) -> SipStr {
-    sanitize_value(SipStr::from(s))
-}
-
-/// `sanitize` for a string built here: kept without a copy when it has no line end.
-fn sanitize_owned(s: String) -> SipStr {
-    sanitize_value(SipStr::from(s))
+/// rule as a SIP header value's). A `String` built here is kept without a copy when it has no
+/// line end.
+fn sanitize(s: impl Into<SipStr>) -> SipStr {
+    sanitize_value(s.into())
 }
 
 /// The rest of `whole` after `part`, which must be a sub-slice of it.
@@ -770,7 +766,7 @@ macro_rules! section_api {
             self.sec.field(b'c').and_then(Connection::parse_sip)
         }
         pub fn set_connection(&mut self, c: &Connection) {
-            self.sec.set_line(b'c', sanitize(&c.to_string()));
+            self.sec.set_line(b'c', sanitize(c.to_string()));
         }
         /// The direction attribute of this section, if it has one.
         pub fn direction(&self) -> Option<Direction> {
@@ -917,7 +913,7 @@ impl Sdp {
         self.sec.field(b'o').and_then(Origin::parse_sip)
     }
     pub fn set_origin(&mut self, o: &Origin) {
-        self.sec.set_line(b'o', sanitize(&o.to_string()));
+        self.sec.set_line(b'o', sanitize(o.to_string()));
     }
     /// Increments the `o=` session version (RFC 3264 8: every new offer/answer in a session).
     /// Returns false if there is no well-formed `o=` line.
@@ -1053,7 +1049,7 @@ impl Media {
         use std::fmt::Write as _;
         let mut line = String::with_capacity(24 + r.encoding.len());
         let _ = write!(line, "rtpmap:{r}");
-        let value = sanitize_owned(line);
+        let value = sanitize(line);
         match self.sec.lines.iter().position(|l| l.kind == b'a' && attr_value(&l.value, "rtpmap").is_some_and(|v| token_is_pt(pt_token(v).0, r.payload_type))) {
             Some(i) => self.sec.lines[i].value = value,
             None => self.sec.insert(Line { kind: b'a', value }),
@@ -1071,7 +1067,7 @@ impl Media {
         use std::fmt::Write as _;
         let mut line = String::with_capacity(9 + params.len());
         let _ = write!(line, "fmtp:{pt} {params}");
-        let value = sanitize_owned(line);
+        let value = sanitize(line);
         match self.sec.lines.iter().position(|l| l.kind == b'a' && attr_value(&l.value, "fmtp").is_some_and(|v| token_is_pt(pt_token(v).0, pt))) {
             Some(i) => self.sec.lines[i].value = value,
             None => self.sec.insert(Line { kind: b'a', value }),

@@ -344,9 +344,7 @@ impl<'a> NameAddrParts<'a> {
             }
             ("", UriParts::split(u)?, p)
         };
-        if !param_parts(params).all(|(n, _)| is_token_str(n)) {
-            return Err(ParseError::BadHeader);
-        }
+        check_param_names(params)?;
         Ok(NameAddrParts { display, uri, params })
     }
 }
@@ -417,9 +415,9 @@ fn parse_display(d: &str) -> Result<Option<String>, ParseError> {
     Ok(Some(out))
 }
 
-/// Header parameter names are tokens (RFC 4475 badinv01: `;;,;,,`).
-fn check_param_names(p: &Params) -> Result<(), ParseError> {
-    if p.iter().all(|(n, _)| is_token_str(n)) {
+/// Header parameter names (of `;a=b;c` as written) are tokens (RFC 4475 badinv01: `;;,;,,`).
+fn check_param_names(p: &str) -> Result<(), ParseError> {
+    if param_parts(p).all(|(n, _)| is_token_str(n)) {
         Ok(())
     } else {
         Err(ParseError::BadHeader)
@@ -501,10 +499,12 @@ impl Via {
         }
         let sent = rest[ws..].trim_start();
         let (hp, params) = match split_at_byte(sent, b';') {
-            Some((h, p)) => (h, Params::parse(p)),
+            Some((h, p)) => {
+                check_param_names(p)?;
+                (h, Params::parse(p))
+            }
             None => (sent, Params::default()),
         };
-        check_param_names(&params)?;
         let (host, port) = split_host_port(hp)?;
         if host.is_empty() || has_space_or(&host, b",\"") {
             return Err(ParseError::BadHeader);

@@ -65,9 +65,9 @@ use client::{ClientTxn, ResponseAction};
 use rand::Rng;
 use server::{AckAction, ServerTxn};
 use rustc_hash::FxHashMap;
+use crate::hashindex::HashIndex;
 use crate::timerq::TimerQueue;
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 /// The RFC 3261 branch magic cookie.
@@ -223,37 +223,6 @@ struct ServerKey {
     method: Method,
 }
 
-/// Transaction ids by key (branch, sent-by, method), the key itself living in the
-/// transaction: entries are (hash, id), 16 bytes, so the key strings are not copied into the
-/// index and growing it neither moves them nor hashes them again (a `HashMap<ServerKey, u64>`
-/// grew by rehashing every key with SipHash: ~8 % of the samples while 10^5 transactions
-/// lingered, bench/PROFILE.md sixth pass). The keys come from the network, so they are hashed
-/// with a random SipHash key; `find` compares the whole key of the candidate transaction.
-#[derive(Default)]
-struct KeyIndex {
-    table: hashbrown::HashTable<(u64, u64)>,
-    state: std::hash::RandomState,
-}
-
-impl KeyIndex {
-    fn find<K: std::hash::Hash>(&self, key: &K, mut is: impl FnMut(u64) -> bool) -> Option<u64> {
-        let h = self.state.hash_one(key);
-        self.table.find(h, |&(eh, id)| eh == h && is(id)).map(|&(_, id)| id)
-    }
-
-    fn insert<K: std::hash::Hash>(&mut self, key: &K, id: u64) {
-        let h = self.state.hash_one(key);
-        self.table.insert_unique(h, (h, id), |&(eh, _)| eh);
-    }
-
-    fn remove<K: std::hash::Hash>(&mut self, key: &K, id: u64) {
-        let h = self.state.hash_one(key);
-        if let Ok(e) = self.table.find_entry(h, |&(_, i)| i == id) {
-            e.remove();
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerRef {
     Client(u64),
@@ -266,9 +235,10 @@ pub struct Transactions<D> {
     max: usize,
     next_id: u64,
     clients: FxHashMap<u64, Box<(ClientKey, ClientTxn<D>)>>,
-    client_keys: KeyIndex,
+    /// Ids by key; the key lives in the transaction ([`HashIndex`]).
+    client_keys: HashIndex<u64>,
     servers: FxHashMap<u64, Box<(ServerKey, ServerTxn<D>)>>,
-    server_keys: KeyIndex,
+    server_keys: HashIndex<u64>,
     queue: TimerQueue<TimerRef>,
     transmits: VecDeque<(D, Bytes)>,
     events: VecDeque<TxnEvent>,
@@ -283,9 +253,9 @@ impl<D: Clone> Transactions<D> {
             max,
             next_id: 0,
             clients: FxHashMap::default(),
-            client_keys: KeyIndex::default(),
+            client_keys: HashIndex::default(),
             servers: FxHashMap::default(),
-            server_keys: KeyIndex::default(),
+            server_keys: HashIndex::default(),
             queue: TimerQueue::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
