@@ -268,8 +268,12 @@ pub(crate) fn sanitize_value(v: SipStr) -> SipStr {
 /// A header name made of token characters only (others become `-`), never empty.
 fn header_name(name: &str) -> HeaderName {
     let name = name.trim();
+    // a known name (nearly every push) takes its static spelling: no copy of `name`
+    if let Some(c) = canonical_name(name) {
+        return HeaderName(SipStr::from_static(c));
+    }
     if is_token_str(name) {
-        return HeaderName::new(SipStr::from(name));
+        return HeaderName(SipStr::from(name));
     }
     let clean: String = name.bytes().map(|b| if is_token(b) { b as char } else { '-' }).collect();
     HeaderName::new(SipStr::from(if clean.is_empty() { "X".to_string() } else { clean }))

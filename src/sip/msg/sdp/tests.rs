@@ -117,7 +117,10 @@ fn zero_copy_slices_of_body() {
     let body = Bytes::from_static(TEAMS.as_bytes());
     let s = Sdp::parse(body.clone()).unwrap();
     let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
-    for l in s.lines().chain(s.media[0].lines()) {
+    // values longer than a SipStr holds inline are slices of the body
+    let long: Vec<_> = s.lines().chain(s.media[0].lines()).filter(|l| l.value().len() > crate::sip::msg::text::INLINE).collect();
+    assert!(long.len() >= 3);
+    for l in long {
         assert!(range.contains(&(l.value().as_ptr() as usize)), "{l:?} copied");
     }
     let cr = &s.media[0].cryptos()[0];
