@@ -16,7 +16,7 @@ pub fn carry_headers(src: &Headers, dst: &mut Headers, from: Side, plan: &dyn Di
     let to = from.other();
     for name in COPIED {
         for v in src.get_all(name) {
-            dst.push(name, v.to_string());
+            dst.push(name, v);
         }
     }
     for name in ["P-Asserted-Identity", "P-Preferred-Identity"] {

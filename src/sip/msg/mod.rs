@@ -244,21 +244,28 @@ impl Request {
         let mut r = Response {
             status,
             reason: SipStr::from_static(reason_phrase(status)),
-            headers: Headers::new(),
+            // the copied lines, and the room for what a core adds (Contact, identity, body)
+            headers: Headers::with_capacity(self.headers.len().min(8) + 8),
             body: Bytes::new(),
         };
+        // known names are stored in their canonical spelling (`HeaderName`)
         for h in self.headers.iter() {
-            if h.name.is("Via") || h.name.is("From") || h.name.is("Call-ID") || h.name.is("CSeq") {
-                r.headers.push_header(h.clone());
-            } else if h.name.is("To") {
-                let mut v = h.value.to_string();
-                if let Some(tag) = to_tag {
-                    if status != 100 && NameAddr::check(&h.value).is_ok() && uri::tag_of(&h.value).is_none() {
-                        v.push_str(";tag=");
-                        v.push_str(tag);
+            match h.name.as_str() {
+                "Via" | "From" | "Call-ID" | "CSeq" => r.headers.push_header(h.clone()),
+                "To" => {
+                    let tag = to_tag.filter(|_| status != 100 && NameAddr::check(&h.value).is_ok() && uri::tag_of(&h.value).is_none());
+                    match tag {
+                        Some(tag) => {
+                            let mut v = String::with_capacity(h.value.len() + 5 + tag.len());
+                            v.push_str(&h.value);
+                            v.push_str(";tag=");
+                            v.push_str(tag);
+                            r.headers.push("To", v);
+                        }
+                        None => r.headers.push_header(h.clone()),
                     }
                 }
-                r.headers.push("To", v);
+                _ => {}
             }
         }
         if status == 100 {
@@ -352,7 +359,7 @@ fn wire_len(headers: &Headers, body: &Bytes) -> usize {
 
 fn write_headers(b: &mut BytesMut, headers: &Headers, body: &Bytes) {
     for h in headers.iter() {
-        if h.name.is("Content-Length") {
+        if h.name.as_str() == "Content-Length" {
             continue;
         }
         put_line_safe(b, h.name.as_str().as_bytes());

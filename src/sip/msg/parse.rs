@@ -282,44 +282,61 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
 /// value, Max-Forwards (0..=255) and a single Call-ID, From, To and CSeq.
 fn validate(msg: &Message) -> Result<(), ParseError> {
     let h = msg.headers();
-    for name in ["Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Type"] {
-        if h.get_all(name).count() > 1 {
-            return Err(ParseError::BadHeaderValue(canonical(name)));
+    // One pass over the lines: known names are stored in their canonical spelling
+    // (`HeaderName`), so each line is classified by one `match` on its name.
+    let (mut call_id, mut cseq, mut from, mut to, mut max_forwards, mut content_type) = (0u8, None, None, None, None, 0u8);
+    let mut first_via = true;
+    let twice = |name: &'static str| ParseError::BadHeaderValue(name);
+    for line in h.iter() {
+        let v = line.value.as_str();
+        match line.name.as_str() {
+            "Call-ID" => call_id += 1,
+            "Content-Type" => content_type += 1,
+            "CSeq" if cseq.replace(v).is_some() => return Err(twice("CSeq")),
+            "From" if from.replace(v).is_some() => return Err(twice("From")),
+            "To" if to.replace(v).is_some() => return Err(twice("To")),
+            "Max-Forwards" if max_forwards.replace(v).is_some() => return Err(twice("Max-Forwards")),
+            "Via" => {
+                for (i, part) in super::text::comma_parts(v).enumerate() {
+                    // the top Via is parsed into the headers' cache, where the transaction
+                    // layer finds it; the others are checked
+                    let ok = if first_via && i == 0 { h.top_via().is_some() } else { Via::parse(part).is_ok() };
+                    if !ok {
+                        return Err(ParseError::BadHeaderValue("Via"));
+                    }
+                }
+                first_via = false;
+            }
+            _ => {}
         }
     }
-    let cseq = h.get("CSeq").map(CSeq::parse).transpose().map_err(|_| ParseError::BadHeaderValue("CSeq"))?;
+    if call_id > 1 {
+        return Err(twice("Call-ID"));
+    }
+    if content_type > 1 {
+        return Err(twice("Content-Type"));
+    }
+    let cseq = cseq.map(CSeq::parse).transpose().map_err(|_| ParseError::BadHeaderValue("CSeq"))?;
     if let (Message::Request(r), Some(c)) = (msg, &cseq) {
         if c.method != r.method {
             return Err(ParseError::BadHeaderValue("CSeq"));
         }
     }
     // From and To are checked without being built (most messages are read for their tags
-    // only, `uri::tag_of`); the top Via is parsed into the headers' cache, where the
-    // transaction layer finds it.
-    if h.get("From").is_some_and(|v| NameAddr::check(v).is_err()) {
+    // only, `uri::tag_of`).
+    if from.is_some_and(|v| NameAddr::check(v).is_err()) {
         return Err(ParseError::BadHeaderValue("From"));
     }
-    if h.get("To").is_some_and(|v| NameAddr::check(v).is_err()) {
+    if to.is_some_and(|v| NameAddr::check(v).is_err()) {
         return Err(ParseError::BadHeaderValue("To"));
     }
-    let mut vias = h.get_all("Via").flat_map(super::text::comma_parts);
-    if vias.next().is_some() && h.top_via().is_none() {
-        return Err(ParseError::BadHeaderValue("Via"));
-    }
-    for v in vias {
-        Via::parse(v).map_err(|_| ParseError::BadHeaderValue("Via"))?;
-    }
-    if let Some(mf) = h.get("Max-Forwards") {
+    if let Some(mf) = max_forwards {
         let ok = !mf.is_empty() && mf.len() <= 8 && mf.bytes().all(|b| b.is_ascii_digit()) && mf.parse::<u32>().is_ok_and(|n| n <= 255);
         if !ok {
             return Err(ParseError::BadHeaderValue("Max-Forwards"));
         }
     }
     Ok(())
-}
-
-fn canonical(name: &str) -> &'static str {
-    super::headers::canonical_name(name).unwrap_or("header")
 }
 
 fn check_header_name(name: &str) -> Result<(), ParseError> {
