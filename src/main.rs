@@ -220,6 +220,7 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         min_se: cfg.timers.min_se_secs as u32,
         max_calls: cfg.sbc.max_calls as usize,
         max_transactions: cfg.limits.max_transactions,
+        written: Default::default(),
     };
     let pbx_addr = cfg.pbx.address;
     let mut shards = signalling_shards(cfg.sbc.signalling_threads);

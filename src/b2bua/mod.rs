@@ -93,6 +93,9 @@ pub struct CoreConfig {
     pub min_se: u32,
     pub max_calls: usize,
     pub max_transactions: usize,
+    /// What drbridge writes of itself, made once from the fields above (`build::written`).
+    /// Leave it `Default::default()`: it is filled on first use.
+    pub written: std::sync::OnceLock<build::Written>,
 }
 
 /// What happened to a call, per leg, for presence and metrics. `user` is the number of the party

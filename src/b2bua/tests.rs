@@ -51,6 +51,7 @@ fn cfg() -> CoreConfig {
         min_se: 90,
         max_calls: 10,
         max_transactions: 1000,
+        written: Default::default(),
     }
 }
 

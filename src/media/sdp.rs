@@ -139,11 +139,11 @@ impl SdpSession {
     fn origin(&self, ip: IpAddr) -> Origin {
         Origin {
             username: SipStr::from_static("drbridge"),
-            session_id: SipStr::from(self.session_id.to_string()),
+            session_id: SipStr::from_u64(self.session_id),
             session_version: self.version,
             net_type: SipStr::from_static("IN"),
             addr_type: SipStr::from_static(if ip.is_ipv4() { "IP4" } else { "IP6" }),
-            address: SipStr::from(ip.to_string()),
+            address: SipStr::from_ip(ip),
         }
     }
 

@@ -146,7 +146,7 @@ impl Connection {
         Connection {
             net_type: SipStr::from_static("IN"),
             addr_type: SipStr::from_static(if ip.is_ipv4() { "IP4" } else { "IP6" }),
-            address: SipStr::from(ip.to_string()),
+            address: SipStr::from_ip(ip),
         }
     }
     fn parse_sip(v: &SipStr) -> Option<Connection> {
@@ -556,7 +556,9 @@ impl Section {
         before - self.lines.len()
     }
     fn direction(&self) -> Option<Direction> {
-        self.lines.iter().filter(|l| l.kind == b'a').find_map(|l| {
+        // a direction is `sendrecv`, `sendonly`, `recvonly` or `inactive`
+        let may_be = |v: &str| v.as_bytes().first().is_none_or(|c| !c.is_ascii_alphanumeric() || matches!(c.to_ascii_lowercase(), b's' | b'r' | b'i'));
+        self.lines.iter().filter(|l| l.kind == b'a' && may_be(&l.value)).find_map(|l| {
             let (n, v) = split_attr(&l.value);
             if v.is_empty() {
                 Direction::parse(n)
@@ -590,6 +592,13 @@ impl Section {
 fn attr_value<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let b = line.as_bytes();
     let n = name.len();
+    // Most lines asked are not the one: a line starting with a letter or digit other than the
+    // name's first (any case) is not it, whatever the name (this runs ~200 times a call).
+    if let Some(c) = b.first().filter(|c| c.is_ascii_alphanumeric()) {
+        if !name.as_bytes().first().is_some_and(|d| d.eq_ignore_ascii_case(c)) {
+            return None;
+        }
+    }
     if b.first().is_some_and(|c| !c.is_ascii_alphanumeric()) || !name.is_ascii() {
         let (k, v) = split_attr(line);
         return k.eq_ignore_ascii_case(name).then_some(v);
@@ -913,7 +922,17 @@ impl Sdp {
         self.sec.field(b'o').and_then(Origin::parse_sip)
     }
     pub fn set_origin(&mut self, o: &Origin) {
-        self.sec.set_line(b'o', sanitize(o.to_string()));
+        // the line's six fields joined by spaces, sized once (`Display` grew it field by field)
+        let version = SipStr::from_u64(o.session_version);
+        let fields = [&o.username, &o.session_id, &version, &o.net_type, &o.addr_type, &o.address];
+        let mut line = String::with_capacity(fields.iter().map(|f| f.len() + 1).sum());
+        for (i, f) in fields.into_iter().enumerate() {
+            if i > 0 {
+                line.push(' ');
+            }
+            line.push_str(f);
+        }
+        self.sec.set_line(b'o', sanitize(line));
     }
     /// Increments the `o=` session version (RFC 3264 8: every new offer/answer in a session).
     /// Returns false if there is no well-formed `o=` line.
