@@ -237,7 +237,7 @@ pub(crate) fn top_level(b: &[u8], delim: u8, angles: bool) -> Option<usize> {
         let j = i + if angles { memchr::memchr3(delim, b'"', b'<', &b[i..])? } else { memchr::memchr2(delim, b'"', &b[i..])? };
         match b[j] {
             b'"' => i = after_quoted(b, j + 1)?,
-            b'<' => {
+            b'<' if angles => {
                 // inside angles: `"` still opens a quoted string, `>` closes
                 let mut k = j + 1;
                 loop {
@@ -364,7 +364,7 @@ mod split_tests {
         /// special bytes.
         #[test]
         fn top_level_jumps_agree_with_the_bytewise_walk(v in proptest::collection::vec(proptest::sample::select(b"ab,;\"<>\\ ".to_vec()), 0..40), angles: bool) {
-            for delim in [b',', b';'] {
+            for delim in [b',', b';', b'<'] {
                 proptest::prop_assert_eq!(top_level(&v, delim, angles), top_level_bytewise(&v, delim, angles));
             }
         }

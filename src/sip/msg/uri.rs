@@ -178,7 +178,7 @@ impl<'a> UriParts<'a> {
                 Some((n, p)) => (n, Some(p)),
                 None => (rest, None),
             };
-            if num.is_empty() || has_space_or(num, b"<>\"") {
+            if num.is_empty() || has_space_or(num, &NOT_IN_USER) {
                 return Err(ParseError::BadHeader);
             }
             return Ok(UriParts { scheme, user: Some(num), host: "", port: None, params, headers });
@@ -206,12 +206,12 @@ impl<'a> UriParts<'a> {
             None => (hostpart, None),
         };
         if let Some(u) = userinfo {
-            if u.is_empty() || has_space_or(u, b"<>\"") {
+            if u.is_empty() || has_space_or(u, &NOT_IN_USER) {
                 return Err(ParseError::BadHeader);
             }
         }
         let (host, port) = host_port_parts(hostport)?;
-        if host.is_empty() || has_space_or(host, b"<>\",") {
+        if host.is_empty() || has_space_or(host, &NOT_IN_HOST) {
             return Err(ParseError::BadHeader);
         }
         Ok(UriParts { scheme, user: userinfo.map(|u| u.split(':').next().unwrap_or("")), host, port, params, headers })
@@ -276,15 +276,33 @@ fn split_at_byte(s: &str, c: u8) -> Option<(&str, &str)> {
     Some((&s[..i], &s[i + 1..]))
 }
 
-/// True if `s` holds whitespace (any Unicode whitespace) or one of the ASCII bytes in `bad`.
-fn has_space_or(s: &str, bad: &[u8]) -> bool {
-    // the ASCII bytes to find as a 128-bit set: one shift per byte of `s`
-    let mut set: u128 = (1 << b' ') | (1 << b'\t') | (1 << b'\n') | (1 << 0x0b) | (1 << 0x0c) | (1 << b'\r');
-    for &b in bad {
-        set |= 1u128 << (b & 0x7f);
-    }
-    s.bytes().any(|b| b < 0x80 && set >> b & 1 == 1) || (!s.is_ascii() && s.chars().any(char::is_whitespace))
+/// True if `s` holds whitespace (any Unicode whitespace) or one of the ASCII bytes of `bad`
+/// (a [`byte_set`]: one table lookup per byte; this runs over the user and host of every URI
+/// checked).
+fn has_space_or(s: &str, bad: &[bool; 256]) -> bool {
+    s.bytes().any(|b| bad[b as usize]) || (!s.is_ascii() && s.chars().any(char::is_whitespace))
 }
+
+/// ASCII whitespace and `extra`, as a table for [`has_space_or`].
+const fn byte_set(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let ws = [b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r'];
+    let mut i = 0;
+    while i < ws.len() {
+        t[ws[i] as usize] = true;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+const NOT_IN_USER: [bool; 256] = byte_set(b"<>\"");
+const NOT_IN_HOST: [bool; 256] = byte_set(b"<>\",");
+const NOT_IN_VIA_HOST: [bool; 256] = byte_set(b",\"");
 
 impl fmt::Display for Uri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -331,7 +349,7 @@ struct NameAddrParts<'a> {
 impl<'a> NameAddrParts<'a> {
     fn split(s: &'a str) -> Result<NameAddrParts<'a>, ParseError> {
         let s = s.trim_ascii();
-        let (display, uri, params) = if let Some(lt) = find_unquoted(s, '<') {
+        let (display, uri, params) = if let Some(lt) = find_unquoted(s, b'<') {
             let gt = s[lt..].find('>').ok_or(ParseError::BadHeader)? + lt;
             let display = s[..lt].trim_ascii();
             check_display(display)?;
@@ -360,7 +378,7 @@ fn param_parts(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
 /// only).
 pub fn tag_of(name_addr: &str) -> Option<&str> {
     let s = name_addr.trim_ascii();
-    let params = match find_unquoted(s, '<') {
+    let params = match find_unquoted(s, b'<') {
         Some(lt) => &s[lt + s[lt..].find('>')? + 1..],
         None => split_at_byte(s, b';')?.1,
     };
@@ -388,20 +406,9 @@ impl NameAddr {
     }
 }
 
-fn find_unquoted(s: &str, ch: char) -> Option<usize> {
-    let (mut in_q, mut esc) = (false, false);
-    for (i, c) in s.char_indices() {
-        if esc {
-            esc = false;
-        } else if c == '\\' && in_q {
-            esc = true;
-        } else if c == '"' {
-            in_q = !in_q;
-        } else if c == ch && !in_q {
-            return Some(i);
-        }
-    }
-    None
+/// The first `ch` (ASCII) outside quoted strings.
+fn find_unquoted(s: &str, ch: u8) -> Option<usize> {
+    super::text::top_level(s.as_bytes(), ch, false)
 }
 
 /// Display name: a quoted string (escapes undone) or tokens separated by whitespace
@@ -506,7 +513,7 @@ impl Via {
             None => (sent, Params::default()),
         };
         let (host, port) = split_host_port(hp)?;
-        if host.is_empty() || has_space_or(&host, b",\"") {
+        if host.is_empty() || has_space_or(&host, &NOT_IN_VIA_HOST) {
             return Err(ParseError::BadHeader);
         }
         Ok(Via { transport, host, port, params })
