@@ -274,7 +274,7 @@ impl Headers {
 
 /// CR and LF in a header value become a space (no header injection through a value).
 pub(crate) fn sanitize_value(v: SipStr) -> SipStr {
-    if memchr::memchr2(b'\r', b'\n', v.as_bytes()).is_some() {
+    if super::text::has_line_end(v.as_bytes()) {
         SipStr::from(v.replace(['\r', '\n'], " "))
     } else {
         v

@@ -17,7 +17,7 @@ mod uri;
 
 pub use headers::{canonical_name, Header, HeaderName, Headers};
 pub use parse::{frame_len, parse, parse_datagram, Limits, ParseError};
-pub use text::{comma_parts, SipStr};
+pub use text::{comma_parts, push_u64, SipStr};
 pub use uri::{tag_of, CSeq, NameAddr, Params, Uri, Via};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -329,7 +329,7 @@ impl Message {
 /// a value from a received message may hold as a lone CR) is written as a space, so nothing
 /// written here can end the line early (no header injection, no request smuggling).
 fn put_line_safe(b: &mut BytesMut, s: &[u8]) {
-    if memchr::memchr2(b'\r', b'\n', s).is_some() {
+    if text::has_line_end(s) {
         b.extend(s.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }));
     } else {
         b.put_slice(s);

@@ -213,7 +213,7 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
             }
             None => {
                 let line = line_str(s, e)?;
-                let colon = memchr::memchr(b':', line.as_bytes()).ok_or(ParseError::BadHeader)?;
+                let colon = super::text::find_byte(b':', line.as_bytes()).ok_or(ParseError::BadHeader)?;
                 // SIP's whitespace is ASCII (SP and HT): no Unicode tables per header line
                 let name = line[..colon].trim_ascii();
                 check_header_name(name)?;

@@ -492,6 +492,8 @@ impl Section {
     }
     fn insert(&mut self, line: Line) {
         match self.rank(line.kind) {
+            // after a last line of a known rank not above `r` (the order an SDP is built in)
+            Some(r) if self.lines.last().is_none_or(|l| self.rank(l.kind).is_some_and(|last| last <= r)) => self.lines.push(line),
             Some(r) => {
                 // the first line ranked after `r` (what `ranks()` gives, without its vector:
                 // this runs for every line of every SDP drbridge writes)
@@ -985,7 +987,7 @@ impl Media {
             port_count: None,
             proto: sanitize_token(proto),
             formats: formats.iter().map(|f| sanitize_token(f)).collect(),
-            sec: Section { lines: Vec::new(), media_level: true },
+            sec: Section { lines: Vec::with_capacity(16), media_level: true },
         }
     }
 

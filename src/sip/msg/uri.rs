@@ -3,7 +3,7 @@
 
 use super::Method;
 use super::ParseError;
-use super::text::{is_token, is_token_str};
+use super::text::{find_byte, is_token, is_token_str, rfind_byte};
 use std::fmt;
 
 /// `;name=value` parameters, order kept, names compared case-insensitively. Kept as their
@@ -189,9 +189,9 @@ impl<'a> UriParts<'a> {
         // (bytes, not chars, from here on: every delimiter is ASCII, so the split points are
         // char boundaries; this runs for every From, To and Contact received)
         let rb = rest.as_bytes();
-        let at = match memchr::memchr(b'?', rb) {
-            Some(q) => memchr::memrchr(b'@', &rb[..q]).or_else(|| memchr::memrchr(b'@', rb)),
-            None => memchr::memrchr(b'@', rb),
+        let at = match find_byte(b'?', rb) {
+            Some(q) => rfind_byte(b'@', &rb[..q]).or_else(|| rfind_byte(b'@', rb)),
+            None => rfind_byte(b'@', rb),
         };
         let (userinfo, hostpart) = match at {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
@@ -272,7 +272,7 @@ fn host_port_parts(hp: &str) -> Result<(&str, Option<u16>), ParseError> {
 
 /// `s.split_once(c)` for an ASCII `c`, by `memchr`.
 fn split_at_byte(s: &str, c: u8) -> Option<(&str, &str)> {
-    let i = memchr::memchr(c, s.as_bytes())?;
+    let i = find_byte(c, s.as_bytes())?;
     Some((&s[..i], &s[i + 1..]))
 }
 
