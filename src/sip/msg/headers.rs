@@ -109,6 +109,14 @@ impl HeaderName {
             None => HeaderName(name),
         }
     }
+    /// The name of a parsed line: the static spelling of a known name, else a slice of the
+    /// message (no copy of a name that is then thrown away).
+    pub(crate) fn parsed(name: &str, whole: &SipStr) -> HeaderName {
+        match canonical_name(name) {
+            Some(c) => HeaderName(SipStr::from_static(c)),
+            None => HeaderName(whole.slice_ref(name)),
+        }
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -141,6 +149,8 @@ pub struct Headers {
 /// Behind an `Arc`, so that the cache adds 48 bytes to a message, not ~450 (messages and
 /// requests kept in call state are moved by value), and a clone of the headers (a request
 /// kept for CANCEL, ACK or a retransmission) shares what was parsed instead of copying it.
+/// `OnceLock`, not `OnceCell`: a `OnceCell` would make every message `!Sync`, and the test peer
+/// (like any user of the library) holds messages across awaits in spawned tasks.
 #[derive(Clone, Debug, Default)]
 struct Parsed {
     from: OnceLock<Option<Arc<NameAddr>>>,
@@ -213,6 +223,11 @@ impl Headers {
     }
     pub fn push_header(&mut self, h: Header) {
         self.changed().push(sanitize_header(h));
+    }
+    /// Appends a line the parser checked: a token name, no CR or LF in the value.
+    pub(crate) fn push_parsed(&mut self, h: Header) {
+        debug_assert!(is_token_str(h.name.as_str()) && !super::text::has_line_end(h.value.as_bytes()));
+        self.changed().push(h);
     }
     /// Inserts before every other header (for Via and Record-Route).
     pub fn push_front(&mut self, name: &str, value: impl Into<SipStr>) {

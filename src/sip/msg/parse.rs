@@ -217,11 +217,12 @@ fn parse_inner(buf: Bytes, limits: &Limits, stream: bool) -> Result<Message, Par
                 // SIP's whitespace is ASCII (SP and HT): no Unicode tables per header line
                 let name = line[..colon].trim_ascii();
                 check_header_name(name)?;
-                let value = line[colon + 1..].trim_matches(|c| c == ' ' || c == '\t');
-                Header { name: HeaderName::new(head_str.slice_ref(name)), value: head_str.slice_ref(value) }
+                let value = line[colon + 1..].trim_matches([' ', '\t']);
+                Header { name: HeaderName::parsed(name, &head_str), value: head_str.slice_ref(value) }
             }
         };
-        headers.push_header(header);
+        // the name was checked above; a line holds no CR (checked) and no LF (split at)
+        headers.push_parsed(header);
     }
     // Every Content-Length line (folded ones included) agrees with the framing length.
     for v in headers.get_all("Content-Length") {
