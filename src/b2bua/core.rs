@@ -727,7 +727,7 @@ impl B2bua {
             .unwrap_or_else(|| req.from_hdr().map(|n| n.uri.to_string()).unwrap_or_default());
         let route_set: Vec<String> = req.headers.values("Record-Route").iter().map(|s| s.to_string()).collect();
         let party = req.headers.get("From").and_then(number_of).unwrap_or_default();
-        let hop = self.dialog_hop(side, &route_set, &remote_target, Hop { peer, tls_name: None });
+        let hop = dialog_hop(&self.cfg, side, &route_set, &remote_target, Hop { peer, tls_name: None });
         Leg {
             side,
             hop,
@@ -760,24 +760,6 @@ impl B2bua {
     /// Where in-dialog requests of a leg go. Toward Teams: the configured proxy named by the
     /// top Route or the remote target, if any (so they reach a proxy, as Microsoft expects),
     /// else the connection the dialog came on. Toward the PBX: the trunk.
-    fn dialog_hop(&self, side: Side, route_set: &[String], target: &str, fallback: Hop) -> Hop {
-        match side {
-            Side::Pbx => Hop { peer: self.cfg.pbx, tls_name: None },
-            Side::Teams => {
-                let host = route_set
-                    .first()
-                    .and_then(|r| NameAddr::parse(r).ok())
-                    .map(|n| n.uri.host)
-                    .or_else(|| Uri::parse(target).ok().map(|u| u.host));
-                if let Some(h) = host {
-                    if let Some(p) = self.cfg.teams_proxies.iter().find(|p| p.host.eq_ignore_ascii_case(&h)) {
-                        return Hop { peer: Peer { proto: Proto::Tls, addr: p.addr }, tls_name: Some(Arc::from(p.host.as_str())) };
-                    }
-                }
-                fallback
-            }
-        }
-    }
 
     /// Opens a new leg toward `dest` (initial call or transfer target) with an INVITE.
     #[allow(clippy::too_many_arguments)]
@@ -1275,12 +1257,7 @@ impl B2bua {
         if !resp.body.is_empty() {
             leg.remote_sdp = resp.body.clone();
         }
-        let side = leg.side;
-        let (route_set, target, fallback) = (leg.route_set.clone(), leg.remote_target.clone(), leg.hop.clone());
-        let hop = self.dialog_hop(side, &route_set, &target, fallback);
-        if let Some(call) = self.calls.get_mut(&cid) {
-            call.legs[lid].hop = hop;
-        }
+        leg.hop = dialog_hop(&self.cfg, leg.side, &leg.route_set, &leg.remote_target, leg.hop.clone());
     }
 
     /// Response for the leg as relayed to the caller's leg `to` (answering `req` on `stx`).
@@ -2427,5 +2404,26 @@ mod size_bounds {
         assert!(size_of::<crate::sip::msg::Request>() <= 256, "Request: {} bytes", size_of::<crate::sip::msg::Request>());
         assert!(size_of::<super::Leg>() <= 768, "Leg: {} bytes", size_of::<super::Leg>());
         assert!(size_of::<super::Call>() <= 384, "Call: {} bytes", size_of::<super::Call>());
+    }
+}
+
+/// Where in-dialog requests of a leg on `side` go: the PBX trunk, or the Teams proxy named by
+/// the first route (else the remote target), else `fallback`.
+fn dialog_hop(cfg: &CoreConfig, side: Side, route_set: &[String], target: &str, fallback: Hop) -> Hop {
+    match side {
+        Side::Pbx => Hop { peer: cfg.pbx, tls_name: None },
+        Side::Teams => {
+            let host = route_set
+                .first()
+                .and_then(|r| NameAddr::parse(r).ok())
+                .map(|n| n.uri.host)
+                .or_else(|| Uri::parse(target).ok().map(|u| u.host));
+            if let Some(h) = host {
+                if let Some(p) = cfg.teams_proxies.iter().find(|p| p.host.eq_ignore_ascii_case(&h)) {
+                    return Hop { peer: Peer { proto: Proto::Tls, addr: p.addr }, tls_name: Some(Arc::from(p.host.as_str())) };
+                }
+            }
+            fallback
+        }
     }
 }

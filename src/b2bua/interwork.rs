@@ -3,7 +3,7 @@
 //! RFC 5806) <-> History-Info (Teams, RFC 7044 with RFC 4458 `cause`), and a short list of
 //! headers copied verbatim because they hold no topology.
 
-use super::build::{number_of, party_uri};
+use super::build::{number_of, number_of_uri, party_uri};
 use super::{Dialplan, Side};
 use crate::sip::msg::{Headers, NameAddr};
 
@@ -51,7 +51,7 @@ pub fn normalize(number: &str, to: Side, plan: &dyn Dialplan) -> String {
 /// A name-addr identity rewritten for side `to`: number normalized, host = ours, display kept.
 pub fn rewrite_identity(value: &str, to: Side, plan: &dyn Dialplan, host: &str) -> Option<String> {
     let na = NameAddr::parse(value).ok()?;
-    let num = number_of(value)?;
+    let num = number_of_uri(&na.uri)?;
     let mut out = NameAddr::new(party_uri(&normalize(&num, to, plan), host, to));
     out.display = na.display.clone();
     Some(out.to_string())
