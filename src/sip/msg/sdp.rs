@@ -21,7 +21,7 @@
 //! may be logged.
 
 use super::headers::sanitize_value;
-use super::text::SipStr;
+use super::text::{find_byte, SipStr};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
 use std::net::IpAddr;
@@ -610,17 +610,36 @@ fn attr_value<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     }
     // `name` is ASCII and matched byte for byte, so `n` is a char boundary.
     let rest = &line[n..];
-    match rest.find(':') {
+    match find_byte(b':', rest.as_bytes()) {
         Some(i) => rest[..i].trim_ascii().is_empty().then(|| &rest[i + 1..]),
         None => rest.trim_ascii().is_empty().then_some(""),
     }
 }
 
 fn split_attr(v: &str) -> (&str, &str) {
-    match v.find(':') {
+    match find_byte(b':', v.as_bytes()) {
         Some(i) => (v[..i].trim_ascii(), &v[i + 1..]),
         None => (v.trim_ascii(), ""),
     }
+}
+
+/// `text.split('\n')` by `memchr` (the standard searcher for a `char` was ~4 % of the
+/// instructions per call, over SDP bodies among others).
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match memchr::memchr(b'\n', t.as_bytes()) {
+            Some(i) => {
+                rest = Some(&t[i + 1..]);
+                Some(&t[..i])
+            }
+            None => {
+                rest = None;
+                Some(t)
+            }
+        }
+    })
 }
 
 fn attr_line(name: &str, value: &str) -> SipStr {
@@ -852,7 +871,7 @@ impl Sdp {
         let text: &str = &whole;
         let mut sdp = Sdp { sec: Section::default(), media: Vec::new() };
         let mut count = 0usize;
-        for (i, raw) in text.split('\n').enumerate() {
+        for (i, raw) in split_lines(text).enumerate() {
             let no = i + 1;
             let l = raw.strip_suffix('\r').unwrap_or(raw);
             if l.trim_ascii().is_empty() {

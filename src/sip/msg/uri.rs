@@ -350,7 +350,7 @@ impl<'a> NameAddrParts<'a> {
     fn split(s: &'a str) -> Result<NameAddrParts<'a>, ParseError> {
         let s = s.trim_ascii();
         let (display, uri, params) = if let Some(lt) = find_unquoted(s, b'<') {
-            let gt = s[lt..].find('>').ok_or(ParseError::BadHeader)? + lt;
+            let gt = find_byte(b'>', s[lt..].as_bytes()).ok_or(ParseError::BadHeader)? + lt;
             let display = s[..lt].trim_ascii();
             check_display(display)?;
             (display, UriParts::split(&s[lt + 1..gt])?, &s[gt + 1..])
@@ -379,7 +379,7 @@ fn param_parts(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
 pub fn tag_of(name_addr: &str) -> Option<&str> {
     let s = name_addr.trim_ascii();
     let params = match find_unquoted(s, b'<') {
-        Some(lt) => &s[lt + s[lt..].find('>')? + 1..],
+        Some(lt) => &s[lt + find_byte(b'>', s[lt..].as_bytes())? + 1..],
         None => split_at_byte(s, b';')?.1,
     };
     param_parts(params).find(|(n, _)| n.eq_ignore_ascii_case("tag")).map(|(_, v)| v.unwrap_or(""))
