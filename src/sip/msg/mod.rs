@@ -337,18 +337,10 @@ fn put_line_safe(b: &mut BytesMut, s: &[u8]) {
 }
 
 /// Writes `n` in decimal, without a `String` in between.
-fn put_decimal(b: &mut BytesMut, mut n: usize) {
+fn put_decimal(b: &mut BytesMut, n: usize) {
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    b.put_slice(&digits[i..]);
+    let len = text::write_u64(&mut digits, n as u64);
+    b.put_slice(&digits[..len]);
 }
 
 /// The bytes `write_headers` writes: the buffer is sized once (growing it was 4 % of the

@@ -121,8 +121,27 @@ pub fn push_u64(s: &mut String, n: u64) {
     s.push_str(std::str::from_utf8(&buf[..len]).unwrap_or("0"));
 }
 
+/// `s` split at every place `find` gives (a byte offset into what is left): the pieces between,
+/// the last one included, as `str::split` gives them.
+pub(crate) fn split_where<'a>(s: &'a str, find: impl Fn(&[u8]) -> Option<usize> + 'a) -> impl Iterator<Item = &'a str> + 'a {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match find(t.as_bytes()) {
+            Some(i) => {
+                rest = Some(&t[i + 1..]);
+                Some(&t[..i])
+            }
+            None => {
+                rest = None;
+                Some(t)
+            }
+        }
+    })
+}
+
 /// Writes `n` in decimal at the start of `buf` (which must hold its digits); returns the length.
-fn write_u64(buf: &mut [u8], mut n: u64) -> usize {
+pub(crate) fn write_u64(buf: &mut [u8], mut n: u64) -> usize {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

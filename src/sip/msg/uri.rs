@@ -123,20 +123,7 @@ impl fmt::Display for Params {
 
 /// Splits at `;` outside quotes (every part, empty ones too).
 fn split_semis(s: &str) -> impl Iterator<Item = &str> {
-    let mut rest = Some(s);
-    std::iter::from_fn(move || {
-        let s = rest?;
-        match super::text::top_level(s.as_bytes(), b';', false) {
-            Some(i) => {
-                rest = Some(&s[i + 1..]);
-                Some(&s[..i])
-            }
-            None => {
-                rest = None;
-                Some(s)
-            }
-        }
-    })
+    super::text::split_where(s, |b| super::text::top_level(b, b';', false))
 }
 
 /// A `sip:`/`sips:`/`tel:` URI: `scheme:user@host:port;params?headers`.
