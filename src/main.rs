@@ -25,7 +25,7 @@ use drbridge::presence::{Mapping, PresenceStore, RedbStore, UserDirectory};
 use drbridge::routing::{NumberPlan, RouteTable};
 use std::sync::Arc;
 use drbridge::sip::msg::Limits;
-use drbridge::sip::transport::{ensure_lab_certs, ListenerSpec, Peer, Proto, SipTransport, TlsSetup, TransportConfig, TransportEvent};
+use drbridge::sip::transport::{ensure_lab_certs, ListenerSpec, Peer, Proto, SipTransport, TlsSetup, TransportConfig, TransportEvent, TrunkTls};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -178,13 +178,12 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         config::Transport::Tcp => Proto::Tcp,
         config::Transport::Tls => Proto::Tls,
     };
-    let mut listeners = vec![
-        ListenerSpec { proto: Proto::Tls, addr: cfg.teams.listen },
-        ListenerSpec { proto: Proto::Udp, addr: cfg.pbx.listen },
-        ListenerSpec { proto: Proto::Tcp, addr: cfg.pbx.listen },
-    ];
-    if pbx_proto == Proto::Tls && cfg.pbx.listen != cfg.teams.listen {
-        listeners.push(ListenerSpec { proto: Proto::Tls, addr: cfg.pbx.listen });
+    // Toward the PBX: UDP and TCP on pbx.listen, or TLS alone (config refuses the Teams
+    // listener's address for it: each side has its own certificates).
+    let mut listeners = vec![ListenerSpec { proto: Proto::Tls, addr: cfg.teams.listen }];
+    match pbx_proto {
+        Proto::Tls => listeners.push(ListenerSpec { proto: Proto::Tls, addr: cfg.pbx.listen }),
+        _ => listeners.extend([Proto::Udp, Proto::Tcp].map(|proto| ListenerSpec { proto, addr: cfg.pbx.listen })),
     }
     let limits = Limits { max_message: cfg.limits.max_message_bytes, max_headers: cfg.limits.max_headers };
     let tcfg = TransportConfig {
@@ -193,14 +192,27 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         event_queue: cfg.limits.event_queue,
         ..TransportConfig::default()
     };
-    let (transport, mut events) = SipTransport::start_with(listeners, Some(tls), tcfg).await.map_err(|e| e.to_string())?;
+    let trunk_tls = match (pbx_proto, &cfg.pbx.tls_cert, &cfg.pbx.tls_key, &cfg.pbx.tls_ca) {
+        (Proto::Tls, Some(c), Some(k), Some(ca)) => Some(TrunkTls {
+            setup: TlsSetup::from_files(c, k, ca, cfg.pbx.tls_peer_names.clone()).map_err(|e| format!("{}: pbx: {e}", path.display()))?,
+            listen: cfg.pbx.listen,
+            peer: cfg.pbx.address,
+            server_name: cfg.pbx.tls_peer_names.first().cloned().unwrap_or_else(|| cfg.pbx.domain.clone()),
+        }),
+        _ => None,
+    };
+    let (transport, mut events) = SipTransport::start_trunk(listeners, Some(tls), trunk_tls, tcfg).await.map_err(|e| e.to_string())?;
 
     let mut proxies = Vec::new();
     for p in &cfg.teams.proxies {
         proxies.push(TeamsProxy { host: p.host.clone(), port: p.port, addr: resolve(&p.host, p.port, p.address).await? });
     }
     let pbx = Peer { proto: pbx_proto, addr: cfg.pbx.address };
-    let pbx_local = transport.local_addr(pbx_proto).unwrap_or(cfg.pbx.listen);
+    // TLS: the first TLS listener is the Teams one; the PBX's is `pbx.listen` itself.
+    let pbx_local = match pbx_proto {
+        Proto::Tls => cfg.pbx.listen,
+        _ => transport.local_addr(pbx_proto).unwrap_or(cfg.pbx.listen),
+    };
     let core_cfg = CoreConfig {
         fqdn: cfg.sbc.fqdn.clone(),
         user_agent: cfg.sbc.user_agent.clone(),
@@ -218,11 +230,13 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
         t4: Duration::from_millis(cfg.timers.t4_ms),
         session_expires: cfg.timers.session_expires_secs as u32,
         min_se: cfg.timers.min_se_secs as u32,
+        ring_timeout: cfg.timers.ring_timeout(),
         max_calls: cfg.sbc.max_calls as usize,
+        live_calls: Default::default(),
         max_transactions: cfg.limits.max_transactions,
         written: Default::default(),
     };
-    let pbx_addr = cfg.pbx.address;
+    let pbx_where = PbxWhere { proto: pbx_proto, addr: cfg.pbx.address, listen: cfg.pbx.listen };
     let mut shards = signalling_shards(cfg.sbc.signalling_threads);
     let media_cfg = cfg.media.enabled.then(|| {
         let m = &cfg.media;
@@ -262,11 +276,12 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             shards -= 1;
         }
     }
-    // One B2BUA core per signalling shard, each with its part of the limits and media ports.
+    // One B2BUA core per signalling shard, each with its part of the transaction limit and media
+    // ports; the call limit is shared (one counter).
     let mut cores = Vec::with_capacity(shards);
     for index in 0..shards {
         let shard = Shard { index, count: shards };
-        let shard_cfg = CoreConfig { max_calls: shard.part_of(core_cfg.max_calls), max_transactions: shard.part_of(core_cfg.max_transactions), ..core_cfg.clone() };
+        let shard_cfg = CoreConfig { max_transactions: shard.part_of(core_cfg.max_transactions), ..core_cfg.clone() };
         let plan = Plan { numbers: NumberPlan::new(&cfg.numbers), routes: RouteTable::new(&cfg.routes) };
         let mut core = B2bua::new(shard_cfg, Box::new(plan), Instant::now()).with_shard(shard, index == 0);
         let (media_tx, mut media_events) = tokio::sync::mpsc::channel::<MediaEvent>(1);
@@ -315,7 +330,7 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
                 // unanswered while the others go on: the whole process exits instead, as it does
                 // when shard 0 fails, so that a supervisor restarts it.
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt.block_on(shard_loop(core, rx, media_events, out, pbx_proto, pbx_addr)),
+                    Ok(rt) => rt.block_on(shard_loop(core, rx, media_events, out, pbx_where)),
                     Err(e) => {
                         tracing::error!(shard = i + 1, error = %e, "cannot start a signalling shard's runtime: exiting");
                         std::process::exit(70);
@@ -344,11 +359,11 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
                 let now = Instant::now();
-                dispatch(&mut core, &mut router, &inboxes, ev, pbx_proto, pbx_addr, now).await;
+                dispatch(&mut core, &mut router, &inboxes, ev, pbx_where, now).await;
                 // Take what else is queued without waiting, then flush once.
                 for _ in 0..256 {
                     match events.try_recv() {
-                        Ok(ev) => dispatch(&mut core, &mut router, &inboxes, ev, pbx_proto, pbx_addr, now).await,
+                        Ok(ev) => dispatch(&mut core, &mut router, &inboxes, ev, pbx_where, now).await,
                         Err(_) => break,
                     }
                 }
@@ -459,7 +474,7 @@ fn flush(core: &mut B2bua, out: &mut Outputs) {
 
 /// Routes one transport event: to this core (shard 0) or to the inbox of its shard. A
 /// connection failure concerns every shard.
-async fn dispatch(core: &mut B2bua, router: &mut ShardRouter, inboxes: &[tokio::sync::mpsc::Sender<ShardInput>], ev: TransportEvent, pbx_proto: Proto, pbx_addr: SocketAddr, now: Instant) {
+async fn dispatch(core: &mut B2bua, router: &mut ShardRouter, inboxes: &[tokio::sync::mpsc::Sender<ShardInput>], ev: TransportEvent, pbx: PbxWhere, now: Instant) {
     let shard = match &ev {
         TransportEvent::Message(inb) => router.route(&inb.msg, now),
         TransportEvent::ConnectFailed { .. } => {
@@ -471,7 +486,7 @@ async fn dispatch(core: &mut B2bua, router: &mut ShardRouter, inboxes: &[tokio::
     };
     match shard.checked_sub(1).and_then(|i| inboxes.get(i)) {
         Some(tx) => forward(tx, ShardInput::Event(ev)).await,
-        None => handle(core, ev, pbx_proto, pbx_addr, now),
+        None => handle(core, ev, pbx, now),
     }
 }
 
@@ -484,9 +499,9 @@ async fn forward(tx: &tokio::sync::mpsc::Sender<ShardInput>, x: ShardInput) {
 }
 
 /// The loop of shards 1..: what shard 0 routed here, this core's media events and timers.
-async fn shard_loop(mut core: B2bua, mut inbox: tokio::sync::mpsc::Receiver<ShardInput>, mut media_events: tokio::sync::mpsc::Receiver<MediaEvent>, mut out: Outputs, pbx_proto: Proto, pbx_addr: SocketAddr) {
+async fn shard_loop(mut core: B2bua, mut inbox: tokio::sync::mpsc::Receiver<ShardInput>, mut media_events: tokio::sync::mpsc::Receiver<MediaEvent>, mut out: Outputs, pbx: PbxWhere) {
     let input = |core: &mut B2bua, x: ShardInput, now: Instant| match x {
-        ShardInput::Event(ev) => handle(core, ev, pbx_proto, pbx_addr, now),
+        ShardInput::Event(ev) => handle(core, ev, pbx, now),
         ShardInput::Health(n) => core.apply_health(n, now),
     };
     loop {
@@ -629,14 +644,33 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
     Ok((presence, admin_task))
 }
 
-fn handle(core: &mut B2bua, ev: TransportEvent, pbx_proto: Proto, pbx_addr: SocketAddr, now: Instant) {
+/// Where the PBX trunk is, to tell which side a message came from.
+#[derive(Clone, Copy, Debug)]
+struct PbxWhere {
+    proto: Proto,
+    /// The trunk's address (connections drbridge opened to it).
+    addr: SocketAddr,
+    /// drbridge's listener toward it (connections the PBX opened).
+    listen: SocketAddr,
+}
+
+impl PbxWhere {
+    /// UDP and TCP are the PBX's; TLS is the PBX's on a connection to its address or accepted
+    /// on its listener, and the Teams proxies' otherwise.
+    fn side(&self, peer: Peer, local: SocketAddr) -> Side {
+        let on_pbx_listener = local.port() == self.listen.port() && (self.listen.ip().is_unspecified() || local.ip() == self.listen.ip());
+        if peer.proto != Proto::Tls || (self.proto == Proto::Tls && (peer.addr == self.addr || on_pbx_listener)) {
+            Side::Pbx
+        } else {
+            Side::Teams
+        }
+    }
+}
+
+fn handle(core: &mut B2bua, ev: TransportEvent, pbx: PbxWhere, now: Instant) {
     match ev {
         TransportEvent::Message(inb) => {
-            let side = if inb.peer.proto == Proto::Tls && !(pbx_proto == Proto::Tls && inb.peer.addr == pbx_addr) {
-                Side::Teams
-            } else {
-                Side::Pbx
-            };
+            let side = pbx.side(inb.peer, inb.local);
             core.handle_message(inb.msg, inb.peer, side, now);
         }
         TransportEvent::ConnectFailed { peer, reason } => {

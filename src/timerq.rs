@@ -13,8 +13,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
-/// FIFO lanes: one per delay in common use (64*T1, T4, T1, 2*T1).
-const LANES: usize = 4;
+/// FIFO lanes: one per delay in common use (64*T1, T4, T1, 2*T1, a call's ring timeout).
+const LANES: usize = 5;
 
 pub struct TimerQueue<T> {
     heap: BinaryHeap<Reverse<(Instant, T)>>,
@@ -90,7 +90,7 @@ mod tests {
         let mut q = TimerQueue::default();
         // 32 s timers in order (one lane), shorter ones in between (other lanes), and more
         // out-of-order ones than there are lanes (the heap)
-        let pushes = [(32_000, 1), (500, 2), (32_001, 3), (1_000, 4), (32_001, 5), (40, 6), (32_500, 7), (32_200, 8), (0, 9), (30, 10), (20, 11), (10, 12)];
+        let pushes = [(32_000, 1), (500, 2), (32_001, 3), (1_000, 4), (32_001, 5), (40, 6), (32_500, 7), (32_200, 8), (0, 9), (30, 10), (20, 11), (10, 12), (5, 13), (2, 14)];
         for (at, id) in pushes {
             q.push(ms(at), id);
         }
@@ -107,7 +107,7 @@ mod tests {
         assert_eq!(out.iter().map(|x| x.0).collect::<Vec<_>>(), want.iter().map(|x| x.0).collect::<Vec<_>>());
         let mut ids: Vec<_> = out.iter().map(|x| x.1).collect();
         ids.sort();
-        assert_eq!(ids, (1..=12).collect::<Vec<_>>());
+        assert_eq!(ids, (1..=14).collect::<Vec<_>>());
     }
 
     /// Random deadlines, pushes and pops interleaved: every pop is the earliest pending timer.

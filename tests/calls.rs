@@ -410,6 +410,30 @@ async fn teams_transfers_pbx_caller_to_pbx_extension() {
     pbx.expect_bye(&caller, STEP).await;
 }
 
+/// A PBX call that Teams lets ring past `timers.ring_timeout_secs`: drbridge CANCELs the Teams
+/// leg and answers the PBX 408 (the PBX is the Rust UDP peer, to see the final response).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_call_given_up_at_the_ring_timeout() {
+    let lab = lab(1, |c| c.ring_timeout_secs = 5).await;
+    let pbx = SipPeer::new("pbx");
+    pbx.bind_udp(lab.cfg.pbx_address).await;
+    let dr = lab.cfg.pbx_listen;
+    let mut inv = pbx.new_request(Method::Invite, &format!("sip:{TEAMS_USER}@{dr}"), &format!("<sip:{PBX_EXT}@{}>", lab.cfg.pbx_address), &format!("<sip:{TEAMS_USER}@{dr}>"));
+    inv.headers.push("Content-Type", "application/sdp");
+    inv.body = bytes::Bytes::from(pbx_sdp("sendrecv"));
+    let started = Instant::now();
+    let caller = pbx.send_invite(&pbx.udp_to(dr), inv);
+    let (t_inv, _) = lab.teams.expect_request(Method::Invite, STEP).await;
+    lab.teams.respond(&t_inv, 180, "", &[]);
+    let (cancel, _) = lab.teams.expect_request(Method::Cancel, Duration::from_secs(5) + STEP).await;
+    assert!(started.elapsed() >= Duration::from_secs(5), "CANCEL before the ring timeout: {:?}", started.elapsed());
+    assert_eq!(cancel.call_id(), t_inv.call_id());
+    lab.teams.respond(&cancel, 200, "", &[]);
+    lab.teams.respond(&t_inv, 487, "", &[]);
+    let fin = pbx.expect_final(&caller.call_id, Method::Invite, STEP).await;
+    assert_eq!(fin.status, 408, "the PBX caller is told the call timed out");
+}
+
 /// A Call-ID that drbridge's router sends to signalling shard `shard` of 2.
 fn call_id_on_shard(shard: usize, tag: &str) -> String {
     (0..).map(|i| format!("{tag}-{i}@teams.test")).find(|id| drbridge::b2bua::shard_of(id, 2) == shard).expect("some Call-ID lands there")

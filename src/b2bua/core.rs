@@ -20,6 +20,7 @@ use crate::hashindex::HashIndex;
 use crate::timerq::TimerQueue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 type CallId = u64;
@@ -40,6 +41,8 @@ pub struct Stats {
     pub forbidden_source: u64,
     pub media_ports_exhausted: u64,
     pub media_timeouts: u64,
+    /// Calls given up unanswered at `ring_timeout`.
+    pub ring_timeouts: u64,
     pub sdp_not_acceptable: u64,
 }
 
@@ -177,6 +180,8 @@ struct Call {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CallTimer {
     InviteDeadline(LegId),
+    /// `ring_timeout` after the call's INVITE: still unanswered, it is given up.
+    RingTimeout,
     Retrans2xx(LegId),
     SessionTimer(LegId),
     Cleanup,
@@ -529,7 +534,10 @@ impl B2bua {
     fn drain_txn_events(&mut self, now: Instant) {
         while let Some(ev) = self.txns.poll_event() {
             match ev {
-                TxnEvent::ClientTimeout(id) | TxnEvent::ClientTransportError(id) => self.client_timeout(id, now),
+                // RFC 3261 8.1.3.1: a transport error counts as a 503 (no connection, a
+                // refused certificate), a timeout as a 408.
+                TxnEvent::ClientTimeout(id) => self.client_timeout(id, 408, now),
+                TxnEvent::ClientTransportError(id) => self.client_timeout(id, 503, now),
                 _ => {}
             }
         }
@@ -621,8 +629,9 @@ impl B2bua {
         if mf == 0 {
             return self.respond(stx, &req, 483, side, now);
         }
-        // Live calls only: ended calls linger 64*T1 for retransmissions but do not count.
-        if self.live_calls >= self.cfg.max_calls {
+        // Live calls only, of all shards: ended calls linger 64*T1 for retransmissions but do
+        // not count.
+        if self.cfg.live_calls.load(Ordering::Acquire) >= self.cfg.max_calls {
             self.stats.calls_rejected_overload += 1;
             let mut r = req.response(503, Some(&new_tag()));
             r.headers.push("Retry-After", "10");
@@ -676,6 +685,7 @@ impl B2bua {
         self.next_call += 1;
         self.stats.calls_total += 1;
         self.live_calls += 1;
+        self.cfg.live_calls.fetch_add(1, Ordering::AcqRel);
         let a = self.uas_leg(&req, peer, side);
         self.dialogs.insert(&(&a.call_id, &a.local_tag), (cid, 0));
         let mut call = Call {
@@ -702,6 +712,9 @@ impl B2bua {
         }
         self.invite_stx.insert(stx, cid);
         self.calls.insert(cid, Box::new(call));
+        if let Some(t) = self.cfg.ring_timeout {
+            self.arm(cid, now + t, CallTimer::RingTimeout);
+        }
         tracing::info!(call = cid, call_id = %req.call_id().unwrap_or(""), from = ?side, to = ?dest, caller = %caller_e164, callee = %callee_e164, "new call");
 
         let caller = normalize(&caller_raw, dest, &*self.plan);
@@ -1612,7 +1625,9 @@ impl B2bua {
         }
     }
 
-    fn client_timeout(&mut self, ctx: ClientTxnId, now: Instant) {
+    /// A client transaction ended without a final response: `status` is 408 (timeout) or 503
+    /// (transport error).
+    fn client_timeout(&mut self, ctx: ClientTxnId, status: u16, now: Instant) {
         if let Some(p) = self.options.remove(&ctx) {
             match p {
                 Some(i) => {
@@ -1635,7 +1650,7 @@ impl B2bua {
             Purpose::OpenLeg(lid) => {
                 let matches = self.calls.get(&cid).and_then(|c| c.legs[lid].invite.as_ref()).is_some_and(|i| i.ctx == ctx);
                 if matches {
-                    self.invite_failed(cid, lid, 408, now);
+                    self.invite_failed(cid, lid, status, now);
                 }
             }
             Purpose::Relay { from, stx, req } => {
@@ -1643,7 +1658,7 @@ impl B2bua {
                 if let Some(c) = self.calls.get_mut(&cid) {
                     c.open_stx.retain(|(s, _)| *s != stx);
                 }
-                self.respond(stx, &req, 408, side, now);
+                self.respond(stx, &req, status, side, now);
                 if matches!(req.method, Method::Invite | Method::Update) {
                     self.end_call(cid, None, EndReason::Timeout, now);
                 }
@@ -1655,7 +1670,7 @@ impl B2bua {
             Purpose::Subscribe(id) => self.sub_events.push_back(SubscriptionEvent::Response { id, status: 408, expires: None }),
             Purpose::Reconnect { answer, new_leg, .. } => {
                 if let Some((stx, req)) = answer.map(|a| *a) {
-                    self.respond(stx, &req, 408, Side::Teams, now);
+                    self.respond(stx, &req, status, Side::Teams, now);
                 }
                 let _ = new_leg;
             }
@@ -1689,6 +1704,8 @@ impl B2bua {
         let was_answered = call.state == CallState::Confirmed;
         call.state = CallState::Ended;
         self.live_calls = self.live_calls.saturating_sub(1);
+        // This core counted the call in: the shared count is at least one.
+        self.cfg.live_calls.fetch_sub(1, Ordering::AcqRel);
         if let Some(e) = except {
             call.legs[e].ended = true;
             call.legs[e].pending_2xx = None;
@@ -1974,6 +1991,15 @@ impl B2bua {
                         self.ctx.insert(ctx, (cid, Purpose::Abandoned));
                         self.invite_failed(cid, lid, 408, now);
                     }
+                }
+                CallTimer::RingTimeout => {
+                    let Some(call) = self.calls.get(&cid) else { return };
+                    if !matches!(call.state, CallState::Calling | CallState::Early) {
+                        continue;
+                    }
+                    tracing::info!(call = cid, "not answered within the ring timeout: given up");
+                    self.stats.ring_timeouts += 1;
+                    self.end_call(cid, None, EndReason::Timeout, now);
                 }
                 CallTimer::Retrans2xx(lid) => {
                     let Some(call) = self.calls.get_mut(&cid) else { return };

@@ -91,7 +91,15 @@ pub struct CoreConfig {
     pub t4: Duration,
     pub session_expires: u32,
     pub min_se: u32,
+    /// An unanswered call is given up this long after its INVITE arrived (CANCEL toward the
+    /// callee, 408 to the caller); `None`: never.
+    pub ring_timeout: Option<Duration>,
+    /// Live calls at once, over all shards: checked against `live_calls`.
     pub max_calls: usize,
+    /// Live calls of every shard (the shards' cores share one counter, so that one shard does
+    /// not refuse a call while another has room). Shards may overshoot `max_calls` by one call
+    /// each in a race, never more.
+    pub live_calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub max_transactions: usize,
     /// What drbridge writes of itself, made once from the fields above (`build::written`).
     /// Leave it `Default::default()`: it is filled on first use.

@@ -49,7 +49,9 @@ fn cfg() -> CoreConfig {
         t4: Duration::from_secs(5),
         session_expires: 1800,
         min_se: 90,
+        ring_timeout: Some(Duration::from_secs(180)),
         max_calls: 10,
+        live_calls: Default::default(),
         max_transactions: 1000,
         written: Default::default(),
     }
@@ -262,6 +264,69 @@ Content-Length: 0
     assert!(sent.iter().any(|(_, m)| matches!(m, Message::Response(r) if r.status == 487)));
     let cancel = sent.iter().find_map(|(_, m)| match m { Message::Request(r) if r.method == crate::sip::msg::Method::Cancel => Some(r.clone()), _ => None }).expect("CANCEL to Teams");
     assert_eq!(cancel.call_id(), inv.call_id());
+}
+
+/// What drbridge sent, as (CANCELs to Teams, final responses to the PBX's INVITE, BYEs).
+fn give_up_signs(sent: &[(Hop, Message)]) -> (usize, Vec<u16>, usize) {
+    use crate::sip::msg::Method;
+    let cancels = sent.iter().filter(|(_, m)| matches!(m, Message::Request(r) if r.method == Method::Cancel)).count();
+    let byes = sent.iter().filter(|(_, m)| matches!(m, Message::Request(r) if r.method == Method::Bye)).count();
+    let finals = sent
+        .iter()
+        .filter_map(|(h, m)| match m {
+            Message::Response(r) if r.status >= 200 && h.peer.addr == PBX.parse().unwrap() && r.cseq().is_some_and(|c| c.method == Method::Invite) => Some(r.status),
+            _ => None,
+        })
+        .collect();
+    (cancels, finals, byes)
+}
+
+#[test]
+fn an_unanswered_call_is_given_up_at_the_ring_timeout() {
+    let mut w = World::new();
+    w.from_pbx(&pbx_invite("rt"));
+    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
+    w.from_teams(respond(&inv, 180, "ms", "<sip:a.pstnhub.microsoft.com>"), "52.112.0.1:5061");
+    w.take();
+    w.advance(Duration::from_secs(179));
+    assert_eq!(give_up_signs(&w.take()), (0, vec![], 0), "still ringing before the ring timeout");
+    w.advance(Duration::from_secs(2));
+    let sent = w.take();
+    let (cancels, mut finals, _) = give_up_signs(&sent);
+    finals.dedup(); // the 408 is retransmitted over UDP until the PBX ACKs it
+    assert_eq!((cancels, finals), (1, vec![408]), "CANCEL toward Teams and 408 to the PBX: {sent:?}");
+    let cancel = sent.iter().find_map(|(_, m)| match m { Message::Request(r) if r.method == crate::sip::msg::Method::Cancel => Some(r.clone()), _ => None }).unwrap();
+    assert_eq!(cancel.call_id(), inv.call_id());
+    assert_eq!(w.core.stats.ring_timeouts, 1);
+}
+
+#[test]
+fn a_call_answered_late_outlives_the_ring_timeout() {
+    let mut w = World::new();
+    w.from_pbx(&pbx_invite("rl"));
+    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
+    w.from_teams(respond(&inv, 180, "ms", "<sip:a.pstnhub.microsoft.com>"), "52.112.0.1:5061");
+    w.advance(Duration::from_secs(170));
+    w.from_teams(respond(&inv, 200, "ms", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>"), "52.112.0.1:5061");
+    let sent = w.take();
+    assert_eq!(give_up_signs(&sent).1, vec![200]);
+    let tag = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => r.to_tag().map(str::to_string), _ => None }).unwrap();
+    w.from_pbx(&format!(
+        "ACK sip:+4930555@10.9.9.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-ackrl
+Max-Forwards: 70
+From: \"Alice\" <sip:4711@10.9.9.9>;tag=pbx1
+To: <sip:+4930555@10.9.9.1>;tag={tag}
+Call-ID: rl@10.9.9.9
+CSeq: 1 ACK
+Content-Length: 0
+
+"
+    ));
+    w.advance(Duration::from_secs(20));
+    let (cancels, finals, byes) = give_up_signs(&w.take());
+    assert_eq!((cancels, finals.len(), byes), (0, 0, 0), "an answered call is not given up");
+    assert_eq!(w.core.stats.ring_timeouts, 0);
 }
 
 fn answered_teams_call(w: &mut World) -> (Request, Response) {
@@ -767,6 +832,31 @@ fn ended_calls_do_not_count_against_max_calls() {
         w.take();
     }
     assert_eq!(w.core.active_calls(), 0);
+}
+
+/// `max_calls` counts the calls of every shard: with 10 calls live on one core, the other
+/// refuses the 11th (503 Retry-After), and takes a call again once one ends there.
+#[test]
+fn sharded_cores_share_max_calls() {
+    let now = Instant::now();
+    let shared = cfg();
+    let mut a = World { core: B2bua::new(shared.clone(), Box::new(Plan), now).with_shard(Shard { index: 0, count: 2 }, true), now, sent: vec![] };
+    let mut b = World { core: B2bua::new(shared, Box::new(Plan), now).with_shard(Shard { index: 1, count: 2 }, false), now, sent: vec![] };
+    let mut invites = Vec::new();
+    for i in 0..10 {
+        a.from_pbx(&pbx_invite(&format!("max{i}")));
+        invites.push(a.requests(crate::sip::msg::Method::Invite).remove(0).1);
+    }
+    assert_eq!(a.core.active_calls(), 10);
+    b.from_pbx(&pbx_invite("over"));
+    let refused = b.take().into_iter().find_map(|(_, m)| match m { Message::Response(r) if r.status >= 200 => Some(r), _ => None }).expect("a final response");
+    assert_eq!((refused.status, refused.headers.get("Retry-After")), (503, Some("10")), "the other shard is full");
+    assert_eq!(b.core.stats.calls_rejected_overload, 1);
+    a.from_teams(Message::Response(invites[0].response(486, Some("busy"))), "52.112.0.1:5061");
+    assert_eq!(a.core.active_calls(), 9);
+    b.from_pbx(&pbx_invite("room"));
+    assert_eq!(b.requests(crate::sip::msg::Method::Invite).len(), 1, "room again on the other shard");
+    assert_eq!(b.core.active_calls(), 1);
 }
 
 /// Shards: the other leg's Call-ID hashes to the core's own shard; only the keep-alive core

@@ -208,6 +208,11 @@ pub struct Pbx {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+    /// With TLS: the names the PBX's certificate must carry, DNS names (`*.` wildcards) or IP
+    /// addresses, checked both when drbridge connects (the first is the SNI and server name) and
+    /// when the PBX connects. Empty in the file means `[domain]`; after [`load`] it is always set.
+    #[serde(default)]
+    pub tls_peer_names: Vec<String>,
 }
 
 /// `[numbers]`: number normalization, first matching rule wins, no match = unchanged.
@@ -274,11 +279,14 @@ pub struct Timers {
     pub session_expires_secs: u64,
     /// Min-SE (RFC 4028: at least 90).
     pub min_se_secs: u64,
+    /// A call not answered this long after its INVITE arrived is given up: CANCEL toward the
+    /// callee, 408 to the caller (RFC 3261 Timer C, > 3 min for proxies). 0 = never.
+    pub ring_timeout_secs: u64,
 }
 
 impl Default for Timers {
     fn default() -> Self {
-        Timers { t1_ms: 500, t2_ms: 4000, t4_ms: 5000, session_expires_secs: 1800, min_se_secs: 90 }
+        Timers { t1_ms: 500, t2_ms: 4000, t4_ms: 5000, session_expires_secs: 1800, min_se_secs: 90, ring_timeout_secs: 180 }
     }
 }
 
@@ -291,6 +299,10 @@ impl Timers {
     }
     pub fn t4(&self) -> Duration {
         Duration::from_millis(self.t4_ms)
+    }
+    /// `None` when disabled (0).
+    pub fn ring_timeout(&self) -> Option<Duration> {
+        (self.ring_timeout_secs > 0).then(|| Duration::from_secs(self.ring_timeout_secs))
     }
 }
 
@@ -903,6 +915,17 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
                 return Err(bad(k, "required when pbx.transport = \"tls\""));
             }
         }
+        if p.listen == cfg.teams.listen {
+            return Err(bad("pbx.listen", "must differ from teams.listen when pbx.transport = \"tls\" (each side has its own certificates)"));
+        }
+    } else if !p.tls_peer_names.is_empty() {
+        return Err(bad("pbx.tls_peer_names", "only with pbx.transport = \"tls\""));
+    }
+    for (i, n) in p.tls_peer_names.iter().enumerate() {
+        let plain = n.strip_prefix("*.").unwrap_or(n);
+        if !is_dns_name(plain) && n.parse::<IpAddr>().is_err() {
+            return Err(bad(format!("pbx.tls_peer_names[{i}]"), format!("{n:?} is not a DNS name, *.wildcard or IP address")));
+        }
     }
     let domain = p.domain.trim().to_string();
     if domain.is_empty() {
@@ -922,6 +945,10 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
             Err(_) => domain,
         };
     }
+    if cfg.pbx.transport == Transport::Tls && cfg.pbx.tls_peer_names.is_empty() {
+        cfg.pbx.tls_peer_names = vec![cfg.pbx.domain.trim_start_matches('[').trim_end_matches(']').to_string()];
+    }
+    cfg.pbx.tls_peer_names = cfg.pbx.tls_peer_names.iter().map(|n| n.to_ascii_lowercase()).collect();
 
     // [numbers]
     for (side, rules) in [("to_teams", &cfg.numbers.to_teams), ("to_pbx", &cfg.numbers.to_pbx)] {
@@ -948,6 +975,9 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
         return Err(bad("timers.session_expires_secs", format!("{} is below timers.min_se_secs ({})", tm.session_expires_secs, tm.min_se_secs)));
     }
     range_check("timers.session_expires_secs", tm.session_expires_secs, 90, 86_400, "seconds")?;
+    if tm.ring_timeout_secs != 0 {
+        range_check("timers.ring_timeout_secs", tm.ring_timeout_secs, 5, 3600, "seconds, or 0 for never")?;
+    }
 
     // [limits]
     let l = &cfg.limits;

@@ -221,6 +221,32 @@ fn pbx_rules() {
 }
 
 #[test]
+fn pbx_tls_names_and_listener() {
+    let tls = r#"[pbx]
+transport = "tls"
+tls_cert = "a.crt"
+tls_key = "a.key"
+tls_ca = "ca.crt"
+listen = "127.0.0.1:5062""#;
+    // The names the PBX certificate must carry default to pbx.domain, IPv6 without brackets.
+    let c = parse(&MINIMAL.replace("[pbx]", tls)).unwrap();
+    assert_eq!(c.pbx.tls_peer_names, ["127.0.0.1"]);
+    let c = parse(&MINIMAL.replace("[pbx]", tls).replace("127.0.0.1:5080", "[::1]:5080")).unwrap();
+    assert_eq!(c.pbx.tls_peer_names, ["::1"]);
+    let c = parse(&MINIMAL.replace("[pbx]", &format!("{tls}\ndomain = \"MiVB.example.local\""))).unwrap();
+    assert_eq!(c.pbx.tls_peer_names, ["mivb.example.local"]);
+    let c = parse(&MINIMAL.replace("[pbx]", &format!("{tls}\ntls_peer_names = [\"*.pbx.example.local\", \"10.0.0.2\"]"))).unwrap();
+    assert_eq!(c.pbx.tls_peer_names, ["*.pbx.example.local", "10.0.0.2"]);
+    let e = err(&MINIMAL.replace("[pbx]", &format!("{tls}\ntls_peer_names = [\"pbx example\"]")));
+    assert_eq!(e, "config/x.toml: pbx.tls_peer_names[0]: \"pbx example\" is not a DNS name, *.wildcard or IP address");
+    let e = err(&MINIMAL.replace("[pbx]", "[pbx]\ntls_peer_names = [\"pbx.example.local\"]"));
+    assert_eq!(e, "config/x.toml: pbx.tls_peer_names: only with pbx.transport = \"tls\"");
+    // One TLS listener per side: the PBX's certificates and CA are not the Teams side's.
+    let e = err(&MINIMAL.replace("[pbx]", tls).replace("127.0.0.1:5062", "127.0.0.1:5061"));
+    assert!(e.starts_with("config/x.toml: pbx.listen: must differ from teams.listen"), "{e}");
+}
+
+#[test]
 fn limits_and_log() {
     let e = err(&format!("{MINIMAL}\n[limits]\nmax_message_bytes = 100\n"));
     assert!(e.starts_with("config/x.toml: limits.max_message_bytes: 100 is out of range"), "{e}");

@@ -62,41 +62,38 @@ impl LabCerts {
 
     /// Generates the same set with rcgen (no binary needed).
     pub fn generate(dir: &Path, fqdn: &str) -> LabCerts {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-            KeyUsagePurpose,
-        };
-        std::fs::create_dir_all(dir).expect("cert dir");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca_params.distinguished_name.push(DnType::CommonName, "drbridge lab CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let ca_key = KeyPair::generate().expect("ca key");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-        let issuer = Issuer::new(ca_params, &ca_key);
-
-        let leaf = |names: Vec<String>, cn: &str| {
-            let mut p = CertificateParams::new(names).expect("leaf params");
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-            let key = KeyPair::generate().expect("leaf key");
-            let cert = p.signed_by(&key, &issuer).expect("sign leaf");
-            (cert.pem(), key.serialize_pem())
-        };
-        let (sbc_pem, sbc_key) = leaf(vec![fqdn.to_string()], fqdn);
-        let (teams_pem, teams_key) =
-            leaf(TEAMS_CERT_NAMES.iter().map(|s| s.to_string()).collect(), TEAMS_CERT_NAMES[0]);
-
+        let teams_names: Vec<String> = TEAMS_CERT_NAMES.iter().map(|s| s.to_string()).collect();
         let c = LabCerts::paths(dir, fqdn);
-        std::fs::write(&c.ca_cert, ca_cert.pem()).expect("write ca");
-        std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).expect("write ca key");
-        std::fs::write(&c.sbc_cert, sbc_pem).expect("write sbc cert");
-        std::fs::write(&c.sbc_key, sbc_key).expect("write sbc key");
-        std::fs::write(&c.teams_cert, teams_pem).expect("write teams cert");
-        std::fs::write(&c.teams_key, teams_key).expect("write teams key");
+        generate_pki(dir, "ca", "drbridge lab CA", &[("sbc", vec![fqdn.to_string()]), ("teams", teams_names)]);
         c
+    }
+}
+
+/// A CA (`{ca}.crt`, `{ca}.key`) and leaves signed by it (`{name}.crt`, `{name}.key`, with
+/// serverAuth and clientAuth, the first name as CN) written into `dir`.
+pub fn generate_pki(dir: &Path, ca: &str, ca_cn: &str, leaves: &[(&str, Vec<String>)]) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    std::fs::create_dir_all(dir).expect("cert dir");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.distinguished_name.push(DnType::CommonName, ca_cn);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, &ca_key);
+    std::fs::write(dir.join(format!("{ca}.crt")), ca_cert.pem()).expect("write ca");
+    std::fs::write(dir.join(format!("{ca}.key")), ca_key.serialize_pem()).expect("write ca key");
+    for (name, names) in leaves {
+        let mut p = CertificateParams::new(names.clone()).expect("leaf params");
+        p.distinguished_name.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or(name));
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = p.signed_by(&key, &issuer).expect("sign leaf");
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).expect("write leaf");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write leaf key");
     }
 }
 

@@ -39,11 +39,17 @@ pub struct LabConfig {
     /// The PBX trunk: where SIPp (or a UDP `SipPeer`) listens.
     pub pbx_address: SocketAddr,
     pub pbx_options_interval_secs: u64,
+    /// `[pbx] transport`: "udp" (default), "tcp" or "tls".
+    pub pbx_transport: String,
+    /// Raw TOML lines added to `[pbx]` (e.g. `tls_cert = ...`).
+    pub pbx_extra: String,
     pub to_teams: Vec<(String, String)>,
     pub to_pbx: Vec<(String, String)>,
     pub routes: Vec<(String, String)>,
     pub session_expires_secs: u32,
     pub min_se_secs: u32,
+    /// `[timers] ring_timeout_secs`.
+    pub ring_timeout_secs: u64,
     /// Raw TOML appended at the end (extra sections).
     pub extra_toml: String,
     /// `[media] inactivity_timeout_secs`.
@@ -164,11 +170,14 @@ impl LabConfig {
             pbx_listen: loopback(free_port()),
             pbx_address: loopback(free_port()),
             pbx_options_interval_secs: 3600,
+            pbx_transport: "udp".into(),
+            pbx_extra: String::new(),
             to_teams: vec![(r"^(47\d\d)$".into(), "+468123$1".into())],
             to_pbx: vec![(r"^\+468123(47\d\d)$".into(), "$1".into())],
             routes: vec![(r"^\+46812347\d\d$".into(), "pbx".into())],
             session_expires_secs: 1800,
             min_se_secs: 90,
+            ring_timeout_secs: 180,
             extra_toml: String::new(),
             media_timeout_secs: 60,
             // Media ports below the ephemeral range the tests pick SIP ports from.
@@ -245,8 +254,11 @@ impl LabConfig {
         let _ = writeln!(t, "name = \"mx-one\"");
         let _ = writeln!(t, "listen = {}", q(&self.pbx_listen.to_string()));
         let _ = writeln!(t, "address = {}", q(&self.pbx_address.to_string()));
-        let _ = writeln!(t, "transport = \"udp\"");
+        let _ = writeln!(t, "transport = {}", q(&self.pbx_transport));
         let _ = writeln!(t, "options_interval_secs = {}", self.pbx_options_interval_secs);
+        if !self.pbx_extra.is_empty() {
+            let _ = writeln!(t, "{}", self.pbx_extra);
+        }
         let _ = writeln!(t, "\n[numbers]");
         for (m, r) in &self.to_teams {
             let _ = writeln!(t, "[[numbers.to_teams]]\nmatch = {}\nreplace = {}", q(m), q(r));
@@ -261,6 +273,7 @@ impl LabConfig {
         let _ = writeln!(t, "t1_ms = 500\nt2_ms = 4000\nt4_ms = 5000");
         let _ = writeln!(t, "session_expires_secs = {}", self.session_expires_secs);
         let _ = writeln!(t, "min_se_secs = {}", self.min_se_secs);
+        let _ = writeln!(t, "ring_timeout_secs = {}", self.ring_timeout_secs);
         let _ = writeln!(t, "\n[media]");
         let _ = writeln!(t, "teams_port_min = {}\nteams_port_max = {}", self.teams_media_ports.0, self.teams_media_ports.1);
         let _ = writeln!(t, "pbx_port_min = {}\npbx_port_max = {}", self.pbx_media_ports.0, self.pbx_media_ports.1);

@@ -115,10 +115,15 @@ impl Drbridge {
 
     /// Waits (blocking, bounded) until stderr contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    /// Waits (blocking, bounded) until stderr contains `needle` at least `n` times.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let Ok(mut t) = self.log.text.lock() else { return false };
         loop {
-            if t.contains(needle) {
+            if t.matches(needle).count() >= n {
                 return true;
             }
             let now = Instant::now();

@@ -112,6 +112,29 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
 }
 
+/// A second TLS identity, for one trunk peer (the PBX): its own certificate, key and roots, used
+/// by one TLS listener and by the connections drbridge opens to one address. Everything else
+/// (the Teams proxies) uses the main [`TlsSetup`].
+#[derive(Clone, Debug)]
+pub struct TrunkTls {
+    /// Our chain and key toward the trunk, its roots, and in `peer_names` the names accepted in
+    /// the certificate of a connection the trunk opens (DNS names or IP addresses).
+    pub setup: TlsSetup,
+    /// The TLS listener (its `ListenerSpec` address) whose connections use this identity.
+    pub listen: SocketAddr,
+    /// Outbound TLS connections to this address use this identity.
+    pub peer: SocketAddr,
+    /// SNI and the name the trunk's server certificate must carry (DNS name or IP address).
+    pub server_name: String,
+}
+
+/// The trunk identity as the connection code uses it.
+pub(crate) struct TrunkConnector {
+    pub(crate) peer: SocketAddr,
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    pub(crate) server_name: rustls::pki_types::ServerName<'static>,
+}
+
 /// Tunables; `Default` gives safe edge values.
 #[derive(Clone, Copy, Debug)]
 pub struct TransportConfig {
@@ -216,6 +239,7 @@ pub(crate) struct Shared {
     pub(crate) udp: Vec<(Arc<UdpSocket>, SocketAddr)>,
     pub(crate) local: Vec<(Proto, SocketAddr)>,
     pub(crate) tls_connector: Option<tokio_rustls::TlsConnector>,
+    pub(crate) trunk: Option<TrunkConnector>,
     pub(crate) runtime: tokio::runtime::Handle,
     /// Reference point for the idle clocks (milliseconds since).
     pub(crate) epoch: tokio::time::Instant,
@@ -324,7 +348,27 @@ impl SipTransport {
         tls: Option<TlsSetup>,
         cfg: TransportConfig,
     ) -> Result<(SipTransport, mpsc::Receiver<TransportEvent>), TransportError> {
+        SipTransport::start_trunk(listeners, tls, None, cfg).await
+    }
+
+    /// [`Self::start_with`], plus a trunk with its own TLS identity ([`TrunkTls`]).
+    pub async fn start_trunk(
+        listeners: Vec<ListenerSpec>,
+        tls: Option<TlsSetup>,
+        trunk: Option<TrunkTls>,
+        cfg: TransportConfig,
+    ) -> Result<(SipTransport, mpsc::Receiver<TransportEvent>), TransportError> {
         let (events, rx) = mpsc::channel(cfg.event_queue.max(1));
+        let (trunk_acceptor, trunk) = match trunk {
+            Some(t) => {
+                let server_name = rustls::pki_types::ServerName::try_from(t.server_name.trim_start_matches('[').trim_end_matches(']').to_owned())
+                    .map_err(|e| TransportError::Tls(format!("trunk server name {:?}: {e}", t.server_name)))?;
+                let acceptor = tokio_rustls::TlsAcceptor::from(t.setup.server_config()?);
+                let connector = tokio_rustls::TlsConnector::from(t.setup.client_config()?);
+                (Some((t.listen, acceptor)), Some(TrunkConnector { peer: t.peer, connector, server_name }))
+            }
+            None => (None, None),
+        };
         let (acceptor, connector) = match &tls {
             Some(t) => (
                 Some(tokio_rustls::TlsAcceptor::from(t.server_config()?)),
@@ -349,13 +393,15 @@ impl SipTransport {
                     udp.push((Arc::new(sock), addr));
                 }
                 Proto::Tcp | Proto::Tls => {
-                    if l.proto == Proto::Tls && acceptor.is_none() {
-                        return Err(TransportError::NoTlsSetup(l.addr));
-                    }
+                    let acc = match (l.proto, &trunk_acceptor) {
+                        (Proto::Tcp, _) => None,
+                        (_, Some((listen, a))) if *listen == l.addr => Some(a.clone()),
+                        _ => Some(acceptor.clone().ok_or(TransportError::NoTlsSetup(l.addr))?),
+                    };
                     let lis = stream::bind(l.addr).map_err(bind_err)?;
                     let addr = lis.local_addr().map_err(bind_err)?;
                     local.push((l.proto, addr));
-                    tcp.push((l.proto, lis));
+                    tcp.push((l.proto, lis, acc));
                 }
             }
         }
@@ -369,18 +415,14 @@ impl SipTransport {
             udp,
             local,
             tls_connector: connector,
+            trunk,
             runtime: tokio::runtime::Handle::current(),
             epoch: tokio::time::Instant::now(),
         });
         for (sock, addr) in &shared.udp {
             tokio::spawn(udp::receive(shared.clone(), sock.clone(), *addr));
         }
-        for (proto, lis) in tcp {
-            let acc = if proto == Proto::Tls {
-                acceptor.clone()
-            } else {
-                None
-            };
+        for (proto, lis, acc) in tcp {
             tokio::spawn(stream::accept_loop(shared.clone(), proto, lis, acc));
         }
         for (proto, addr) in &shared.local {

@@ -129,17 +129,21 @@ fn open(
         std::collections::HashMap<super::ConnKey, super::ConnEntry>,
     >,
 ) {
-    let connector = match (peer.proto, &shared.tls_connector) {
-        (Proto::Tls, None) => {
+    let trunk = shared.trunk.as_ref().filter(|t| peer.proto == Proto::Tls && t.peer == peer.addr);
+    let connector = match (peer.proto, trunk, &shared.tls_connector) {
+        (Proto::Tls, Some(t), _) => Some(t.connector.clone()),
+        (Proto::Tls, None, None) => {
             drop(conns);
             return shared.emit_failed(peer, "TLS is not configured".into());
         }
-        (Proto::Tls, Some(c)) => Some(c.clone()),
+        (Proto::Tls, None, Some(c)) => Some(c.clone()),
         _ => None,
     };
-    let tls_name = match connector {
-        None => None,
-        Some(_) => {
+    let tls_name = match (&connector, trunk) {
+        (None, _) => None,
+        // The trunk's own name, whatever the caller passed.
+        (Some(_), Some(t)) => Some(t.server_name.clone()),
+        (Some(_), None) => {
             let name = match server_name {
                 Some(n) => rustls::pki_types::ServerName::try_from(n.to_owned()),
                 None => Ok(rustls::pki_types::ServerName::IpAddress(
