@@ -21,6 +21,8 @@ use drbridge::presence::graph::{GraphClient, GraphSettings, SecretSource};
 use drbridge::presence::linestate::IngestEvent;
 use drbridge::presence::publish::{self, PublishMetrics, Publisher, PublisherConfig};
 use drbridge::presence::service::{self, cached_object_ids, resolve_object_ids, restore_from_store, DirectorySink, PresenceInput, PresenceService, PresenceSetup, StoreLog, SubscribeCommand};
+use drbridge::presence::teams_sync::{self, PresenceDoc, TeamsSyncSetup, WebhookNote};
+use drbridge::presence::teams_watch::WatchConfig;
 use drbridge::presence::{Mapping, PresenceStore, RedbStore, UserDirectory};
 use drbridge::routing::{NumberPlan, RouteTable};
 use std::sync::Arc;
@@ -279,11 +281,19 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
     // One B2BUA core per signalling shard, each with its part of the transaction limit and media
     // ports; the call limit is shared (one counter).
     let mut cores = Vec::with_capacity(shards);
+    // Teams -> PBX presence: every shard serves PBX-side SUBSCRIBEs to the directory's extensions.
+    let watched_extensions: Option<Vec<String>> = match (&cfg.presence.users_file, cfg.presence.teams_to_pbx.enabled) {
+        (Some(f), true) => Some(UserDirectory::load(f).map_err(|e| e.to_string())?.extensions().map(|(e, _)| e.to_string()).collect()),
+        _ => None,
+    };
     for index in 0..shards {
         let shard = Shard { index, count: shards };
         let shard_cfg = CoreConfig { max_transactions: shard.part_of(core_cfg.max_transactions), ..core_cfg.clone() };
         let plan = Plan { numbers: NumberPlan::new(&cfg.numbers), routes: RouteTable::new(&cfg.routes) };
         let mut core = B2bua::new(shard_cfg, Box::new(plan), Instant::now()).with_shard(shard, index == 0);
+        if let Some(exts) = &watched_extensions {
+            core = core.with_presence_notifier(exts.iter().cloned(), cfg.presence.teams_to_pbx.max_watchers);
+        }
         let (media_tx, mut media_events) = tokio::sync::mpsc::channel::<MediaEvent>(1);
         if let Some(mc) = &media_cfg {
             let part = media_share(mc, shard).ok_or_else(|| {
@@ -301,7 +311,7 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
     }
     let media_metrics = MediaMetrics::default();
     let mut media_metrics_at = Instant::now();
-    let (mut presence, _admin) = {
+    let (mut presence, _admin, mut teams_docs) = {
         let c = cfg.clone();
         let mm = media_metrics.clone();
         aux.spawn(async move { start_presence(&c, mm).await }).await.map_err(|e| format!("presence start-up: {e}"))??
@@ -349,6 +359,8 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
     let mut router = ShardRouter::new(shards, core_cfg.t1 * 64);
     let (no_cmd_tx, mut no_cmds) = tokio::sync::mpsc::channel::<SubscribeCommand>(1);
     let _keep_no_cmd_tx = no_cmd_tx;
+    let (no_doc_tx, mut no_docs) = tokio::sync::mpsc::channel::<PresenceDoc>(1);
+    let _keep_no_doc_tx = no_doc_tx;
     let mut pbx_was_up = true;
     tracing::info!(config = %path.display(), signalling_threads = shards, "drbridge ready");
 
@@ -371,6 +383,13 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             Some(ev) = media_events.recv() => core.handle_media_event(ev, Instant::now()),
             Some(c) = async { match presence.as_mut() { Some(p) => p.commands.recv().await, None => no_cmds.recv().await } } => {
                 core.subscribe(c.id, &c.user, c.event, c.accept, c.expires, c.initial, Instant::now());
+            }
+            Some(d) = async { match teams_docs.as_mut() { Some(r) => r.recv().await, None => no_docs.recv().await } } => {
+                // Every shard holds PBX-side watchers: each gets the document.
+                for tx in &inboxes {
+                    forward(tx, ShardInput::PresenceDoc(d.clone())).await;
+                }
+                core.set_presence_document(&d.extension, d.body, Instant::now());
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 core.handle_timeout(Instant::now());
@@ -439,6 +458,8 @@ enum ShardInput {
     Event(TransportEvent),
     /// An OPTIONS result (shard 0 sends the keep-alives).
     Health(HealthNote),
+    /// A Teams presence document for the PBX-side watchers of an extension.
+    PresenceDoc(PresenceDoc),
 }
 
 /// Where a shard's output goes.
@@ -503,6 +524,7 @@ async fn shard_loop(mut core: B2bua, mut inbox: tokio::sync::mpsc::Receiver<Shar
     let input = |core: &mut B2bua, x: ShardInput, now: Instant| match x {
         ShardInput::Event(ev) => handle(core, ev, pbx, now),
         ShardInput::Health(n) => core.apply_health(n, now),
+        ShardInput::PresenceDoc(d) => core.set_presence_document(&d.extension, d.body, now),
     };
     loop {
         let wake = core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -530,13 +552,28 @@ async fn shard_loop(mut core: B2bua, mut inbox: tokio::sync::mpsc::Receiver<Shar
 
 /// Presence (table, PBX subscriptions, Graph publisher with its store) and the admin server, as
 /// configured. Returns the presence task and the admin server task.
-async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Result<(Option<PresenceService>, Option<tokio::task::JoinHandle<()>>), String> {
+/// What `start_presence` started: the presence task, the admin server, and the Teams -> PBX
+/// presence documents for the signalling shards.
+type Started = (Option<PresenceService>, Option<tokio::task::JoinHandle<()>>, Option<tokio::sync::mpsc::Receiver<PresenceDoc>>);
+
+/// The webhook's client state (Graph echoes it in every notification), when configured.
+fn webhook_client_state(cfg: &config::Config) -> Result<Option<drbridge::presence::graph::Secret>, String> {
+    let a = &cfg.admin;
+    let file = cfg.source.display();
+    match SecretSource::from_parts(a.webhook_client_state_file.as_ref(), a.webhook_client_state_env.as_deref()) {
+        Some(src) => src.load().map(Some).map_err(|e| format!("{file}: admin.webhook_client_state_file: {e}")),
+        None => Ok(None),
+    }
+}
+
+async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Result<Started, String> {
     let file = cfg.source.display().to_string();
     let mut registry = prometheus_client::registry::Registry::default();
     if cfg.media.enabled {
         media_metrics.register(&mut registry);
     }
     let mut presence = None;
+    let mut teams: Option<teams_sync::TeamsSync> = None;
     let mut view: Arc<dyn drbridge::admin::PresenceView> = Arc::new(drbridge::admin::NoPresence);
     if cfg.presence.enabled {
         let p = &cfg.presence;
@@ -578,7 +615,45 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
         let ids = Arc::new(std::sync::Mutex::new(cached_object_ids(&dir, &*store)));
         tokio::spawn(resolve_object_ids(dir.clone(), store.clone(), graph.clone(), ids.clone()));
         let metrics = PublishMetrics::register(&mut registry);
-        let publishing = publish::spawn(publisher, Arc::new(DirectorySink { graph, object_ids: ids }), p.queue, metrics);
+        let publishing = publish::spawn(publisher, Arc::new(DirectorySink { graph: graph.clone(), object_ids: ids.clone() }), p.queue, metrics);
+        let t = &p.teams_to_pbx;
+        if t.enabled {
+            let client_state = webhook_client_state(cfg)?.ok_or_else(|| format!("{file}: admin.webhook_client_state_file: required with presence.teams_to_pbx"))?;
+            let mut monitors = Vec::new();
+            for (i, m) in t.monitors.iter().enumerate() {
+                let token = SecretSource::File(m.refresh_token_file.clone()).load().map_err(|e| format!("{file}: presence.teams_to_pbx.monitors[{i}].refresh_token_file: {e}"))?;
+                graph.add_monitor(&m.upn, token).await;
+                monitors.push((m.upn.clone(), m.refresh_token_file.clone()));
+            }
+            let publisher = publishing.core.clone();
+            let published: teams_sync::PublishedFn = Arc::new(move |user: &drbridge::presence::UserId| {
+                let p = publisher.lock().ok()?.published(user.as_str())?;
+                Some((p.availability().to_string(), p.activity().to_string()))
+            });
+            let watch = WatchConfig {
+                monitors: t.monitors.iter().map(|m| m.upn.clone()).collect(),
+                users_per_subscription: t.users_per_subscription,
+                lifetime: Duration::from_secs(t.subscription_minutes * 60),
+                resync_interval: Duration::from_secs(t.resync_minutes * 60),
+                ..WatchConfig::default()
+            };
+            let sync = teams_sync::spawn(
+                TeamsSyncSetup {
+                    watch,
+                    graph: graph.clone(),
+                    directory: dir.clone(),
+                    object_ids: ids.clone(),
+                    notification_url: t.notification_url.clone(),
+                    client_state,
+                    monitors,
+                    entity_host: cfg.pbx.domain.clone(),
+                    published,
+                },
+                4096,
+            );
+            tracing::info!(monitors = t.monitors.len(), "Teams -> PBX presence enabled");
+            teams = Some(sync);
+        }
         let svc = service::spawn(
             PresenceSetup {
                 directory: dir,
@@ -591,11 +666,13 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
         );
         let table = svc.table.clone();
         let core = publishing.core.clone();
+        let statuses = teams.as_ref().map(|t| t.statuses.clone());
         view = Arc::new(move |user: &str| {
             let id = drbridge::presence::UserId::new(user);
             let v = table.lock().ok()?.view(&id)?;
             let published = core.lock().ok().and_then(|c| c.user_view(id.as_str(), Instant::now()));
-            Some(serde_json::json!({ "user": v, "graph": published }))
+            let from_teams = statuses.as_ref().and_then(|s| s.lock().ok()?.get(id.as_str()).cloned());
+            Some(serde_json::json!({ "user": v, "graph": published, "teams": from_teams }))
         });
         tracing::info!(users = %users.display(), "presence to Teams enabled");
         presence = Some(svc);
@@ -607,10 +684,7 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
             .ok_or_else(|| format!("{file}: admin.token_file: set token_file or token_env"))?
             .load()
             .map_err(|e| format!("{file}: admin.token_file: {e}"))?;
-        let client_state = match &a.webhook_client_state_file {
-            Some(f) => Some(SecretSource::File(f.clone()).load().map_err(|e| format!("{file}: admin.webhook_client_state_file: {e}"))?),
-            None => None,
-        };
+        let client_state = webhook_client_state(cfg)?;
         let (ingest_tx, mut ingest_rx) = tokio::sync::mpsc::channel::<drbridge::admin::IngestEvent>(1024);
         let (webhook_tx, mut webhook_rx) = tokio::sync::mpsc::channel::<drbridge::admin::GraphNotification>(1024);
         let metrics = drbridge::admin::AdminMetrics::register(&mut registry);
@@ -629,10 +703,16 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
                 }
             }
         });
+        let to_teams_sync = teams.as_ref().map(|t| t.notes.clone());
         tokio::spawn(async move {
-            // Teams -> PBX presence (Graph change notifications) is not mapped yet: counted and logged.
             while let Some(n) = webhook_rx.recv().await {
-                tracing::debug!(subscription = %n.subscription_id, "Graph notification");
+                tracing::debug!(subscription = %n.subscription_id, lifecycle = ?n.lifecycle_event, "Graph notification");
+                if let Some(tx) = &to_teams_sync {
+                    let note = WebhookNote { subscription_id: n.subscription_id, resource: n.resource, lifecycle: n.lifecycle_event };
+                    if tx.try_send(note).is_err() {
+                        tracing::warn!("Teams presence queue full: Graph notification dropped (the next resync repairs it)");
+                    }
+                }
             }
         });
         admin_task = Some(tokio::spawn(async move {
@@ -641,7 +721,8 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
             }
         }));
     }
-    Ok((presence, admin_task))
+    let docs = teams.map(|t| t.docs);
+    Ok((presence, admin_task, docs))
 }
 
 /// Where the PBX trunk is, to tell which side a message came from.

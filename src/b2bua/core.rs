@@ -3,6 +3,7 @@
 
 use super::build::{self, add_identity, contact, new_tag, number_of, number_of_uri, party_uri, via};
 use super::interwork::{carry_headers, normalize};
+use super::notifier::{Notifier, SubscribeOutcome, WatchKey};
 use super::subscribe::{response_expires, SubscriptionDialog, SubscriptionEvent};
 use super::shard::Shard;
 use super::{CallEvent, CoreConfig, Dialplan, EndReason, HealthNote, Hop, Side, Transmit};
@@ -232,6 +233,10 @@ pub struct B2bua {
     subs: HashMap<u64, SubscriptionDialog>,
     subs_by_dialog: HashMap<(String, String), u64>,
     sub_events: VecDeque<SubscriptionEvent>,
+    /// PBX-side watchers of Teams presence (None: SUBSCRIBEs get 405).
+    notifier: Option<Notifier>,
+    /// NOTIFYs in flight to those watchers.
+    notify_ctx: HashMap<ClientTxnId, WatchKey>,
     teams_profile: CodecProfile,
     pbx_profile: CodecProfile,
     pub stats: Stats,
@@ -300,6 +305,8 @@ impl B2bua {
             subs: HashMap::new(),
             subs_by_dialog: HashMap::new(),
             sub_events: VecDeque::new(),
+            notifier: None,
+            notify_ctx: HashMap::new(),
             teams_profile: CodecProfile::teams(),
             pbx_profile: CodecProfile::pbx_default(),
             stats: Stats::default(),
@@ -331,6 +338,81 @@ impl B2bua {
         self.shard = shard;
         self.keepalive = keepalive;
         self
+    }
+
+    /// Serves PBX-side SUBSCRIBEs to the presence of these extensions (Teams -> PBX presence),
+    /// at most `max_watchers` at once on this core. Documents come from [`Self::set_presence_document`].
+    pub fn with_presence_notifier(mut self, extensions: impl IntoIterator<Item = String>, max_watchers: usize) -> B2bua {
+        self.notifier = Some(Notifier::new(extensions, max_watchers));
+        self
+    }
+
+    /// The presence document (PIDF) of `extension` for its PBX-side watchers; `None` when there
+    /// is nothing to say. Every watcher of it is NOTIFYed (one NOTIFY in flight per watcher).
+    pub fn set_presence_document(&mut self, extension: &str, doc: Option<Bytes>, now: Instant) {
+        let Some(n) = self.notifier.as_mut() else { return };
+        for key in n.set_document(extension, doc) {
+            self.send_watcher_notify(&key, None, now);
+        }
+    }
+
+    /// PBX-side presence subscriptions held by this core.
+    pub fn presence_watchers(&self) -> usize {
+        self.notifier.as_ref().map_or(0, Notifier::len)
+    }
+
+    fn send_watcher_notify(&mut self, key: &WatchKey, terminated: Option<&str>, now: Instant) {
+        let Some(n) = self.notifier.as_mut() else { return };
+        let Some((req, hop)) = n.notify(&self.cfg, key, terminated, now) else { return };
+        let rel = reliable(&hop.peer);
+        match self.txns.send_request(req, hop, rel, now) {
+            Ok(ctx) => {
+                if terminated.is_none() {
+                    self.notify_ctx.insert(ctx, key.clone());
+                }
+            }
+            Err(_) => {
+                if let Some(n) = self.notifier.as_mut() {
+                    n.notify_done(key, 503);
+                }
+            }
+        }
+    }
+
+    fn watcher_notify_result(&mut self, ctx: ClientTxnId, status: u16, now: Instant) {
+        let Some(key) = self.notify_ctx.remove(&ctx) else { return };
+        if self.notifier.as_mut().is_some_and(|n| n.notify_done(&key, status)) {
+            self.send_watcher_notify(&key, None, now);
+        }
+    }
+
+    /// A SUBSCRIBE from the PBX side: out of dialog (`key` None) or a refresh in a watcher's dialog.
+    fn watcher_subscribe(&mut self, stx: ServerTxnId, req: &Request, peer: Peer, key: Option<WatchKey>, now: Instant) {
+        let hop = self.hop_from(peer);
+        let Some(n) = self.notifier.as_mut() else { return self.respond(stx, req, 405, Side::Pbx, now) };
+        let outcome = match &key {
+            None => n.subscribe(req, hop, now),
+            Some(k) => n.refresh(k, req, now),
+        };
+        let (key, expires, terminated) = match outcome {
+            SubscribeOutcome::Refuse(status, extra) => {
+                let mut r = req.response(status, Some(&new_tag()));
+                for (name, v) in extra {
+                    r.headers.push(name, v);
+                }
+                add_identity(&self.cfg, Side::Pbx, &mut r.headers, false);
+                let _ = self.txns.send_response(stx, &r, now);
+                return;
+            }
+            SubscribeOutcome::Accept { key, expires } => (key, expires, None),
+            SubscribeOutcome::Ended { key } => (key, 0, Some("timeout")),
+        };
+        let mut r = req.response(200, if req.to_tag().is_some() { None } else { Some(&key.1) });
+        r.headers.push("Expires", expires.to_string());
+        r.headers.push("Contact", contact(&self.cfg, Side::Pbx, None));
+        add_identity(&self.cfg, Side::Pbx, &mut r.headers, false);
+        let _ = self.txns.send_response(stx, &r, now);
+        self.send_watcher_notify(&key, terminated, now);
     }
 
     /// The next OPTIONS result this core applied, for the other shards.
@@ -481,6 +563,9 @@ impl B2bua {
         if let Some((at, _)) = self.wakeups.peek() {
             consider(at);
         }
+        if let Some(at) = self.notifier.as_ref().and_then(Notifier::next_expiry) {
+            consider(at);
+        }
         if self.keepalive {
             for p in &self.proxies {
                 consider(p.next_options);
@@ -520,6 +605,9 @@ impl B2bua {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.txns.handle_timeout(now);
         self.drain_txn_events(now);
+        for key in self.notifier.as_ref().map(|n| n.expired(now)).unwrap_or_default() {
+            self.send_watcher_notify(&key, Some("timeout"), now);
+        }
         while let Some((at, cid)) = self.wakeups.peek() {
             if at > now {
                 break;
@@ -596,6 +684,14 @@ impl B2bua {
             match self.dialog(req.call_id().unwrap_or(""), tag) {
                 Some((cid, lid)) => self.in_dialog(cid, lid, stx, req, now),
                 None if side == Side::Pbx && self.subscription_notify(stx, &req, now) => {}
+                None if side == Side::Pbx && self.notifier.as_ref().is_some_and(|n| n.owns(&(req.call_id().unwrap_or("").to_string(), tag.to_string()))) => {
+                    let key = (req.call_id().unwrap_or("").to_string(), tag.to_string());
+                    if req.method == Method::Subscribe {
+                        self.watcher_subscribe(stx, &req, peer, Some(key), now);
+                    } else {
+                        self.respond(stx, &req, 405, side, now);
+                    }
+                }
                 None => self.respond(stx, &req, 481, side, now),
             }
             return;
@@ -611,6 +707,7 @@ impl B2bua {
                 let _ = self.txns.send_response(stx, &r, now);
             }
             Method::Ack => {}
+            Method::Subscribe if side == Side::Pbx && self.notifier.is_some() => self.watcher_subscribe(stx, &req, peer, None, now),
             Method::Register | Method::Subscribe | Method::Publish => self.respond(stx, &req, 405, side, now),
             _ => self.respond(stx, &req, 481, side, now),
         }
@@ -1163,6 +1260,12 @@ impl B2bua {
             }
             return;
         }
+        if self.notify_ctx.contains_key(&ctx) {
+            if resp.status >= 200 {
+                self.watcher_notify_result(ctx, resp.status, now);
+            }
+            return;
+        }
         if let Some((_, Purpose::Subscribe(id))) = self.ctx.get(&ctx).cloned() {
             if resp.status >= 200 {
                 self.ctx.remove(&ctx);
@@ -1628,6 +1731,9 @@ impl B2bua {
     /// A client transaction ended without a final response: `status` is 408 (timeout) or 503
     /// (transport error).
     fn client_timeout(&mut self, ctx: ClientTxnId, status: u16, now: Instant) {
+        if self.notify_ctx.contains_key(&ctx) {
+            return self.watcher_notify_result(ctx, status, now);
+        }
         if let Some(p) = self.options.remove(&ctx) {
             match p {
                 Some(i) => {

@@ -12,6 +12,7 @@
 mod build;
 mod core;
 mod interwork;
+mod notifier;
 pub mod shard;
 mod subscribe;
 

@@ -4,6 +4,7 @@ use super::*;
 use crate::sip::msg::{parse_datagram, Limits, Message, Request, Response};
 use crate::sip::transport::{Peer, Proto};
 use std::time::{Duration, Instant};
+use bytes::Bytes;
 
 struct Plan;
 impl Dialplan for Plan {
@@ -893,4 +894,180 @@ fn sharded_cores_keep_their_call_ids_and_share_trunk_health() {
     let inv = w.requests(crate::sip::msg::Method::Invite);
     assert_eq!(inv[0].0.peer.addr, "52.112.0.2:5061".parse().unwrap());
     assert_eq!(shard_of(inv[0].1.call_id().unwrap(), 2), 1);
+}
+
+// ------------------------------------------------------------------ presence notifier (Teams -> PBX)
+
+fn watcher_world() -> World {
+    let now = Instant::now();
+    let mut core = B2bua::new(cfg(), Box::new(Plan), now).with_presence_notifier(["4711".to_string()], 3);
+    core.handle_timeout(now);
+    let mut w = World { core, now, sent: vec![] };
+    w.flush();
+    w.sent.clear();
+    w
+}
+
+fn pbx_subscribe(ext: &str, branch: &str, to_tag: Option<&str>, cseq: u32, event: &str, expires: &str) -> String {
+    let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+    format!(
+        "SUBSCRIBE sip:{ext}@10.9.9.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-{branch}
+Max-Forwards: 70
+From: <sip:blf@10.9.9.9>;tag=w1
+To: <sip:{ext}@10.9.9.1>{to_tag}
+Call-ID: watch-{ext}@10.9.9.9
+CSeq: {cseq} SUBSCRIBE
+Contact: <sip:blf@10.9.9.9:5080>
+Event: {event}
+Accept: application/pidf+xml
+Expires: {expires}
+Content-Length: 0
+
+"
+    )
+}
+
+fn final_response(sent: &[(Hop, Message)]) -> Response {
+    sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status >= 200 => Some(r.clone()), _ => None }).expect("a final response")
+}
+
+fn notifies(sent: &[(Hop, Message)]) -> Vec<(Hop, Request)> {
+    sent.iter().filter_map(|(h, m)| match m { Message::Request(r) if r.method == crate::sip::msg::Method::Notify => Some((h.clone(), r.clone())), _ => None }).collect()
+}
+
+fn answer(w: &mut World, req: &Request, status: u16) {
+    let r = req.response(status, None);
+    w.core.handle_message(Message::Response(r), Peer { proto: Proto::Udp, addr: PBX.parse().unwrap() }, Side::Pbx, w.now);
+    w.flush();
+}
+
+/// A PBX-side watcher subscribes to 4711's presence: 200 with the granted Expires and our tag,
+/// an immediate NOTIFY in that dialog, then one NOTIFY per change; changes while a NOTIFY is in
+/// flight are folded into one with the latest document.
+#[test]
+fn pbx_watcher_gets_notifies_with_the_latest_document() {
+    let mut w = watcher_world();
+    w.from_pbx(&pbx_subscribe("4711", "s1", None, 1, "presence", "600"));
+    let sent = w.take();
+    let ok = final_response(&sent);
+    assert_eq!((ok.status, ok.headers.get("Expires")), (200, Some("600")));
+    let tag = ok.to_tag().expect("our tag").to_string();
+    let n = notifies(&sent);
+    assert_eq!(n.len(), 1, "the initial NOTIFY");
+    let (hop, first) = &n[0];
+    assert_eq!(hop.peer.addr, PBX.parse().unwrap());
+    assert_eq!(first.uri.as_str(), "sip:blf@10.9.9.9:5080", "to the watcher's Contact");
+    assert_eq!(first.headers.get("Event"), Some("presence"));
+    assert_eq!(first.headers.get("Subscription-State"), Some("active;expires=600"));
+    assert_eq!(first.from_hdr().and_then(|f| f.tag().map(str::to_string)), Some(tag.clone()));
+    assert_eq!(first.call_id(), Some("watch-4711@10.9.9.9"));
+    assert!(first.body.is_empty(), "nothing known yet");
+    answer(&mut w, first, 200);
+
+    w.core.set_presence_document("4711", Some(Bytes::from_static(b"<presence>busy</presence>")), w.now);
+    w.flush();
+    let n = notifies(&w.take());
+    assert_eq!(n.len(), 1);
+    assert_eq!(&n[0].1.body[..], b"<presence>busy</presence>");
+    assert_eq!(n[0].1.content_type(), Some("application/pidf+xml"));
+    assert_eq!(n[0].1.cseq().unwrap().seq, 2);
+    // two more changes while that NOTIFY is unanswered: held back
+    w.core.set_presence_document("4711", Some(Bytes::from_static(b"<presence>away</presence>")), w.now);
+    w.core.set_presence_document("4711", Some(Bytes::from_static(b"<presence>dnd</presence>")), w.now);
+    w.flush();
+    assert!(notifies(&w.take()).is_empty(), "one NOTIFY in flight per watcher");
+    answer(&mut w, &n[0].1, 200);
+    let n = notifies(&w.take());
+    assert_eq!(n.len(), 1, "the latest document once the NOTIFY in flight completed");
+    assert_eq!(&n[0].1.body[..], b"<presence>dnd</presence>");
+    answer(&mut w, &n[0].1, 200);
+    // the same document again: no NOTIFY
+    w.core.set_presence_document("4711", Some(Bytes::from_static(b"<presence>dnd</presence>")), w.now);
+    w.flush();
+    assert!(notifies(&w.take()).is_empty());
+    assert_eq!(w.core.presence_watchers(), 1);
+}
+
+#[test]
+fn pbx_watcher_refusals() {
+    let mut w = watcher_world();
+    let status = |w: &mut World, text: String| {
+        w.from_pbx(&text);
+        let sent = w.take();
+        assert!(notifies(&sent).is_empty());
+        final_response(&sent)
+    };
+    assert_eq!(status(&mut w, pbx_subscribe("4799", "r1", None, 1, "presence", "600")).status, 404, "not an extension presence named");
+    let r = status(&mut w, pbx_subscribe("4711", "r2", None, 1, "dialog", "600"));
+    assert_eq!((r.status, r.headers.get("Allow-Events")), (489, Some("presence")));
+    let r = status(&mut w, pbx_subscribe("4711", "r3", None, 1, "presence", "30"));
+    assert_eq!((r.status, r.headers.get("Min-Expires")), (423, Some("60")));
+    w.from_pbx(&pbx_subscribe("4711", "r4", None, 1, "presence", "7200"));
+    let sent = w.take();
+    assert_eq!(final_response(&sent).headers.get("Expires"), Some("3600"), "cut to an hour");
+    answer(&mut w, &notifies(&sent)[0].1, 200);
+    // max_watchers is 3
+    for i in 0..2 {
+        w.from_pbx(&pbx_subscribe("4711", &format!("m{i}"), None, 1, "presence;id=x", "600").replace("watch-4711", &format!("watch{i}")));
+        let sent = w.take();
+        assert_eq!(final_response(&sent).status, 200);
+        answer(&mut w, &notifies(&sent)[0].1, 200);
+    }
+    let r = status(&mut w, pbx_subscribe("4711", "m9", None, 1, "presence", "600").replace("watch-4711", "watch9"));
+    assert_eq!((r.status, r.headers.get("Retry-After")), (503, Some("30")));
+    // a watcher's SUBSCRIBE from the Teams side is not served
+    w.core.set_presence_document("4711", Some(Bytes::from_static(b"x")), w.now);
+    w.flush();
+    assert_eq!(notifies(&w.take()).len(), 3);
+}
+
+/// Refresh, unsubscribe (Expires: 0 -> final NOTIFY terminated), and a SUBSCRIBE in the ended
+/// dialog answered 481; a subscription not refreshed ends at its expiry; a NOTIFY answered 481
+/// ends it silently.
+#[test]
+fn pbx_watcher_refresh_unsubscribe_expiry_and_481() {
+    let mut w = watcher_world();
+    w.from_pbx(&pbx_subscribe("4711", "a1", None, 1, "presence", "600"));
+    let sent = w.take();
+    let tag = final_response(&sent).to_tag().unwrap().to_string();
+    answer(&mut w, &notifies(&sent)[0].1, 200);
+    w.advance(Duration::from_secs(500));
+    w.from_pbx(&pbx_subscribe("4711", "a2", Some(&tag), 2, "presence", "600"));
+    let sent = w.take();
+    assert_eq!(final_response(&sent).headers.get("Expires"), Some("600"));
+    let n = notifies(&sent);
+    assert_eq!(n[0].1.headers.get("Subscription-State"), Some("active;expires=600"), "the refresh re-arms the expiry");
+    answer(&mut w, &n[0].1, 200);
+    w.advance(Duration::from_secs(500));
+    assert!(notifies(&w.take()).is_empty(), "refreshed: not expired at 1000 s");
+    w.from_pbx(&pbx_subscribe("4711", "a3", Some(&tag), 3, "presence", "0"));
+    let sent = w.take();
+    assert_eq!(final_response(&sent).headers.get("Expires"), Some("0"));
+    let last = notifies(&sent).remove(0).1;
+    assert_eq!(last.headers.get("Subscription-State"), Some("terminated;reason=timeout"));
+    answer(&mut w, &last, 200);
+    assert_eq!(w.core.presence_watchers(), 0);
+    w.from_pbx(&pbx_subscribe("4711", "a4", Some(&tag), 4, "presence", "600"));
+    assert_eq!(final_response(&w.take()).status, 481);
+
+    // expiry
+    w.from_pbx(&pbx_subscribe("4711", "b1", None, 1, "presence", "60").replace("watch-4711", "watch-b"));
+    let first = notifies(&w.take()).remove(0).1;
+    answer(&mut w, &first, 200);
+    w.advance(Duration::from_secs(61));
+    let mut n = notifies(&w.take());
+    n.dedup_by_key(|(_, r)| r.cseq().map(|c| c.seq)); // retransmitted over UDP, never answered here
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].1.headers.get("Subscription-State"), Some("terminated;reason=timeout"));
+    assert_eq!(w.core.presence_watchers(), 0);
+
+    // 481 to a NOTIFY
+    w.from_pbx(&pbx_subscribe("4711", "c1", None, 1, "presence", "600").replace("watch-4711", "watch-c"));
+    let first = notifies(&w.take()).remove(0).1;
+    answer(&mut w, &first, 481);
+    assert_eq!(w.core.presence_watchers(), 0, "the watcher is gone");
+    w.core.set_presence_document("4711", Some(Bytes::from_static(b"y")), w.now);
+    w.flush();
+    assert!(notifies(&w.take()).is_empty());
 }

@@ -453,6 +453,57 @@ pub struct Presence {
     pub retry_max_secs: u64,
     /// Capacity of the queue of desired states into the publisher.
     pub queue: usize,
+    /// `[presence.teams_to_pbx]`: Teams presence back to the PBX side.
+    pub teams_to_pbx: TeamsToPbx,
+}
+
+/// `[presence.teams_to_pbx]`: each user's Teams presence, watched through Graph change
+/// notifications (subscriptions held by "presence monitor" accounts with a delegated token:
+/// Graph offers presence subscriptions to delegated permissions only), NOTIFYed to PBX-side
+/// SUBSCRIBEs (`Event: presence`) as PIDF.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeamsToPbx {
+    /// Off by default. Needs `presence.enabled` and `[admin]` with a webhook client state.
+    pub enabled: bool,
+    /// The https URL Graph POSTs change notifications to: this server's `/graph/webhook`
+    /// published through a TLS reverse proxy. Required when enabled.
+    pub notification_url: String,
+    /// The presence monitor accounts, each watching up to `users_per_subscription` users.
+    pub monitors: Vec<Monitor>,
+    /// Users per Graph subscription (1..=650). Default 650.
+    pub users_per_subscription: usize,
+    /// Lifetime asked for a subscription, minutes (5..=60; Graph caps presence at 60). Default 55.
+    pub subscription_minutes: u64,
+    /// Every user's Teams presence is fetched again this often, minutes (1..=1440). Default 15.
+    pub resync_minutes: u64,
+    /// Most PBX-side presence subscriptions per signalling shard (1..=1000000). Default 10000.
+    pub max_watchers: usize,
+}
+
+/// `[[presence.teams_to_pbx.monitors]]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitor {
+    /// The monitor account (UPN), licensed for Teams, not an administrator.
+    pub upn: String,
+    /// File whose first line is the monitor's refresh token (delegated Presence.Read.All and
+    /// offline_access). drbridge writes the rotated token back into it. Never logged.
+    pub refresh_token_file: PathBuf,
+}
+
+impl Default for TeamsToPbx {
+    fn default() -> Self {
+        TeamsToPbx {
+            enabled: false,
+            notification_url: String::new(),
+            monitors: Vec::new(),
+            users_per_subscription: 650,
+            subscription_minutes: 55,
+            resync_minutes: 15,
+            max_watchers: 10_000,
+        }
+    }
 }
 
 impl Default for Presence {
@@ -478,6 +529,7 @@ impl Default for Presence {
             retry_initial_ms: 1000,
             retry_max_secs: 300,
             queue: 4096,
+            teams_to_pbx: TeamsToPbx::default(),
         }
     }
 }
@@ -797,6 +849,9 @@ fn resolve_paths(cfg: &mut Config, base: &Path) {
     {
         *p = resolve(base, p);
     }
+    for m in &mut cfg.presence.teams_to_pbx.monitors {
+        m.refresh_token_file = resolve(base, &m.refresh_token_file);
+    }
 }
 
 type Invalid = (String, String);
@@ -1091,6 +1146,32 @@ fn validate_presence(p: &Presence) -> Result<(), Invalid> {
     if p.enabled && p.users_file.is_none() {
         return Err(bad("presence.users_file", "required when presence.enabled = true"));
     }
+    let t = &p.teams_to_pbx;
+    range_check("presence.teams_to_pbx.users_per_subscription", t.users_per_subscription as u64, 1, 650, "users; Graph takes at most 650 per subscription")?;
+    range_check("presence.teams_to_pbx.subscription_minutes", t.subscription_minutes, 5, 60, "minutes; Graph caps presence subscriptions at 60")?;
+    range_check("presence.teams_to_pbx.resync_minutes", t.resync_minutes, 1, 1440, "minutes")?;
+    range_check("presence.teams_to_pbx.max_watchers", t.max_watchers as u64, 1, 1_000_000, "subscriptions")?;
+    if t.enabled {
+        if !p.enabled {
+            return Err(bad("presence.teams_to_pbx.enabled", "needs presence.enabled = true"));
+        }
+        let url = t.notification_url.trim();
+        if url.is_empty() {
+            return Err(bad("presence.teams_to_pbx.notification_url", "required when presence.teams_to_pbx.enabled = true"));
+        }
+        check_base_url("presence.teams_to_pbx.notification_url", url)?;
+        if t.monitors.is_empty() {
+            return Err(bad("presence.teams_to_pbx.monitors", "at least one monitor is required when presence.teams_to_pbx.enabled = true"));
+        }
+    }
+    for (i, m) in t.monitors.iter().enumerate() {
+        if !m.upn.contains('@') || m.upn.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '?' | '#')) {
+            return Err(bad(format!("presence.teams_to_pbx.monitors[{i}].upn"), format!("{:?} is not a user principal name", m.upn)));
+        }
+        if let Some(j) = t.monitors[..i].iter().position(|o| o.upn.eq_ignore_ascii_case(&m.upn)) {
+            return Err(bad(format!("presence.teams_to_pbx.monitors[{i}].upn"), format!("duplicates presence.teams_to_pbx.monitors[{j}]")));
+        }
+    }
     Ok(())
 }
 
@@ -1159,6 +1240,20 @@ fn check_files(cfg: &Config, teams_files: bool) -> Result<(), ConfigError> {
         if let (true, Some(f)) = (on, file) {
             if !f.is_file() {
                 return Err(err(key, format!("file not found: {}", f.display())));
+            }
+        }
+    }
+    let t = &cfg.presence.teams_to_pbx;
+    if t.enabled {
+        if !cfg.admin.enabled {
+            return Err(err("presence.teams_to_pbx.enabled", "needs [admin] enabled (Graph posts to its /graph/webhook)".into()));
+        }
+        if cfg.admin.webhook_client_state_file.is_none() && cfg.admin.webhook_client_state_env.is_none() {
+            return Err(err("admin.webhook_client_state_file", "required with presence.teams_to_pbx (Graph notifications are checked against it)".into()));
+        }
+        for (i, m) in t.monitors.iter().enumerate() {
+            if !m.refresh_token_file.is_file() {
+                return Err(err(&format!("presence.teams_to_pbx.monitors[{i}].refresh_token_file"), format!("file not found: {}", m.refresh_token_file.display())));
             }
         }
     }

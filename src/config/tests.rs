@@ -418,3 +418,37 @@ fn admin_rules() {
     let e = parse_str(&text, &path, LoadOptions { check_files: true }).unwrap_err();
     assert_eq!(e.key, "admin.token_file", "{e}");
 }
+
+#[test]
+fn teams_to_pbx_rules() {
+    let base = r#"
+[presence]
+enabled = true
+users_file = "users.toml"
+tenant = "contoso.example"
+client_id = "c1"
+client_secret_env = "X"
+"#;
+    let with = |t: &str| format!("{MINIMAL}{base}\n[presence.teams_to_pbx]\n{t}");
+    let ok = "enabled = true\nnotification_url = \"https://sbc.example.com/graph/webhook\"\n[[presence.teams_to_pbx.monitors]]\nupn = \"mon1@contoso.example\"\nrefresh_token_file = \"m1.token\"";
+    let c = parse(&with(ok)).unwrap();
+    let t = &c.presence.teams_to_pbx;
+    assert_eq!((t.users_per_subscription, t.subscription_minutes, t.max_watchers), (650, 55, 10_000));
+    assert_eq!(t.monitors[0].refresh_token_file, Path::new("config/m1.token"), "relative to the config file");
+    let e = err(&with("enabled = true\n[[presence.teams_to_pbx.monitors]]\nupn = \"mon1@contoso.example\"\nrefresh_token_file = \"m1.token\""));
+    assert_eq!(e, "config/x.toml: presence.teams_to_pbx.notification_url: required when presence.teams_to_pbx.enabled = true");
+    let e = err(&with("enabled = true\nnotification_url = \"https://sbc.example.com/graph/webhook\""));
+    assert!(e.starts_with("config/x.toml: presence.teams_to_pbx.monitors: at least one monitor"), "{e}");
+    let e = err(&with(&ok.replace("mon1@contoso.example", "not a upn")));
+    assert!(e.starts_with("config/x.toml: presence.teams_to_pbx.monitors[0].upn:"), "{e}");
+    let e = err(&with(&format!("{ok}\n[[presence.teams_to_pbx.monitors]]\nupn = \"MON1@contoso.example\"\nrefresh_token_file = \"m2.token\"")));
+    assert_eq!(e, "config/x.toml: presence.teams_to_pbx.monitors[1].upn: duplicates presence.teams_to_pbx.monitors[0]");
+    let e = err(&with(&format!("users_per_subscription = 651\n{ok}")));
+    assert!(e.starts_with("config/x.toml: presence.teams_to_pbx.users_per_subscription: 651 is out of range"), "{e}");
+    let e = err(&with(&format!("subscription_minutes = 90\n{ok}")));
+    assert!(e.starts_with("config/x.toml: presence.teams_to_pbx.subscription_minutes: 90 is out of range"), "{e}");
+    let e = err(&with(&ok.replace("https://sbc.example.com/graph/webhook", "sbc.example.com/hook")));
+    assert!(e.starts_with("config/x.toml: presence.teams_to_pbx.notification_url:"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[presence.teams_to_pbx]\n{ok}"));
+    assert_eq!(e, "config/x.toml: presence.teams_to_pbx.enabled: needs presence.enabled = true");
+}

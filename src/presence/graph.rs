@@ -224,7 +224,7 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 
 /// An access token. `Debug` is redacted.
 #[derive(Clone)]
-pub struct AccessToken(Arc<str>);
+pub struct AccessToken(pub(super) Arc<str>);
 
 impl AccessToken {
     pub fn expose(&self) -> &str {
@@ -317,12 +317,14 @@ struct BatchItem {
 /// The Graph client. Cheap to share behind an `Arc`; token fetches are serialised so that
 /// concurrent callers share one.
 pub struct GraphClient {
-    http: reqwest::Client,
-    s: GraphSettings,
-    token_url: reqwest::Url,
+    pub(super) http: reqwest::Client,
+    pub(super) s: GraphSettings,
+    pub(super) token_url: reqwest::Url,
     graph_base: reqwest::Url,
     cache: tokio::sync::Mutex<TokenCache>,
     token_fetches: std::sync::atomic::AtomicU64,
+    /// Presence monitor accounts (delegated tokens), see `graph_watch`.
+    pub(super) monitors: super::graph_watch::Monitors,
 }
 
 impl fmt::Debug for GraphClient {
@@ -372,7 +374,15 @@ impl GraphClient {
             .user_agent(concat!("drbridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GraphError::Setup(e.to_string()))?;
-        Ok(GraphClient { http, s, token_url, graph_base, cache: tokio::sync::Mutex::new(TokenCache::default()), token_fetches: 0.into() })
+        Ok(GraphClient {
+            http,
+            s,
+            token_url,
+            graph_base,
+            cache: tokio::sync::Mutex::new(TokenCache::default()),
+            token_fetches: 0.into(),
+            monitors: Default::default(),
+        })
     }
 
     pub fn settings(&self) -> &GraphSettings {
@@ -432,7 +442,7 @@ impl GraphClient {
         self.cache.lock().await.invalidate();
     }
 
-    fn url(&self, segments: &[&str]) -> reqwest::Url {
+    pub(super) fn url(&self, segments: &[&str]) -> reqwest::Url {
         let mut u = self.graph_base.clone();
         if let Ok(mut p) = u.path_segments_mut() {
             p.pop_if_empty().extend(segments);
@@ -440,7 +450,7 @@ impl GraphClient {
         u
     }
 
-    async fn send_json(&self, url: reqwest::Url, body: Option<&serde_json::Value>) -> Result<(u16, Option<Duration>, bytes::Bytes), GraphError> {
+    pub(super) async fn send_json(&self, url: reqwest::Url, body: Option<&serde_json::Value>) -> Result<(u16, Option<Duration>, bytes::Bytes), GraphError> {
         let token = self.token().await?;
         let req = match body {
             Some(b) => self.http.post(url).json(b),
@@ -456,7 +466,7 @@ impl GraphClient {
         Ok((status, retry_after, bytes))
     }
 
-    fn status_error(status: u16, retry_after: Option<Duration>, body: &[u8]) -> GraphError {
+    pub(super) fn status_error(status: u16, retry_after: Option<Duration>, body: &[u8]) -> GraphError {
         let code = serde_json::from_slice::<GraphErrorBody>(body).ok().and_then(|b| b.error).and_then(|e| e.code);
         GraphError::Status { status, retry_after, code }
     }
@@ -577,7 +587,7 @@ impl GraphClient {
     }
 }
 
-fn transport(e: reqwest::Error) -> GraphError {
+pub(super) fn transport(e: reqwest::Error) -> GraphError {
     // reqwest's error text names the URL (no credentials in it) and the cause.
     let kind = if e.is_timeout() {
         "timeout"

@@ -26,6 +26,7 @@ pub mod aggregate;
 pub mod dialoginfo;
 pub mod directory;
 pub mod graph;
+pub mod graph_watch;
 pub mod linestate;
 pub mod pidf;
 pub mod publish;
@@ -33,6 +34,8 @@ pub mod state;
 pub mod store;
 pub mod service;
 pub mod subscription;
+pub mod teams_sync;
+pub mod teams_watch;
 
 pub use aggregate::{Aggregate, Mapping};
 pub use directory::{User, UserDirectory, UserId};

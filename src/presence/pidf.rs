@@ -154,9 +154,104 @@ pub fn interpret(p: &Pidf) -> PresenceReading {
     PresenceReading { line, user }
 }
 
+/// The status names Mitel shows for a Teams-controlled user (MiCollab with bi-directional
+/// presence: Available, Busy, Do Not Disturb, Away, Be Right Back, Offline), from Graph's
+/// `availability`.
+pub fn teams_status_name(availability: &str) -> &'static str {
+    match availability {
+        "Available" | "AvailableIdle" => "Available",
+        "Busy" | "BusyIdle" => "Busy",
+        "DoNotDisturb" => "Do Not Disturb",
+        "Away" => "Away",
+        "BeRightBack" => "Be Right Back",
+        _ => "Offline",
+    }
+}
+
+/// XML text escaping for element content and attribute values.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The PIDF document (RFC 3863, RPID activities RFC 4480, data-model note RFC 4479) drbridge
+/// NOTIFYs to PBX-side watchers of `entity` for a Teams presence: `<basic>` open unless Teams
+/// says Offline/PresenceUnknown; an RPID activity (`on-the-phone` for calls, `meeting`,
+/// `busy` for Busy and Do Not Disturb, `away` for Away and Be Right Back); the person note is the
+/// Mitel status name, which is also what drbridge's own PIDF reader understands; the tuple note
+/// keeps Graph's pair for diagnostics.
+pub fn teams_document(entity: &str, availability: &str, activity: &str) -> String {
+    let name = teams_status_name(availability);
+    let basic = if name == "Offline" { "closed" } else { "open" };
+    let rpid = match (availability, activity) {
+        (_, "InACall" | "InAConferenceCall") => Some("on-the-phone"),
+        (_, "InAMeeting") => Some("meeting"),
+        ("Busy" | "BusyIdle" | "DoNotDisturb", _) => Some("busy"),
+        ("Away" | "BeRightBack", _) => Some("away"),
+        _ => None,
+    };
+    let activities = rpid.map(|a| format!("<rpid:activities><rpid:{a}/></rpid:activities>")).unwrap_or_default();
+    format!(
+        concat!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n",
+            "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" ",
+            "xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"{entity}\">\r\n",
+            "<tuple id=\"teams\"><status><basic>{basic}</basic></status><note>Teams: {avail}/{act}</note></tuple>\r\n",
+            "<dm:person id=\"p\">{activities}<dm:note>{name}</dm:note></dm:person>\r\n",
+            "</presence>\r\n"
+        ),
+        entity = escape(entity),
+        basic = basic,
+        avail = escape(availability),
+        act = escape(activity),
+        activities = activities,
+        name = name,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// drbridge's Teams documents read back as a Mitel PBX (and drbridge's own reader) means them.
+    #[test]
+    fn teams_documents_read_back() {
+        use PbxUserPresence as U;
+        let cases = [
+            ("Available", "Available", LineState::Idle, Some(U::Available)),
+            ("Busy", "InACall", LineState::InCall, Some(U::Busy)),
+            ("Busy", "InAMeeting", LineState::Idle, Some(U::Meeting)),
+            ("DoNotDisturb", "Presenting", LineState::Dnd, None),
+            ("Away", "Away", LineState::Idle, Some(U::Absent)),
+            ("BeRightBack", "BeRightBack", LineState::Idle, Some(U::Absent)),
+            ("Offline", "OffWork", LineState::Offline, None),
+            ("PresenceUnknown", "PresenceUnknown", LineState::Offline, None),
+        ];
+        for (avail, act, line, user) in cases {
+            let doc = teams_document("sip:4711@pbx.example.local", avail, act);
+            let p = parse(doc.as_bytes()).unwrap_or_else(|e| panic!("{avail}/{act}: {e}\n{doc}"));
+            assert_eq!(p.entity, "sip:4711@pbx.example.local");
+            let r = interpret(&p);
+            assert_eq!(r.line, line, "{avail}/{act}: {doc}");
+            if let Some(u) = user {
+                assert_eq!(r.user, Some(u), "{avail}/{act}: {doc}");
+            }
+        }
+        let doc = teams_document("sip:a\"<b>&@x", "Busy", "<script>");
+        assert!(doc.contains("entity=\"sip:a&quot;&lt;b&gt;&amp;@x\"") && doc.contains("Teams: Busy/&lt;script&gt;"), "{doc}");
+        assert!(parse(doc.as_bytes()).is_ok());
+    }
 
     fn read(body: &str) -> PresenceReading {
         interpret(&parse(body.as_bytes()).unwrap())

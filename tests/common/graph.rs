@@ -4,7 +4,12 @@
 //! records every request (method, path, body, arrival time, status; `$batch` items are recorded
 //! one by one as well). It can be told to answer 429 with Retry-After, 503, or to be slow.
 //!
-//! Self-contained (only axum, tokio, serde_json) so the benchmark can include it by path.
+//! The Teams -> PBX direction too: presence monitor accounts (`refresh_token` grant with
+//! rotation, delegated tokens), presence subscriptions (`POST /subscriptions` with Graph's
+//! validation request to the notification URL, `PATCH`, `DELETE`, `/reauthorize`),
+//! `getPresencesByUserId`, and change / lifecycle notifications sent on a test's request.
+//!
+//! Self-contained (only axum, tokio, serde_json, reqwest, rustls) so the benchmark can include it by path.
 #![allow(dead_code)]
 
 use axum::body::Bytes;
@@ -13,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// One request as the stub saw it.
 #[derive(Debug, Clone)]
@@ -88,6 +93,18 @@ struct State {
     sticky: Option<Fault>,
     delay: Duration,
     presence_ops: usize,
+    /// Current refresh token -> monitor UPN (lower case).
+    refresh_tokens: HashMap<String, String>,
+    /// Monitor access token -> monitor UPN (lower case).
+    monitor_tokens: HashMap<String, String>,
+    monitor_grants: usize,
+    subscriptions: Vec<StubSubscription>,
+    subscriptions_created: u64,
+    /// User-set presence (what the user chose in Teams), by object id.
+    user_presence: HashMap<String, (String, String)>,
+    /// Answers for the next subscription / getPresencesByUserId requests.
+    watch_faults: VecDeque<Fault>,
+    validation_timeout: Duration,
 }
 
 struct Inner {
@@ -96,6 +113,8 @@ struct Inner {
     client_secret: String,
     state: Mutex<State>,
     changed: tokio::sync::Notify,
+    /// Client for validation requests and notifications to webhooks.
+    http: reqwest::Client,
 }
 
 /// The running stub. Dropping it stops the server.
@@ -180,8 +199,9 @@ impl GraphStub {
             tenant: tenant.to_string(),
             client_id: client_id.to_string(),
             client_secret: client_secret.to_string(),
-            state: Mutex::new(State { expires_in: 3599, ..Default::default() }),
+            state: Mutex::new(State { expires_in: 3599, validation_timeout: VALIDATION_TIMEOUT, ..Default::default() }),
             changed: tokio::sync::Notify::new(),
+            http: plain_http_client(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind graph stub");
         let addr = listener.local_addr().expect("local addr");
@@ -288,7 +308,13 @@ async fn handle(inner: Arc<Inner>, method: Method, uri: Uri, headers: HeaderMap,
     let query = uri.query().unwrap_or("").to_string();
     let body_text = String::from_utf8_lossy(&body).into_owned();
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let (status, hdrs, value) = {
+    let (status, hdrs, value) = if method == Method::POST && path == "/v1.0/subscriptions" {
+        // Graph validates the notification URL before it answers: not under the state lock.
+        let answer = create_subscription(&inner, &body_text, auth.as_deref()).await;
+        let mut st = inner.state.lock().unwrap();
+        st.log.push(Recorded { method: method.to_string(), path: path.clone(), query, body: body_text, auth, at, status: answer.0, in_batch: false });
+        answer
+    } else {
         let mut st = inner.state.lock().unwrap();
         let answer = route(&inner, &mut st, &method, &path, &query, &body_text, auth.as_deref(), at);
         st.log.push(Recorded { method: method.to_string(), path: path.clone(), query, body: body_text, auth, at, status: answer.0, in_batch: false });
@@ -316,6 +342,9 @@ fn route(inner: &Inner, st: &mut State, method: &Method, path: &str, query: &str
         }
         let f = form_decode(body);
         let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+        if get("grant_type") == "refresh_token" {
+            return refresh_grant(inner, st, &f);
+        }
         if get("grant_type") != "client_credentials" {
             return json(400, serde_json::json!({"error": "unsupported_grant_type"}));
         }
@@ -333,6 +362,9 @@ fn route(inner: &Inner, st: &mut State, method: &Method, path: &str, query: &str
     let Some(rest) = path.strip_prefix("/v1.0") else {
         return graph_error(404, "NotFound");
     };
+    if rest == "/subscriptions" || rest.starts_with("/subscriptions/") || rest == "/communications/getPresencesByUserId" {
+        return watch_route(inner, st, method, rest, body, auth);
+    }
     // Bearer check: only the newest token is valid (unless revoked).
     let valid = auth.and_then(|a| a.strip_prefix("Bearer ")).is_some_and(|t| !st.revoked && st.tokens.last().is_some_and(|l| l == t));
     if !valid {
@@ -456,4 +488,562 @@ pub fn max_in_window(times: &[Instant], w: Duration) -> usize {
         best = best.max(hi - lo + 1);
     }
     best
+}
+
+// ---------------------------------------------------------------------------------------------
+// Teams -> PBX direction: presence monitors, subscriptions, getPresencesByUserId, notifications.
+
+/// How long Graph waits for the answer to its validation request.
+pub const VALIDATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest presence subscription Graph grants (60 minutes).
+pub const SUBSCRIPTION_MAX: Duration = Duration::from_secs(3600);
+/// Most users in one presence subscription or one getPresencesByUserId.
+pub const PRESENCE_IDS_MAX: usize = 650;
+/// How long the stub waits for a webhook to answer a notification.
+pub const NOTIFICATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A presence subscription as the stub keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StubSubscription {
+    pub id: String,
+    pub resource: String,
+    /// The user ids of the resource filter, in order.
+    pub ids: Vec<String>,
+    pub change_type: String,
+    pub notification_url: String,
+    pub lifecycle_notification_url: Option<String>,
+    pub client_state: Option<String>,
+    pub expiration: SystemTime,
+    /// UPN (lower case) of the monitor whose token created it.
+    pub monitor: String,
+    /// `POST /subscriptions/{id}/reauthorize` calls so far.
+    pub reauthorizations: u32,
+    /// A `reauthorizationRequired` lifecycle event was sent and not answered yet.
+    pub needs_reauthorization: bool,
+}
+
+impl StubSubscription {
+    pub fn expired(&self) -> bool {
+        self.expiration <= SystemTime::now()
+    }
+    pub fn covers(&self, user_id: &str) -> bool {
+        self.ids.iter().any(|i| i.eq_ignore_ascii_case(user_id))
+    }
+    fn json(&self, client_id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
+            "id": self.id,
+            "resource": self.resource,
+            "applicationId": client_id,
+            "changeType": self.change_type,
+            "clientState": self.client_state,
+            "notificationUrl": self.notification_url,
+            "lifecycleNotificationUrl": self.lifecycle_notification_url,
+            "expirationDateTime": graph_time(self.expiration),
+            "creatorId": self.monitor,
+            "includeResourceData": false,
+            "latestSupportedTlsVersion": "v1_2",
+            "notificationUrlAppId": null,
+        })
+    }
+}
+
+/// Who presented a bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Caller {
+    App,
+    Monitor(String),
+    Nobody,
+}
+
+fn caller(st: &State, auth: Option<&str>) -> Caller {
+    let Some(t) = auth.and_then(|a| a.strip_prefix("Bearer ")) else {
+        return Caller::Nobody;
+    };
+    if !st.revoked && st.tokens.last().is_some_and(|l| l == t) {
+        return Caller::App;
+    }
+    match st.monitor_tokens.get(t) {
+        Some(upn) => Caller::Monitor(upn.clone()),
+        None => Caller::Nobody,
+    }
+}
+
+fn graph_error_msg(status: u16, code: &str, message: &str) -> Answer {
+    json(status, serde_json::json!({"error": {"code": code, "message": message}}))
+}
+
+fn fault_answer(f: Fault) -> Answer {
+    let Fault::Status { status, retry_after } = f;
+    let mut a = graph_error(status, if status == 429 { "TooManyRequests" } else { "ServiceUnavailable" });
+    if let Some(s) = retry_after {
+        a.1.push(("Retry-After".into(), s.to_string()));
+    }
+    a
+}
+
+/// A GUID-looking id, unique per stub.
+fn guid(n: u64, salt: u64) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (n, salt).hash(&mut h);
+    let x = h.finish();
+    format!("{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", x >> 32, (x >> 16) & 0xffff, x & 0xfff, n & 0xfff, (x ^ n.rotate_left(17)) & 0xffff_ffff_ffff)
+}
+
+/// `grant_type=refresh_token` for a presence monitor: a delegated access token and a new
+/// refresh token; the presented one stops working (rotation).
+fn refresh_grant(inner: &Inner, st: &mut State, f: &HashMap<String, String>) -> Answer {
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    if get("client_id") != inner.client_id || get("client_secret") != inner.client_secret {
+        return json(401, serde_json::json!({"error": "invalid_client"}));
+    }
+    if !get("scope").split_whitespace().any(|s| s == "https://graph.microsoft.com/Presence.Read.All") {
+        return json(400, serde_json::json!({"error": "invalid_scope"}));
+    }
+    let Some(upn) = st.refresh_tokens.remove(get("refresh_token")) else {
+        return json(400, serde_json::json!({"error": "invalid_grant", "error_description": "AADSTS70000: The provided grant is invalid or expired."}));
+    };
+    st.monitor_grants += 1;
+    let n = st.monitor_grants;
+    let (access, refresh) = (format!("stub-monitor-token-{n}"), format!("stub-refresh-token-{n}"));
+    st.monitor_tokens.insert(access.clone(), upn.clone());
+    st.refresh_tokens.insert(refresh.clone(), upn);
+    json(
+        200,
+        serde_json::json!({
+            "token_type": "Bearer",
+            "scope": "https://graph.microsoft.com/Presence.Read.All",
+            "expires_in": st.expires_in,
+            "ext_expires_in": st.expires_in,
+            "access_token": access,
+            "refresh_token": refresh,
+        }),
+    )
+}
+
+/// The user ids of `/communications/presences?$filter=id in ('a','b')`.
+fn parse_presence_resource(r: &str) -> Option<Vec<String>> {
+    let list = r.trim_start_matches('/').strip_prefix("communications/presences?$filter=id in (")?.strip_suffix(')')?;
+    let ids: Option<Vec<String>> = list
+        .split(',')
+        .map(|q| {
+            let id = q.trim().strip_prefix('\'')?.strip_suffix('\'')?;
+            (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| id.to_string())
+        })
+        .collect();
+    ids.filter(|v| (1..=PRESENCE_IDS_MAX).contains(&v.len()))
+}
+
+/// A requested `expirationDateTime`: in the future, capped at 60 minutes from now.
+fn requested_expiration(v: &serde_json::Value) -> Result<SystemTime, Answer> {
+    let Some(exp) = v.get("expirationDateTime").and_then(|e| e.as_str()).and_then(parse_graph_time) else {
+        return Err(graph_error_msg(400, "InvalidRequest", "expirationDateTime is missing or invalid"));
+    };
+    let now = SystemTime::now();
+    if exp <= now {
+        return Err(graph_error_msg(400, "InvalidRequest", "Subscription expiration can only be 0-60 minutes in the future."));
+    }
+    Ok(exp.min(now + SUBSCRIPTION_MAX))
+}
+
+fn is_http_url(u: &str) -> bool {
+    u.starts_with("http://") || u.starts_with("https://")
+}
+
+async fn create_subscription(inner: &Arc<Inner>, body: &str, auth: Option<&str>) -> Answer {
+    let (sub, timeout) = {
+        let mut st = inner.state.lock().unwrap();
+        match caller(&st, auth) {
+            Caller::Nobody => return graph_error(401, "InvalidAuthenticationToken"),
+            Caller::App => {
+                return graph_error_msg(
+                    403,
+                    "ExtensionError",
+                    "Operation: Create; Exception: [Status Code: Forbidden; Reason: The application permission is not supported for presence subscriptions]",
+                )
+            }
+            Caller::Monitor(upn) => {
+                if let Some(f) = st.watch_faults.pop_front() {
+                    return fault_answer(f);
+                }
+                let v: serde_json::Value = match serde_json::from_str(body) {
+                    Ok(v) => v,
+                    Err(_) => return graph_error(400, "BadRequest"),
+                };
+                let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+                if s("changeType").as_deref() != Some("updated") {
+                    return graph_error_msg(400, "InvalidRequest", "changeType must be 'updated' for presence");
+                }
+                let resource = s("resource").unwrap_or_default();
+                let Some(ids) = parse_presence_resource(&resource) else {
+                    return graph_error_msg(400, "InvalidRequest", "Invalid resource filter");
+                };
+                let notification_url = s("notificationUrl").unwrap_or_default();
+                let lifecycle = s("lifecycleNotificationUrl");
+                if !is_http_url(&notification_url) || lifecycle.as_deref().is_some_and(|u| !is_http_url(u)) {
+                    return graph_error_msg(400, "InvalidRequest", "Invalid notification URL");
+                }
+                let client_state = s("clientState");
+                if client_state.as_ref().is_some_and(|c| c.len() > 128) {
+                    return graph_error_msg(400, "InvalidRequest", "clientState is longer than 128 characters");
+                }
+                let expiration = match requested_expiration(&v) {
+                    Ok(e) => e,
+                    Err(a) => return a,
+                };
+                let sub = StubSubscription {
+                    id: String::new(),
+                    resource,
+                    ids,
+                    change_type: "updated".into(),
+                    notification_url,
+                    lifecycle_notification_url: lifecycle,
+                    client_state,
+                    expiration,
+                    monitor: upn,
+                    reauthorizations: 0,
+                    needs_reauthorization: false,
+                };
+                (sub, st.validation_timeout)
+            }
+        }
+    };
+    // Graph's validation request to every notification URL.
+    let mut urls = vec![sub.notification_url.clone()];
+    if let Some(l) = &sub.lifecycle_notification_url {
+        if *l != sub.notification_url {
+            urls.push(l.clone());
+        }
+    }
+    for (k, url) in urls.iter().enumerate() {
+        let token = format!("Validation: Testing client application reachability for subscription Request-Id: {}", guid(k as u64, SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64));
+        if !validate(&inner.http, url, &token, timeout).await {
+            return graph_error_msg(400, "InvalidRequest", "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.");
+        }
+    }
+    let mut st = inner.state.lock().unwrap();
+    st.subscriptions_created += 1;
+    let mut sub = sub;
+    sub.id = guid(st.subscriptions_created, Arc::as_ptr(inner) as u64);
+    let v = sub.json(&inner.client_id);
+    st.subscriptions.push(sub);
+    json(201, v)
+}
+
+/// A reqwest client for plain-HTTP webhooks on loopback. reqwest is built without a default
+/// rustls provider, so it gets its own (ring, no roots) instead of a process-wide default.
+pub fn plain_http_client() -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder().tls_backend_preconfigured(tls).no_proxy().build().expect("stub HTTP client")
+}
+
+/// Graph's validation request: POST `url?validationToken=...`; 200 text/plain echoing the token
+/// within `timeout`.
+async fn validate(http: &reqwest::Client, url: &str, token: &str, timeout: Duration) -> bool {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let full = format!("{url}{sep}validationToken={}", percent_encode(token));
+    let attempt = async {
+        let resp = http.post(full).header("content-type", "text/plain; charset=utf-8").body("").send().await.ok()?;
+        let ok_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.to_ascii_lowercase().starts_with("text/plain"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.ok()?;
+        Some(status == 200 && ok_type && text == token)
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}
+
+fn watch_route(inner: &Inner, st: &mut State, method: &Method, rest: &str, body: &str, auth: Option<&str>) -> Answer {
+    let who = caller(st, auth);
+    if who == Caller::Nobody {
+        return graph_error(401, "InvalidAuthenticationToken");
+    }
+    if rest == "/communications/getPresencesByUserId" {
+        if method != Method::POST {
+            return graph_error(405, "MethodNotAllowed");
+        }
+        if let Some(f) = st.watch_faults.pop_front() {
+            return fault_answer(f);
+        }
+        return get_presences(st, body);
+    }
+    let monitor = match who {
+        Caller::Monitor(upn) => upn,
+        _ => return graph_error_msg(403, "ExtensionError", "Operation: Subscription; Exception: [Status Code: Forbidden; Reason: The application permission is not supported for presence subscriptions]"),
+    };
+    if let Some(f) = st.watch_faults.pop_front() {
+        return fault_answer(f);
+    }
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    let (id, action) = match parts.as_slice() {
+        ["subscriptions", id] => (percent_decode(id), None),
+        ["subscriptions", id, action] => (percent_decode(id), Some(*action)),
+        _ => return graph_error(404, "NotFound"),
+    };
+    let Some(pos) = st.subscriptions.iter().position(|s| s.id == id && !s.expired()) else {
+        return graph_error_msg(404, "ResourceNotFound", "The object was not found.");
+    };
+    if st.subscriptions[pos].monitor != monitor {
+        return graph_error_msg(403, "ExtensionError", "Operation: Subscription; Exception: [Status Code: Forbidden; Reason: Subscription belongs to another user]");
+    }
+    match (method.as_str(), action) {
+        ("PATCH", None) => {
+            let v: serde_json::Value = match serde_json::from_str(body) {
+                Ok(v) => v,
+                Err(_) => return graph_error(400, "BadRequest"),
+            };
+            match requested_expiration(&v) {
+                Ok(e) => {
+                    st.subscriptions[pos].expiration = e;
+                    json(200, st.subscriptions[pos].json(&inner.client_id))
+                }
+                Err(a) => a,
+            }
+        }
+        ("DELETE", None) => {
+            st.subscriptions.remove(pos);
+            json(204, serde_json::Value::Null)
+        }
+        ("POST", Some("reauthorize")) => {
+            let s = &mut st.subscriptions[pos];
+            s.reauthorizations += 1;
+            s.needs_reauthorization = false;
+            json(204, serde_json::Value::Null)
+        }
+        ("GET", None) => json(200, st.subscriptions[pos].json(&inner.client_id)),
+        _ => graph_error(405, "MethodNotAllowed"),
+    }
+}
+
+/// What Teams shows for a user: the user-set state beats drbridge's app session; else Offline.
+fn shown_presence(st: &State, id: &str) -> (String, String) {
+    if let Some(p) = st.user_presence.get(id) {
+        return p.clone();
+    }
+    match st.sessions.get(id) {
+        Some(s) => (s.availability.clone(), s.activity.clone()),
+        None => ("Offline".into(), "Offline".into()),
+    }
+}
+
+fn get_presences(st: &State, body: &str) -> Answer {
+    let v: serde_json::Value = match serde_json::from_str(body) {
+        Ok(v) => v,
+        Err(_) => return graph_error(400, "BadRequest"),
+    };
+    let ids: Option<Vec<&str>> = v.get("ids").and_then(|i| i.as_array()).map(|a| a.iter().filter_map(|x| x.as_str()).collect());
+    let Some(ids) = ids.filter(|ids| !ids.is_empty() && ids.len() == v["ids"].as_array().map_or(0, Vec::len)) else {
+        return graph_error_msg(400, "BadRequest", "ids must be a non-empty array of strings");
+    };
+    if ids.len() > PRESENCE_IDS_MAX {
+        return graph_error_msg(400, "BadRequest", "The maximum number of ids per request is 650");
+    }
+    let value: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| {
+            let (availability, activity) = shown_presence(st, id);
+            serde_json::json!({"id": id, "availability": availability, "activity": activity, "statusMessage": null})
+        })
+        .collect();
+    json(200, serde_json::json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(presence)", "value": value}))
+}
+
+impl GraphStub {
+    /// Registers a presence monitor (UPN) with the refresh token its `refresh_token` grant must
+    /// present; a previous refresh token of that monitor stops working.
+    pub fn add_monitor(&self, upn: &str, refresh_token: &str) {
+        let upn = upn.to_ascii_lowercase();
+        let mut st = self.st();
+        st.refresh_tokens.retain(|_, u| *u != upn);
+        st.refresh_tokens.insert(refresh_token.to_string(), upn);
+    }
+    /// The refresh token that works now for this monitor (changes on every grant).
+    pub fn monitor_refresh_token(&self, upn: &str) -> Option<String> {
+        let upn = upn.to_ascii_lowercase();
+        self.st().refresh_tokens.iter().find(|(_, u)| **u == upn).map(|(t, _)| t.clone())
+    }
+    /// Every monitor access token issued so far is refused (401); refresh tokens still work.
+    pub fn revoke_monitor_tokens(&self) {
+        self.st().monitor_tokens.clear();
+    }
+    /// Token requests with `grant_type=refresh_token`.
+    pub fn monitor_token_requests(&self) -> Vec<Recorded> {
+        self.token_requests().into_iter().filter(|r| form_decode(&r.body).get("grant_type").map(String::as_str) == Some("refresh_token")).collect()
+    }
+    /// The presence the user set in Teams (beats drbridge's app session).
+    pub fn set_user_presence(&self, user_id: &str, availability: &str, activity: &str) {
+        self.st().user_presence.insert(user_id.to_string(), (availability.to_string(), activity.to_string()));
+    }
+    pub fn clear_user_presence(&self, user_id: &str) {
+        self.st().user_presence.remove(user_id);
+    }
+    /// What getPresencesByUserId answers for this user now.
+    pub fn shown_presence(&self, user_id: &str) -> (String, String) {
+        shown_presence(&self.st(), user_id)
+    }
+    /// The next subscription / getPresencesByUserId requests get these answers.
+    pub fn push_watch_fault(&self, f: Fault) {
+        self.st().watch_faults.push_back(f);
+    }
+    /// How long the validation request may take (default [`VALIDATION_TIMEOUT`]).
+    pub fn set_validation_timeout(&self, d: Duration) {
+        self.st().validation_timeout = d;
+    }
+    /// Every subscription, expired ones included, in creation order.
+    pub fn subscriptions(&self) -> Vec<StubSubscription> {
+        self.st().subscriptions.clone()
+    }
+    pub fn subscription(&self, id: &str) -> Option<StubSubscription> {
+        self.st().subscriptions.iter().find(|s| s.id == id).cloned()
+    }
+    /// Requests on `/subscriptions...` (creation included).
+    pub fn subscription_requests(&self) -> Vec<Recorded> {
+        self.st().log.iter().filter(|r| r.path.starts_with("/v1.0/subscriptions")).cloned().collect()
+    }
+    /// The subscription expires now (Graph then refuses PATCH / reauthorize with 404 and sends
+    /// no notifications for it). False for an unknown id.
+    pub fn expire_subscription(&self, id: &str) -> bool {
+        let mut st = self.st();
+        match st.subscriptions.iter_mut().find(|s| s.id == id) {
+            Some(s) => {
+                s.expiration = SystemTime::now() - Duration::from_secs(1);
+                true
+            }
+            None => false,
+        }
+    }
+    /// Graph drops the subscription (as after a `subscriptionRemoved`).
+    pub fn remove_subscription(&self, id: &str) -> Option<StubSubscription> {
+        let mut st = self.st();
+        let pos = st.subscriptions.iter().position(|s| s.id == id)?;
+        Some(st.subscriptions.remove(pos))
+    }
+
+    /// Sends a change notification for this user's presence to the notification URL of every
+    /// live subscription covering it; the HTTP statuses of the answers, in subscription order
+    /// (0: no answer within [`NOTIFICATION_TIMEOUT`] or no connection).
+    pub async fn notify_presence_change(&self, user_id: &str) -> Vec<u16> {
+        let targets: Vec<StubSubscription> = self.st().subscriptions.iter().filter(|s| !s.expired() && s.covers(user_id)).cloned().collect();
+        let mut out = Vec::new();
+        for s in targets {
+            let resource = format!("communications/presences('{user_id}')");
+            let mut n = serde_json::json!({
+                "subscriptionId": s.id,
+                "changeType": "updated",
+                "resource": resource,
+                "subscriptionExpirationDateTime": graph_time(s.expiration),
+                "resourceData": {"@odata.type": "#Microsoft.Graph.presence", "@odata.id": resource, "id": user_id},
+                "tenantId": self.inner.tenant,
+            });
+            if let Some(cs) = &s.client_state {
+                n["clientState"] = cs.clone().into();
+            }
+            out.push(self.post_notification(&s.notification_url, serde_json::json!({ "value": [n] })).await);
+        }
+        out
+    }
+
+    /// Sends a lifecycle event (`reauthorizationRequired`, `subscriptionRemoved`, `missed`) for
+    /// this subscription to its lifecycle URL (else its notification URL). `subscriptionRemoved`
+    /// drops the subscription first, as Graph has. `None` for an unknown id, else the status
+    /// (0: no answer).
+    pub async fn send_lifecycle(&self, sub_id: &str, event: &str) -> Option<u16> {
+        let s = {
+            let mut st = self.st();
+            let pos = st.subscriptions.iter().position(|s| s.id == sub_id)?;
+            match event {
+                "subscriptionRemoved" => st.subscriptions.remove(pos),
+                "reauthorizationRequired" => {
+                    st.subscriptions[pos].needs_reauthorization = true;
+                    st.subscriptions[pos].clone()
+                }
+                _ => st.subscriptions[pos].clone(),
+            }
+        };
+        let mut n = serde_json::json!({
+            "subscriptionId": s.id,
+            "subscriptionExpirationDateTime": graph_time(s.expiration),
+            "tenantId": self.inner.tenant,
+            "lifecycleEvent": event,
+        });
+        if let Some(cs) = &s.client_state {
+            n["clientState"] = cs.clone().into();
+        }
+        let url = s.lifecycle_notification_url.clone().unwrap_or(s.notification_url.clone());
+        Some(self.post_notification(&url, serde_json::json!({ "value": [n] })).await)
+    }
+
+    async fn post_notification(&self, url: &str, body: serde_json::Value) -> u16 {
+        let send = self.inner.http.post(url).header("content-type", "application/json; charset=utf-8").body(body.to_string()).send();
+        match tokio::time::timeout(NOTIFICATION_TIMEOUT, send).await {
+            Ok(Ok(resp)) => resp.status().as_u16(),
+            _ => 0,
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn is_leap(y: u64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn month_lengths(y: u64) -> [u64; 12] {
+    [31, if is_leap(y) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+}
+
+/// A time as Graph writes it: UTC with 7 fraction digits, `2026-11-24T19:00:00.0000000Z`
+/// (written independently of drbridge's own conversion, by counting years and months).
+pub fn graph_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).expect("after 1970");
+    let mut days = d.as_secs() / 86_400;
+    let sod = d.as_secs() % 86_400;
+    let mut y = 1970;
+    while days >= if is_leap(y) { 366 } else { 365 } {
+        days -= if is_leap(y) { 366 } else { 365 };
+        y += 1;
+    }
+    let mut m = 0;
+    for len in month_lengths(y) {
+        if days < len {
+            break;
+        }
+        days -= len;
+        m += 1;
+    }
+    format!("{y:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z", m + 1, days + 1, sod / 3600, sod / 60 % 60, sod % 60, d.subsec_nanos() / 100)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (from 1970) back to a time.
+pub fn parse_graph_time(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix('Z')?;
+    let (main, frac) = match s.split_once('.') {
+        Some((m, f)) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => (m, f),
+        Some(_) => return None,
+        None => (s, ""),
+    };
+    let (date, time) = main.split_once('T')?;
+    let n: Vec<u64> = date.split('-').chain(time.split(':')).map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let [y, mo, d, h, mi, sec] = n[..] else { return None };
+    if y < 1970 || !(1..=12).contains(&mo) || d == 0 || d > month_lengths(y)[mo as usize - 1] || h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let days = (1970..y).map(|yy| if is_leap(yy) { 366 } else { 365 }).sum::<u64>() + month_lengths(y)[..mo as usize - 1].iter().sum::<u64>() + d - 1;
+    let nanos: u32 = format!("{:0<9}", &frac[..frac.len().min(9)]).parse().ok()?;
+    Some(UNIX_EPOCH + Duration::new(days * 86_400 + h * 3600 + mi * 60 + sec, nanos))
 }

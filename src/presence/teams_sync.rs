@@ -1,0 +1,234 @@
+//! The Teams -> PBX presence task: drives the [`TeamsWatch`] core with the Graph client (monitor
+//! subscriptions, presence fetches), feeds it the webhook's change notifications and what the
+//! publisher currently says for each user (echo suppression), and turns each changed Teams
+//! status into the PIDF document of the user's extensions for the PBX-side watchers.
+//!
+//! ```text
+//!  Graph --POST /graph/webhook--> admin --WebhookNote--> this task --TeamsWatch--> Fetch
+//!  this task --getPresencesByUserId--> Graph ; changed status --PresenceDoc--> signalling shards
+//! ```
+//!
+//! Monitors' refresh tokens rotate: the newest is written back to the monitor's token file
+//! (0600, replaced atomically) so that a restart goes on with it.
+
+use super::directory::{UserDirectory, UserId};
+use super::graph::{GraphClient, GraphError, Secret};
+use super::pidf::teams_document;
+use super::teams_watch::{TeamsStatus, TeamsWatch, WatchAction, WatchConfig};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// A change notification or lifecycle event from the webhook (clientState already checked).
+#[derive(Clone, Debug)]
+pub struct WebhookNote {
+    pub subscription_id: String,
+    pub resource: Option<String>,
+    pub lifecycle: Option<String>,
+}
+
+/// The PIDF document of one PBX extension (None: nothing known any more).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceDoc {
+    pub extension: String,
+    pub body: Option<Bytes>,
+}
+
+/// What drbridge currently publishes for a user (availability, activity), for echo suppression.
+pub type PublishedFn = Arc<dyn Fn(&UserId) -> Option<(String, String)> + Send + Sync>;
+
+pub struct TeamsSyncSetup {
+    pub watch: WatchConfig,
+    pub graph: Arc<GraphClient>,
+    pub directory: Arc<UserDirectory>,
+    /// Azure object ids by user id, filled in the background (`service::resolve_object_ids`).
+    pub object_ids: Arc<Mutex<HashMap<String, String>>>,
+    pub notification_url: String,
+    pub client_state: Secret,
+    /// Monitor UPN and its refresh token file.
+    pub monitors: Vec<(String, PathBuf)>,
+    /// Host of the PIDF `entity` (`sip:EXT@host`): the PBX domain.
+    pub entity_host: String,
+    pub published: PublishedFn,
+}
+
+/// The running task's handles.
+pub struct TeamsSync {
+    pub notes: mpsc::Sender<WebhookNote>,
+    pub docs: mpsc::Receiver<PresenceDoc>,
+    /// Last Teams-originated status per user, for the admin view.
+    pub statuses: Arc<Mutex<HashMap<String, TeamsStatus>>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The outcome of one Graph call, back into the task's loop.
+enum Done {
+    Created(u64, Result<(String, Duration), GraphError>),
+    Renewed(u64, Result<Duration, GraphError>),
+    Reauthorized(u64, Result<(), GraphError>),
+    Fetched(Vec<String>, Result<Vec<(String, String, String)>, GraphError>),
+}
+
+fn failure(e: &GraphError) -> (u16, Option<Duration>) {
+    match e {
+        GraphError::Status { status, retry_after, .. } => (*status, *retry_after),
+        _ => (0, None),
+    }
+}
+
+/// Writes a rotated refresh token back to its file (0600, via a temporary file and rename).
+fn persist_token(path: &std::path::Path, token: &Secret) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(token.expose().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
+    let (notes_tx, mut notes) = mpsc::channel::<WebhookNote>(queue.max(16));
+    let (docs_tx, docs) = mpsc::channel::<PresenceDoc>(queue.max(16));
+    let statuses = Arc::new(Mutex::new(HashMap::new()));
+    let view = statuses.clone();
+    let task = tokio::spawn(async move {
+        let s = setup;
+        let (done_tx, mut done) = mpsc::channel::<Done>(256);
+        let now = Instant::now();
+        let mut watch = TeamsWatch::new(s.watch.clone(), now);
+        let mut watched: usize = 0;
+        let mut by_object: HashMap<String, UserId> = HashMap::new();
+        let mut token_sent: HashMap<String, String> = HashMap::new();
+        let mut resync = tokio::time::interval(Duration::from_secs(5));
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // The watched set grows as object ids resolve.
+            let ids: Vec<(String, UserId)> = {
+                let known = lock(&s.object_ids);
+                s.directory.users().iter().filter_map(|u| known.get(u.id.as_str()).map(|id| (id.to_ascii_lowercase(), u.id.clone()))).collect()
+            };
+            if ids.len() != watched {
+                watched = ids.len();
+                by_object = ids.iter().cloned().collect();
+                watch.set_users(ids, Instant::now());
+                if watch.unwatched() > 0 {
+                    tracing::warn!(unwatched = watch.unwatched(), "Teams -> PBX presence: more users than the monitors can watch (650 each): add monitors");
+                }
+            }
+            while let Some(a) = watch.poll_action() {
+                let g = s.graph.clone();
+                let tx = done_tx.clone();
+                match a {
+                    WatchAction::Create { key, monitor, ids, lifetime } => {
+                        let (url, state) = (s.notification_url.clone(), s.client_state.clone());
+                        tokio::spawn(async move {
+                            let r = g.create_subscription(&monitor, &ids, &url, &state, lifetime).await;
+                            let _ = tx.send(Done::Created(key, r)).await;
+                        });
+                    }
+                    WatchAction::Renew { key, monitor, subscription_id, lifetime } => {
+                        tokio::spawn(async move {
+                            let r = g.renew_subscription(&monitor, &subscription_id, lifetime).await;
+                            let _ = tx.send(Done::Renewed(key, r)).await;
+                        });
+                    }
+                    WatchAction::Reauthorize { key, monitor, subscription_id } => {
+                        tokio::spawn(async move {
+                            let r = g.reauthorize_subscription(&monitor, &subscription_id).await;
+                            let _ = tx.send(Done::Reauthorized(key, r)).await;
+                        });
+                    }
+                    WatchAction::Delete { monitor, subscription_id } => {
+                        tokio::spawn(async move {
+                            if let Err(e) = g.delete_subscription(&monitor, &subscription_id).await {
+                                tracing::info!(error = %e, "Graph subscription not deleted (it expires by itself)");
+                            }
+                        });
+                    }
+                    WatchAction::Fetch { ids } => {
+                        tokio::spawn(async move {
+                            let r = g.get_presences(&ids).await;
+                            let _ = tx.send(Done::Fetched(ids, r)).await;
+                        });
+                    }
+                }
+            }
+            // Rotated monitor tokens go back to their files.
+            for (upn, path) in &s.monitors {
+                if let Some(t) = s.graph.monitor_refresh_token(upn).await {
+                    if token_sent.get(upn).map(String::as_str) != Some(t.expose()) {
+                        match persist_token(path, &t) {
+                            Ok(()) => {
+                                token_sent.insert(upn.clone(), t.expose().to_string());
+                            }
+                            Err(e) => tracing::warn!(monitor = %upn, file = %path.display(), error = %e, "cannot write the monitor's rotated refresh token"),
+                        }
+                    }
+                }
+            }
+            while let Some(u) = watch.poll_update() {
+                tracing::debug!(user = %u.user.as_str(), availability = %u.status.availability, activity = %u.status.activity, "Teams presence for the PBX side");
+                lock(&view).insert(u.user.as_str().to_string(), u.status.clone());
+                if let Some(user) = s.directory.get(&u.user) {
+                    for ext in &user.extensions {
+                        let body = teams_document(&format!("sip:{ext}@{}", s.entity_host), &u.status.availability, &u.status.activity);
+                        let _ = docs_tx.send(PresenceDoc { extension: ext.clone(), body: Some(Bytes::from(body)) }).await;
+                    }
+                }
+            }
+            let wake = watch.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                n = notes.recv() => {
+                    let Some(n) = n else { break };
+                    watch.on_notification(&n.subscription_id, n.resource.as_deref(), n.lifecycle.as_deref(), Instant::now());
+                }
+                Some(d) = done.recv() => {
+                    let now = Instant::now();
+                    match d {
+                        Done::Created(key, Ok((id, granted))) => watch.on_created(key, &id, granted, now),
+                        Done::Renewed(key, Ok(granted)) => watch.on_renewed(key, granted, now),
+                        Done::Reauthorized(key, Ok(())) => watch.on_renewed(key, s.watch.lifetime, now),
+                        Done::Created(key, Err(e)) | Done::Renewed(key, Err(e)) | Done::Reauthorized(key, Err(e)) => {
+                            tracing::info!(error = %e, "Graph presence subscription request failed");
+                            let (status, retry) = failure(&e);
+                            watch.on_failed(key, status, retry, now);
+                        }
+                        Done::Fetched(_, Ok(list)) => {
+                            for (id, _, _) in &list {
+                                if let Some(user) = by_object.get(&id.to_ascii_lowercase()) {
+                                    watch.set_published(user, (s.published)(user));
+                                }
+                            }
+                            watch.on_fetched(list, now);
+                        }
+                        Done::Fetched(ids, Err(e)) => {
+                            tracing::info!(error = %e, users = ids.len(), "Teams presence fetch failed");
+                            let (status, retry) = failure(&e);
+                            watch.on_fetch_failed(ids, status, retry, now);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => watch.handle_timeout(Instant::now()),
+                _ = resync.tick() => {}
+            }
+        }
+    });
+    TeamsSync { notes: notes_tx, docs, statuses, task }
+}
