@@ -375,12 +375,8 @@ async fn check_notifies(teams: &TeamsPeer, a: &Call) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teams_transfers_pbx_caller_to_pbx_extension() {
     let lab = lab(1, |_| {}).await;
-    let pbx = SipPeer::new("pbx");
-    pbx.bind_udp(lab.cfg.pbx_address).await;
+    let (pbx, inv) = pbx_peer_invite(&lab).await;
     let dr = lab.cfg.pbx_listen;
-    let mut inv = pbx.new_request(Method::Invite, &format!("sip:{TEAMS_USER}@{dr}"), &format!("<sip:{PBX_EXT}@{}>", lab.cfg.pbx_address), &format!("<sip:{TEAMS_USER}@{dr}>"));
-    inv.headers.push("Content-Type", "application/sdp");
-    inv.body = bytes::Bytes::from(pbx_sdp("sendrecv"));
     let mut caller = pbx.send_invite(&pbx.udp_to(dr), inv);
     let mut a = lab.teams.answer_call(STEP).await;
     assert_eq!(pbx.await_answer(&mut caller, STEP).await.status, 200);
@@ -415,12 +411,8 @@ async fn teams_transfers_pbx_caller_to_pbx_extension() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_call_given_up_at_the_ring_timeout() {
     let lab = lab(1, |c| c.ring_timeout_secs = 5).await;
-    let pbx = SipPeer::new("pbx");
-    pbx.bind_udp(lab.cfg.pbx_address).await;
+    let (pbx, inv) = pbx_peer_invite(&lab).await;
     let dr = lab.cfg.pbx_listen;
-    let mut inv = pbx.new_request(Method::Invite, &format!("sip:{TEAMS_USER}@{dr}"), &format!("<sip:{PBX_EXT}@{}>", lab.cfg.pbx_address), &format!("<sip:{TEAMS_USER}@{dr}>"));
-    inv.headers.push("Content-Type", "application/sdp");
-    inv.body = bytes::Bytes::from(pbx_sdp("sendrecv"));
     let started = Instant::now();
     let caller = pbx.send_invite(&pbx.udp_to(dr), inv);
     let (t_inv, _) = lab.teams.expect_request(Method::Invite, STEP).await;
@@ -475,6 +467,17 @@ async fn invite_with_replaces_reaches_the_shard_of_the_replaced_dialog() {
     // the new dialog's BYE reaches the call on shard 0, which hangs up the PBX
     assert_eq!(lab.teams.bye(&mut b, STEP).await.status, 200);
     pbx.expect_bye(&pbx_call, STEP).await;
+}
+
+/// The PBX trunk as a Rust UDP peer on `pbx_address`, and its INVITE from PBX_EXT to TEAMS_USER.
+async fn pbx_peer_invite(lab: &Lab) -> (SipPeer, Request) {
+    let pbx = SipPeer::new("pbx");
+    pbx.bind_udp(lab.cfg.pbx_address).await;
+    let dr = lab.cfg.pbx_listen;
+    let mut inv = pbx.new_request(Method::Invite, &format!("sip:{TEAMS_USER}@{dr}"), &format!("<sip:{PBX_EXT}@{}>", lab.cfg.pbx_address), &format!("<sip:{TEAMS_USER}@{dr}>"));
+    inv.headers.push("Content-Type", "application/sdp");
+    inv.body = bytes::Bytes::from(pbx_sdp("sendrecv"));
+    (pbx, inv)
 }
 
 fn pbx_sdp(direction: &str) -> String {

@@ -6,7 +6,7 @@ mod common;
 
 use common::graph::{max_in_window, parse_iso_duration, Fault, GraphStub, PAIRS};
 use drbridge::admin::{self, Admin, AdminMetrics, GraphNotification, IngestEvent};
-use drbridge::presence::graph::{GraphClient, GraphSettings, PresenceOp, Secret, TeamsPresence, GRAPH_SCOPE};
+use drbridge::presence::graph::{GraphClient, GraphSettings, PresenceOp, Secret, TeamsPresence};
 use drbridge::presence::publish::{spawn, PublishMetrics, Publisher, PublisherConfig, Publishing};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -19,16 +19,7 @@ const SECRET: &str = "lab-client-secret~not-a-real-one";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn settings(stub: &GraphStub) -> GraphSettings {
-    GraphSettings {
-        tenant: TENANT.into(),
-        client_id: CLIENT_ID.into(),
-        client_secret: Secret::new(SECRET),
-        identity_base: stub.identity_base(),
-        graph_base: stub.graph_base(),
-        scope: GRAPH_SCOPE.into(),
-        expiration: Duration::from_secs(3600),
-        request_timeout: Duration::from_secs(5),
-    }
+    stub.client_settings(TENANT, CLIENT_ID, SECRET, Duration::from_secs(5))
 }
 
 fn pcfg() -> PublisherConfig {

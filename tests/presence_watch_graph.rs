@@ -11,7 +11,7 @@ use axum::extract::Query;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use common::graph::{graph_time, parse_graph_time, plain_http_client, Fault, GraphStub, StubSubscription};
-use drbridge::presence::graph::{GraphClient, GraphError, GraphSettings, PresenceOp, Secret, TeamsPresence, GRAPH_SCOPE};
+use drbridge::presence::graph::{GraphClient, GraphError, GraphSettings, PresenceOp, Secret, TeamsPresence};
 use drbridge::presence::graph_watch::{parse_rfc3339, rfc3339, MONITOR_SCOPE};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,16 +29,7 @@ const ID_C: &str = "ffffffff-0000-4000-8000-000000000001";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn settings(stub: &GraphStub) -> GraphSettings {
-    GraphSettings {
-        tenant: TENANT.into(),
-        client_id: CLIENT_ID.into(),
-        client_secret: Secret::new(SECRET),
-        identity_base: stub.identity_base(),
-        graph_base: stub.graph_base(),
-        scope: GRAPH_SCOPE.into(),
-        expiration: Duration::from_secs(3600),
-        request_timeout: Duration::from_secs(5),
-    }
+    stub.client_settings(TENANT, CLIENT_ID, SECRET, Duration::from_secs(5))
 }
 
 /// A stub with one monitor, and a client that knows the monitor's refresh token.
@@ -106,14 +97,7 @@ impl Webhook {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/graph/webhook", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let stop = common::graph::serve_until_stopped(listener, app);
         Webhook { url, validations, notifications, _stop: stop }
     }
 

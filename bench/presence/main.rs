@@ -14,7 +14,7 @@
 #[path = "../../tests/common/graph.rs"]
 mod graph;
 
-use drbridge::presence::graph::{GraphClient, GraphSettings, Secret, TeamsPresence, GRAPH_SCOPE};
+use drbridge::presence::graph::{GraphClient, GraphSettings, TeamsPresence};
 use drbridge::presence::publish::{spawn, LatencyHistogram, PublishMetrics, Publisher, PublisherConfig, Publishing};
 use graph::GraphStub;
 use prometheus_client::registry::Registry;
@@ -26,16 +26,7 @@ const CLIENT_ID: &str = "00000000-0000-0000-0000-00000000b0b0";
 const SECRET: &str = "bench-secret";
 
 fn settings(stub: &GraphStub) -> GraphSettings {
-    GraphSettings {
-        tenant: TENANT.into(),
-        client_id: CLIENT_ID.into(),
-        client_secret: Secret::new(SECRET),
-        identity_base: stub.identity_base(),
-        graph_base: stub.graph_base(),
-        scope: GRAPH_SCOPE.into(),
-        expiration: Duration::from_secs(3600),
-        request_timeout: Duration::from_secs(10),
-    }
+    stub.client_settings(TENANT, CLIENT_ID, SECRET, Duration::from_secs(10))
 }
 
 fn start(stub: &GraphStub, cfg: PublisherConfig) -> Publishing {

@@ -137,6 +137,8 @@ impl PresenceSpec {
 pub struct AdminSpec {
     pub listen: SocketAddr,
     pub token: String,
+    /// Written to `<lab dir>/webhook-client-state` (`webhook_client_state_file`) when set.
+    pub webhook_client_state: Option<String>,
 }
 
 impl LabConfig {
@@ -199,7 +201,7 @@ impl LabConfig {
     /// Enables `[admin]` on `listen` with bearer `token` (written into the lab dir).
     pub fn with_admin(mut self, listen: SocketAddr, token: &str) -> LabConfig {
         std::fs::write(self.dir.join("admin-token"), format!("{token}\n")).expect("write admin token");
-        self.admin = Some(AdminSpec { listen, token: token.into() });
+        self.admin = Some(AdminSpec { listen, token: token.into(), webhook_client_state: None });
         self
     }
 
@@ -295,6 +297,10 @@ impl LabConfig {
             let _ = writeln!(t, "\n[admin]\nenabled = true");
             let _ = writeln!(t, "listen = {}", q(&a.listen.to_string()));
             let _ = writeln!(t, "token_file = {}", p(&self.dir.join("admin-token")));
+            if let Some(cs) = &a.webhook_client_state {
+                std::fs::write(self.dir.join("webhook-client-state"), format!("{cs}\n")).expect("write client state");
+                let _ = writeln!(t, "webhook_client_state_file = {}", p(&self.dir.join("webhook-client-state")));
+            }
         }
         if !self.extra_toml.is_empty() {
             let _ = writeln!(t, "\n{}", self.extra_toml);

@@ -210,15 +210,23 @@ impl GraphStub {
             let inner = i2.clone();
             async move { handle(inner, method, uri, headers, body).await }
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let stop = serve_until_stopped(listener, app);
         GraphStub { addr, inner, stop: Some(stop) }
+    }
+
+    /// Settings of a drbridge Graph client pointed at this stand-in (requests time out after
+    /// `request_timeout`).
+    pub fn client_settings(&self, tenant: &str, client_id: &str, secret: &str, request_timeout: Duration) -> drbridge::presence::graph::GraphSettings {
+        drbridge::presence::graph::GraphSettings {
+            tenant: tenant.into(),
+            client_id: client_id.into(),
+            client_secret: drbridge::presence::graph::Secret::new(secret),
+            identity_base: self.identity_base(),
+            graph_base: self.graph_base(),
+            scope: drbridge::presence::graph::GRAPH_SCOPE.into(),
+            expiration: Duration::from_secs(3600),
+            request_timeout,
+        }
     }
 
     pub fn identity_base(&self) -> String {
@@ -1046,4 +1054,17 @@ pub fn parse_graph_time(s: &str) -> Option<SystemTime> {
     let days = (1970..y).map(|yy| if is_leap(yy) { 366 } else { 365 }).sum::<u64>() + month_lengths(y)[..mo as usize - 1].iter().sum::<u64>() + d - 1;
     let nanos: u32 = format!("{:0<9}", &frac[..frac.len().min(9)]).parse().ok()?;
     Some(UNIX_EPOCH + Duration::new(days * 86_400 + h * 3600 + mi * 60 + sec, nanos))
+}
+
+/// Serves `app` on `listener` until the returned sender is dropped or used.
+pub fn serve_until_stopped(listener: tokio::net::TcpListener, app: axum::Router) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    stop
 }
