@@ -630,6 +630,11 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
                 let p = publisher.lock().ok()?.published(user.as_str())?;
                 Some((p.availability().to_string(), p.activity().to_string()))
             });
+            let publisher = publishing.core.clone();
+            let charge: teams_sync::ChargeFn = Arc::new(move |now| match publisher.lock() {
+                Ok(mut p) => p.try_charge(1, now),
+                Err(_) => Ok(()),
+            });
             let watch = WatchConfig {
                 monitors: t.monitors.iter().map(|m| m.upn.clone()).collect(),
                 users_per_subscription: t.users_per_subscription,
@@ -648,6 +653,7 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
                     monitors,
                     entity_host: cfg.pbx.domain.clone(),
                     published,
+                    charge,
                 },
                 4096,
             );

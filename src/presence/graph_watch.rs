@@ -301,6 +301,273 @@ impl GraphClient {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// A monitor's first refresh token: the OAuth 2.0 device authorization grant (RFC 8628) of the
+// Microsoft identity platform, run by `drbridge monitor-login`.
+
+/// `grant_type` of the device authorization grant's token requests.
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// Shortest wait between two token polls, whatever the identity platform says.
+pub const DEVICE_POLL_MIN: Duration = Duration::from_secs(1);
+/// What the identity platform's `slow_down` adds to the polling interval (RFC 8628 3.5).
+pub const DEVICE_SLOW_DOWN: Duration = Duration::from_secs(5);
+
+/// The scope asked for at a monitor's sign-in: [`MONITOR_SCOPE`] plus `openid profile`, so that
+/// an `id_token` says who signed in.
+pub fn device_login_scope() -> String {
+    format!("{MONITOR_SCOPE} openid profile")
+}
+
+/// What the user must do to sign in: open `verification_uri` and enter `user_code`. `message`
+/// is the identity platform's own sentence saying so. The device code itself stays inside
+/// [`GraphClient::device_login`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCode {
+    pub user_code: String,
+    pub verification_uri: String,
+    pub message: String,
+    /// How long the codes are good for.
+    pub expires_in: Duration,
+    /// The polling interval (at least [`DEVICE_POLL_MIN`]).
+    pub interval: Duration,
+}
+
+/// One answer to a token poll of the device authorization grant, classified (sans-IO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DevicePoll {
+    /// `authorization_pending`: nobody signed in yet.
+    Pending,
+    /// `slow_down`: poll less often.
+    SlowDown,
+    /// 5xx, 429 or `temporarily_unavailable`: try again at the next interval.
+    Unavailable(String),
+    /// Signed in: the refresh token and the `id_token`.
+    Done { refresh: Secret, id_token: String },
+    /// Any other answer: the sign-in is over (the error code or what was missing; no secrets).
+    Failed(String),
+}
+
+/// The `error` code of an identity platform answer, reduced to the characters a code has
+/// (its `error_description` is free text and stays out).
+fn error_code(v: Option<&serde_json::Value>) -> String {
+    let code = v.and_then(|v| v.get("error")).and_then(|e| e.as_str()).unwrap_or("");
+    code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
+}
+
+/// A number of seconds given as a JSON number or string.
+fn seconds(v: Option<&serde_json::Value>) -> Option<u64> {
+    match v? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn classify_device_poll(status: u16, body: &[u8]) -> DevicePoll {
+    let v = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let field = |k: &str| v.as_ref().and_then(|v| v.get(k)).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    if (200..300).contains(&status) {
+        let refresh = field("refresh_token");
+        if refresh.is_empty() {
+            return DevicePoll::Failed("answer without refresh_token (was offline_access granted?)".into());
+        }
+        let id_token = field("id_token");
+        if id_token.is_empty() {
+            return DevicePoll::Failed("answer without id_token (was openid granted?)".into());
+        }
+        return DevicePoll::Done { refresh: Secret::new(refresh), id_token };
+    }
+    let code = error_code(v.as_ref());
+    match code.as_str() {
+        "authorization_pending" => DevicePoll::Pending,
+        "slow_down" => DevicePoll::SlowDown,
+        "temporarily_unavailable" => DevicePoll::Unavailable(code),
+        _ if status >= 500 || status == 429 => DevicePoll::Unavailable(format!("{status} {code}").trim().to_string()),
+        "authorization_declined" => DevicePoll::Failed("the sign-in was declined (authorization_declined)".into()),
+        "expired_token" => DevicePoll::Failed("the code expired before anyone signed in (expired_token)".into()),
+        "bad_verification_code" => DevicePoll::Failed("the identity platform does not know the device code (bad_verification_code)".into()),
+        _ => DevicePoll::Failed(format!("identity platform answered {status} {code}").trim().to_string()),
+    }
+}
+
+/// A claim value from the network, fit to be shown in a message: no control characters, at
+/// most 256 characters.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
+/// Who an `id_token` says signed in: its `preferred_username` claim, else `upn`. The token is
+/// a JWT (`header.payload.signature`, base64url); the signature is not checked (the token came
+/// over TLS straight from the token endpoint, in answer to our own request). `None` when the
+/// token does not parse or names nobody.
+pub fn id_token_username(id_token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let mut parts = id_token.trim().split('.');
+    let (_header, payload) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    ["preferred_username", "upn"]
+        .iter()
+        .filter_map(|k| claims.get(*k).and_then(|v| v.as_str()))
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// The signed-in user must be the monitor (case-insensitive UPN): an administrator who signs in
+/// with their own account by mistake must not become the monitor.
+fn check_signed_in(monitor: &str, id_token: &str) -> Result<(), GraphError> {
+    match id_token_username(id_token) {
+        Some(who) if who.eq_ignore_ascii_case(monitor) => Ok(()),
+        Some(who) => Err(GraphError::Token(format!("signed in as {}, not the monitor {monitor}", printable(&who)))),
+        None => Err(GraphError::Token(format!("monitor {monitor}: the id_token names no user (preferred_username / upn)"))),
+    }
+}
+
+impl GraphClient {
+    /// The monitor's first refresh token, through the device authorization grant: asks the
+    /// identity platform for a device code (scope [`device_login_scope`]), hands what the user
+    /// must do to `on_code`, then polls the token endpoint every `interval` (at least
+    /// [`DEVICE_POLL_MIN`]; `slow_down` adds [`DEVICE_SLOW_DOWN`]) until someone signs in, the
+    /// sign-in fails or the code expires. The account that signed in must be `monitor`. The
+    /// refresh token is registered with [`GraphClient::add_monitor`] and returned; the caller
+    /// stores it (see [`write_secret_file`]).
+    pub async fn device_login(&self, monitor: &str, on_code: impl FnOnce(&DeviceCode)) -> Result<Secret, GraphError> {
+        let mut url = self.token_url.clone();
+        if let Ok(mut p) = url.path_segments_mut() {
+            p.pop().push("devicecode");
+        }
+        let scope = device_login_scope();
+        let form = [("client_id", self.s.client_id.as_str()), ("scope", scope.as_str())];
+        let resp = self.http.post(url).timeout(self.s.request_timeout).form(&form).send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(transport)?;
+        let v = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        if !(200..300).contains(&status) {
+            let code = error_code(v.as_ref());
+            return Err(GraphError::Token(format!("monitor {monitor}: device code request: identity platform answered {status} {code}").trim().to_string()));
+        }
+        let field = |k: &str| v.as_ref().and_then(|v| v.get(k)).and_then(|x| x.as_str()).unwrap_or("").to_string();
+        let (device_code, user_code, verification_uri) = (field("device_code"), field("user_code"), field("verification_uri"));
+        if device_code.is_empty() || user_code.is_empty() || verification_uri.is_empty() {
+            return Err(GraphError::Token(format!("monitor {monitor}: device code answer without device_code, user_code or verification_uri")));
+        }
+        let expires_in = Duration::from_secs(seconds(v.as_ref().and_then(|v| v.get("expires_in"))).unwrap_or(900).clamp(1, 24 * 3600));
+        let interval = Duration::from_secs(seconds(v.as_ref().and_then(|v| v.get("interval"))).unwrap_or(5).min(600)).max(DEVICE_POLL_MIN);
+        let mut message = field("message");
+        if message.is_empty() {
+            message = format!("To sign in, use a web browser to open the page {verification_uri} and enter the code {user_code} to authenticate.");
+        }
+        let code = DeviceCode { user_code: printable(&user_code), verification_uri: printable(&verification_uri), message: printable(&message), expires_in, interval };
+        let device_code = Secret::new(device_code);
+        tracing::info!(monitor, expires_in = expires_in.as_secs(), "graph: waiting for the monitor's sign-in (device code)");
+        on_code(&code);
+
+        let deadline = tokio::time::Instant::now() + expires_in;
+        let mut interval = interval;
+        let mut last_trouble: Option<String> = None;
+        loop {
+            tokio::time::sleep(interval).await;
+            if tokio::time::Instant::now() >= deadline {
+                let why = last_trouble.map(|t| format!(" (last answer: {t})")).unwrap_or_default();
+                return Err(GraphError::Token(format!("monitor {monitor}: the code expired before anyone signed in (expired_token){why}")));
+            }
+            let form = [
+                ("grant_type", DEVICE_CODE_GRANT),
+                ("client_id", self.s.client_id.as_str()),
+                ("client_secret", self.s.client_secret.expose()),
+                ("device_code", device_code.expose()),
+            ];
+            let sent = self.http.post(self.token_url.clone()).timeout(self.s.request_timeout).form(&form).send().await;
+            let answer = match sent {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    match resp.bytes().await {
+                        Ok(b) => classify_device_poll(status, &b),
+                        Err(e) => DevicePoll::Unavailable(transport(e).to_string()),
+                    }
+                }
+                Err(e) => DevicePoll::Unavailable(transport(e).to_string()),
+            };
+            match answer {
+                DevicePoll::Pending => {}
+                DevicePoll::SlowDown => {
+                    interval += DEVICE_SLOW_DOWN;
+                    tracing::debug!(monitor, interval_secs = interval.as_secs(), "graph: device code poll: slow_down");
+                }
+                DevicePoll::Unavailable(why) => {
+                    tracing::debug!(monitor, answer = %why, "graph: device code poll failed; polling on");
+                    last_trouble = Some(why);
+                }
+                DevicePoll::Failed(why) => return Err(GraphError::Token(format!("monitor {monitor}: {why}"))),
+                DevicePoll::Done { refresh, id_token } => {
+                    check_signed_in(monitor, &id_token)?;
+                    self.add_monitor(monitor, refresh.clone()).await;
+                    tracing::info!(monitor, "graph: presence monitor signed in");
+                    return Ok(refresh);
+                }
+            }
+        }
+    }
+}
+
+/// Writes a secret (a refresh token) to `path` as its first line, readable by the owner only
+/// (0600): into a new temporary file beside it, synced, then renamed over `path`, so that a
+/// reader sees the old token or the new one, never a part. The parent directory is created
+/// (0700) if missing.
+pub fn write_secret_file(path: &std::path::Path, secret: &Secret) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is not a file name", path.display())))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        b.create(&dir)?;
+    }
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    // A temporary file left by a crash may have other permissions: start from a new file.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let written = (|| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(secret.expose().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    // The rename itself survives a crash once the directory is synced (best effort).
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };

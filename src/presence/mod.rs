@@ -21,6 +21,14 @@
 //!   clearPresence, `$batch`, user lookup).
 //! - [`publish`]: the publisher (per-user coalescing, session refresh, rate limit, Retry-After,
 //!   backoff, latency histogram) and its tokio driver.
+//!
+//! Teams -> PBX:
+//! - [`teams_watch`]: the [`teams_watch::TeamsWatch`] core: Graph presence subscriptions held by
+//!   monitor accounts, change notifications coalesced into fetches, echo suppression.
+//! - [`graph_watch`]: the Graph calls it needs (monitor tokens by refresh grant, subscriptions,
+//!   `getPresencesByUserId`).
+//! - [`teams_sync`]: the tokio task driving them; its output is a PIDF document per extension
+//!   ([`pidf::teams_document`]) for the SIP core's PBX-side notifier (`b2bua::notifier`).
 
 pub mod aggregate;
 pub mod dialoginfo;

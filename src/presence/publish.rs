@@ -766,6 +766,17 @@ impl Publisher {
         self.slots.len()
     }
 
+    /// Takes `n` requests from the publisher's rate limit for another user of the same Graph
+    /// budget (Teams -> PBX presence fetches): `Err(when)` if they are not there yet.
+    pub fn try_charge(&mut self, n: u32, now: Instant) -> Result<(), Instant> {
+        if self.bucket.available(now) >= n {
+            self.bucket.take(n, now);
+            Ok(())
+        } else {
+            Err(self.bucket.tokens_at(n, now))
+        }
+    }
+
     /// What Graph shows from us for `user` (`None` when unknown or cleared).
     pub fn published(&self, user: &str) -> Option<TeamsPresence> {
         self.slots.get(user).and_then(|s| s.published).and_then(|p| p.state)

@@ -52,6 +52,22 @@ fn latest_state_only_and_no_resend_of_published() {
     assert!(p.latency().quantile(0.5).unwrap() <= Duration::from_micros(1100));
 }
 
+/// Teams -> PBX fetches spend the same Graph budget: once they took the burst, the publisher
+/// waits for the bucket to refill, and a charge beyond the bucket says when it can go.
+#[test]
+fn charges_share_the_publishers_budget() {
+    let (mut p, t0) = core(cfg()); // 100 per second, burst 20
+    for _ in 0..20 {
+        assert_eq!(p.try_charge(1, t0), Ok(()));
+    }
+    let at = p.try_charge(1, t0).expect_err("the burst is spent");
+    assert!(at > t0 && at <= t0 + 20 * MS, "the next token comes with the refill (80/s): {:?}", at - t0);
+    p.desire("u", Some(InACall), t0);
+    assert!(p.poll_request(t0).is_none(), "the publisher has no token left either");
+    let r = p.poll_request(at).expect("sent once a token is back");
+    assert_eq!(r.ops, vec![op("u", Some(InACall))]);
+}
+
 #[test]
 fn changes_while_in_flight_collapse() {
     let (mut p, t0) = core(cfg());

@@ -40,6 +40,10 @@ pub struct PresenceDoc {
 /// What drbridge currently publishes for a user (availability, activity), for echo suppression.
 pub type PublishedFn = Arc<dyn Fn(&UserId) -> Option<(String, String)> + Send + Sync>;
 
+/// Takes one request from the Graph presence budget shared with the publisher (Graph throttles
+/// presence requests per application and tenant): `Err(when)` when there is none before then.
+pub type ChargeFn = Arc<dyn Fn(Instant) -> Result<(), Instant> + Send + Sync>;
+
 pub struct TeamsSyncSetup {
     pub watch: WatchConfig,
     pub graph: Arc<GraphClient>,
@@ -53,6 +57,7 @@ pub struct TeamsSyncSetup {
     /// Host of the PIDF `entity` (`sip:EXT@host`): the PBX domain.
     pub entity_host: String,
     pub published: PublishedFn,
+    pub charge: ChargeFn,
 }
 
 /// The running task's handles.
@@ -163,7 +168,12 @@ pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
                         });
                     }
                     WatchAction::Fetch { ids } => {
+                        let charge = s.charge.clone();
                         tokio::spawn(async move {
+                            // One getPresencesByUserId is one request of the shared budget.
+                            while let Err(at) = charge(Instant::now()) {
+                                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                            }
                             let r = g.get_presences(&ids).await;
                             let _ = tx.send(Done::Fetched(ids, r)).await;
                         });
