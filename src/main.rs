@@ -52,6 +52,15 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Sign a presence monitor in (OAuth 2.0 device code: open the page shown, enter the code,
+    /// sign in as the monitor) and write its first refresh token to its refresh_token_file.
+    MonitorLogin {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The monitor's UPN, as in [[presence.teams_to_pbx.monitors]].
+        #[arg(long)]
+        monitor: String,
+    },
     /// Generate a lab CA, the SBC certificate and a stand-in Microsoft proxy certificate.
     LabCerts {
         #[arg(long, default_value = "certs")]
@@ -79,6 +88,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::MonitorLogin { config, monitor } => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(monitor_login(&config, &monitor)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::LabCerts { dir, fqdn } => match ensure_lab_certs(&dir, &fqdn) {
             Ok(c) => {
                 println!("lab certificates in {} (CA {})", dir.display(), c.ca_cert.display());
@@ -283,7 +308,11 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
     let mut cores = Vec::with_capacity(shards);
     // Teams -> PBX presence: every shard serves PBX-side SUBSCRIBEs to the directory's extensions.
     let watched_extensions: Option<Vec<String>> = match (&cfg.presence.users_file, cfg.presence.teams_to_pbx.enabled) {
-        (Some(f), true) => Some(UserDirectory::load(f).map_err(|e| e.to_string())?.extensions().map(|(e, _)| e.to_string()).collect()),
+        (Some(f), true) => {
+            let dir = UserDirectory::load(f).map_err(|e| e.to_string())?;
+            let to_pbx = NumberPlan::new(&cfg.numbers).to_pbx;
+            Some(dir.users().iter().flat_map(|u| teams_sync::watch_keys(u, &to_pbx)).collect())
+        }
         _ => None,
     };
     for index in 0..shards {
@@ -389,7 +418,7 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
                 for tx in &inboxes {
                     forward(tx, ShardInput::PresenceDoc(d.clone())).await;
                 }
-                core.set_presence_document(&d.extension, d.body, Instant::now());
+                core.set_presence_document(d.package, &d.key, d.body, Instant::now());
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 core.handle_timeout(Instant::now());
@@ -524,7 +553,7 @@ async fn shard_loop(mut core: B2bua, mut inbox: tokio::sync::mpsc::Receiver<Shar
     let input = |core: &mut B2bua, x: ShardInput, now: Instant| match x {
         ShardInput::Event(ev) => handle(core, ev, pbx, now),
         ShardInput::Health(n) => core.apply_health(n, now),
-        ShardInput::PresenceDoc(d) => core.set_presence_document(&d.extension, d.body, now),
+        ShardInput::PresenceDoc(d) => core.set_presence_document(d.package, &d.key, d.body, now),
     };
     loop {
         let wake = core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -552,6 +581,27 @@ async fn shard_loop(mut core: B2bua, mut inbox: tokio::sync::mpsc::Receiver<Shar
 
 /// Presence (table, PBX subscriptions, Graph publisher with its store) and the admin server, as
 /// configured. Returns the presence task and the admin server task.
+/// The Graph client of `[presence]` (its client secret loaded from the file or environment).
+fn graph_client(cfg: &config::Config) -> Result<GraphClient, String> {
+    let p = &cfg.presence;
+    let file = cfg.source.display();
+    let secret = SecretSource::from_parts(p.client_secret_file.as_ref(), p.client_secret_env.as_deref())
+        .ok_or_else(|| format!("{file}: presence.client_secret_file: set client_secret_file or client_secret_env"))?
+        .load()
+        .map_err(|e| format!("{file}: presence.client_secret_file: {e}"))?;
+    GraphClient::new(GraphSettings {
+        tenant: p.tenant.clone(),
+        client_id: p.client_id.clone(),
+        client_secret: secret,
+        identity_base: p.identity_base.clone(),
+        graph_base: p.graph_base.clone(),
+        scope: p.scope.clone(),
+        expiration: Duration::from_secs(p.expiration_minutes * 60),
+        request_timeout: Duration::from_secs(p.request_timeout_secs),
+    })
+    .map_err(|e| format!("{file}: presence: {e}"))
+}
+
 /// What `start_presence` started: the presence task, the admin server, and the Teams -> PBX
 /// presence documents for the signalling shards.
 type Started = (Option<PresenceService>, Option<tokio::task::JoinHandle<()>>, Option<tokio::sync::mpsc::Receiver<PresenceDoc>>);
@@ -580,24 +630,8 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
         let users = p.users_file.clone().unwrap_or_default();
         let dir = Arc::new(UserDirectory::load(&users).map_err(|e| e.to_string())?);
         let store: Arc<dyn PresenceStore> = Arc::new(RedbStore::open(&cfg.sbc.data_dir).map_err(|e| format!("{file}: sbc.data_dir: {e}"))?);
-        let secret = SecretSource::from_parts(p.client_secret_file.as_ref(), p.client_secret_env.as_deref())
-            .ok_or_else(|| format!("{file}: presence.client_secret_file: set client_secret_file or client_secret_env"))?
-            .load()
-            .map_err(|e| format!("{file}: presence.client_secret_file: {e}"))?;
         let expiration = Duration::from_secs(p.expiration_minutes * 60);
-        let graph = Arc::new(
-            GraphClient::new(GraphSettings {
-                tenant: p.tenant.clone(),
-                client_id: p.client_id.clone(),
-                client_secret: secret,
-                identity_base: p.identity_base.clone(),
-                graph_base: p.graph_base.clone(),
-                scope: p.scope.clone(),
-                expiration,
-                request_timeout: Duration::from_secs(p.request_timeout_secs),
-            })
-            .map_err(|e| format!("{file}: presence: {e}"))?,
-        );
+        let graph = Arc::new(graph_client(cfg)?);
         let pcfg = PublisherConfig {
             expiration,
             rate_limit: p.rate_limit,
@@ -654,6 +688,7 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
                     entity_host: cfg.pbx.domain.clone(),
                     published,
                     charge,
+                    to_pbx: NumberPlan::new(&cfg.numbers).to_pbx,
                 },
                 4096,
             );
@@ -729,6 +764,43 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
     }
     let docs = teams.map(|t| t.docs);
     Ok((presence, admin_task, docs))
+}
+
+/// `drbridge monitor-login`: the device authorization grant for one presence monitor. Prints
+/// the identity platform's instructions (page and code) on stdout, waits for the sign-in, checks
+/// that the monitor itself signed in and writes its refresh token to its `refresh_token_file`
+/// (0600, temporary file + rename). The token is never printed or logged.
+async fn monitor_login(path: &Path, upn: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    // The token file does not exist yet: no file checks.
+    let cfg = config::load_with(path, config::LoadOptions { check_files: false }).map_err(|e| e.to_string())?;
+    let file = path.display();
+    let p = &cfg.presence;
+    let m = p
+        .teams_to_pbx
+        .monitors
+        .iter()
+        .find(|m| m.upn.eq_ignore_ascii_case(upn))
+        .ok_or_else(|| format!("{file}: presence.teams_to_pbx.monitors: no monitor {upn}"))?;
+    for (key, v) in [("presence.tenant", &p.tenant), ("presence.client_id", &p.client_id)] {
+        if v.trim().is_empty() {
+            return Err(format!("{file}: {key}: required to sign a monitor in"));
+        }
+    }
+    let graph = graph_client(&cfg)?;
+    let token = graph
+        .device_login(&m.upn, |code| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", code.message);
+            let _ = writeln!(out, "Sign in as the monitor {}; waiting up to {} min.", m.upn, code.expires_in.as_secs().div_ceil(60));
+            let _ = out.flush();
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let target = &m.refresh_token_file;
+    drbridge::presence::graph_watch::write_secret_file(target, &token).map_err(|e| format!("{}: {e}", target.display()))?;
+    println!("monitor {} signed in; refresh token written to {}", m.upn, target.display());
+    Ok(())
 }
 
 /// Where the PBX trunk is, to tell which side a message came from.

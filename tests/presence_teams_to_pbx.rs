@@ -70,10 +70,14 @@ async fn lab() -> Lab {
 }
 
 fn subscribe(pbx: &SipPeer, lab: &Lab, ext: &str, expires: u32) -> Request {
+    subscribe_to(pbx, lab, ext, expires, "presence", "application/pidf+xml")
+}
+
+fn subscribe_to(pbx: &SipPeer, lab: &Lab, ext: &str, expires: u32, event: &str, accept: &str) -> Request {
     let dr = lab.cfg.pbx_listen;
     let mut r = pbx.new_request(Method::Subscribe, &format!("sip:{ext}@{dr}"), &format!("<sip:blf-panel@{}>", lab.cfg.pbx_address), &format!("<sip:{ext}@{dr}>"));
-    r.headers.push("Event", "presence");
-    r.headers.push("Accept", "application/pidf+xml");
+    r.headers.push("Event", event.to_string());
+    r.headers.push("Accept", accept.to_string());
     r.headers.push("Expires", expires.to_string());
     r
 }
@@ -146,6 +150,24 @@ async fn teams_presence_reaches_a_pbx_watcher() {
     lab.stub.notify_presence_change(ANNA_ID).await;
     let avail = notify_containing(&pbx, "<dm:note>Available</dm:note>").await;
     assert!(String::from_utf8_lossy(&avail.body).contains("<basic>open</basic>"));
+
+    // a Teams-only user is watched by number: carl, in a Teams call
+    let carl = subscribe(&pbx, &lab, "+4681234801", 600);
+    pbx.send_request(&conn, &carl);
+    assert_eq!(pbx.expect_final(carl.call_id().unwrap(), Method::Subscribe, STEP).await.status, 200);
+    lab.stub.set_user_presence(USERS[2].1, "Busy", "InACall");
+    lab.stub.notify_presence_change(USERS[2].1).await;
+    let busy = notify_containing(&pbx, "Teams: Busy/InACall").await;
+    assert_eq!(busy.call_id(), carl.call_id(), "to carl's watcher");
+    assert!(String::from_utf8_lossy(&busy.body).contains("entity=\"sip:+4681234801@"));
+    // and by a busy lamp field (dialog package): one confirmed dialog while in a Teams call
+    let blf = subscribe_to(&pbx, &lab, "+4681234801", 600, "dialog", "application/dialog-info+xml");
+    pbx.send_request(&conn, &blf);
+    assert_eq!(pbx.expect_final(blf.call_id().unwrap(), Method::Subscribe, STEP).await.status, 200);
+    let lamp = notify_containing(&pbx, "<state>confirmed</state>").await;
+    assert_eq!((lamp.call_id(), lamp.headers.get("Event")), (blf.call_id(), Some("dialog")));
+    assert_eq!(lamp.content_type(), Some("application/dialog-info+xml"));
+    assert!(String::from_utf8_lossy(&lamp.body).contains("version=\"0\""), "the first NOTIFY of the subscription is version 0");
 
     // a lifecycle event: drbridge reauthorizes the subscription
     assert_eq!(lab.stub.send_lifecycle(&sub.id, "reauthorizationRequired").await.map(|s| (200..300).contains(&s)), Some(true));

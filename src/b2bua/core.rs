@@ -347,11 +347,12 @@ impl B2bua {
         self
     }
 
-    /// The presence document (PIDF) of `extension` for its PBX-side watchers; `None` when there
-    /// is nothing to say. Every watcher of it is NOTIFYed (one NOTIFY in flight per watcher).
-    pub fn set_presence_document(&mut self, extension: &str, doc: Option<Bytes>, now: Instant) {
+    /// The document of event package `package` (`presence`: PIDF, `dialog`: dialog-info) for
+    /// the PBX-side watchers of `key` (an extension or number); `None` when there is nothing to
+    /// say. Every watcher of it is NOTIFYed (one NOTIFY in flight per watcher).
+    pub fn set_presence_document(&mut self, package: &str, key: &str, doc: Option<Bytes>, now: Instant) {
         let Some(n) = self.notifier.as_mut() else { return };
-        for key in n.set_document(extension, doc) {
+        for key in n.set_document(package, key, doc) {
             self.send_watcher_notify(&key, None, now);
         }
     }

@@ -1,15 +1,18 @@
-//! drbridge as a presence notifier toward the PBX side (RFC 6665 notifier, RFC 3856 `presence`
-//! package): the Teams -> PBX half of the presence sync.
+//! drbridge as a presence notifier toward the PBX side (RFC 6665 notifier; the RFC 3856 `presence`
+//! and RFC 4235 `dialog` packages): the Teams -> PBX half of the presence sync.
 //!
 //! Watchers on the PBX side (the PBX itself, MiCollab, phones' busy lamps through the PBX)
-//! SUBSCRIBE to `sip:EXT@drbridge` with `Event: presence`. drbridge answers 200 with the granted
-//! Expires and NOTIFYs at once, then on every change, the document presence gave for that
-//! extension (a PIDF of the user's Teams presence, see `presence::pidf::teams_document`). This
-//! part only speaks SIP; what the document says is presence's business ([`Notifier::set_document`]).
+//! SUBSCRIBE to `sip:EXT@drbridge` with `Event: presence` (or `dialog`, busy lamp fields).
+//! drbridge answers 200 with the granted Expires and NOTIFYs at once, then on every change, the
+//! document presence gave for that key and package (a PIDF of the user's Teams presence, see
+//! `presence::pidf::teams_document`, or a dialog-info, `presence::dialoginfo::teams_document`).
+//! This part only speaks SIP; what the document says is presence's business
+//! ([`Notifier::set_document`]). For `dialog` it writes each subscription's version counter
+//! (RFC 4235 4.1) where the document has `version="0"`.
 //!
 //! Rules:
-//! - Only extensions presence named are served (404 otherwise); other event packages get 489
-//!   with `Allow-Events: presence`; Expires below 60 s gets 423 Min-Expires, above 3600 s is cut.
+//! - Only keys presence named are served (404 otherwise); other event packages get 489 with
+//!   `Allow-Events: presence, dialog`; Expires below 60 s gets 423 Min-Expires, above 3600 s is cut.
 //! - A refresh (in-dialog SUBSCRIBE) re-arms the expiry and NOTIFYs the current document;
 //!   `Expires: 0` ends the subscription with a final NOTIFY `terminated;reason=timeout`, as does
 //!   the expiry itself. A NOTIFY answered 481 (or not at all) ends the subscription silently.
@@ -35,6 +38,10 @@ pub(super) type WatchKey = (String, String);
 #[derive(Debug)]
 pub(super) struct Watcher {
     pub extension: String,
+    /// `presence` or `dialog`.
+    package: &'static str,
+    /// The next dialog-info `version` (RFC 4235: per subscription, from 0).
+    version: u32,
     /// Our name-addr (the SUBSCRIBE's To with our tag): From of our NOTIFYs.
     local: String,
     /// Theirs (the SUBSCRIBE's From with their tag): To of our NOTIFYs.
@@ -64,9 +71,10 @@ pub(super) enum SubscribeOutcome {
 #[derive(Debug)]
 pub(super) struct Notifier {
     extensions: HashSet<String>,
-    docs: HashMap<String, Bytes>,
+    /// Documents by (package, key).
+    docs: HashMap<(&'static str, String), Bytes>,
     watchers: HashMap<WatchKey, Watcher>,
-    by_extension: HashMap<String, Vec<WatchKey>>,
+    by_extension: HashMap<(&'static str, String), Vec<WatchKey>>,
     /// (expiry, key), for the earliest expiry.
     expiries: BTreeSet<(Instant, WatchKey)>,
     max_watchers: usize,
@@ -80,8 +88,25 @@ fn requested_expires(req: &Request) -> Option<u32> {
     }
 }
 
-fn is_presence_event(req: &Request) -> bool {
-    req.headers.get("Event").is_some_and(|e| e.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("presence"))
+/// The event packages served.
+pub const PACKAGES: [&str; 2] = ["presence", "dialog"];
+
+/// The package of a SUBSCRIBE's `Event`, if served.
+fn event_package(req: &Request) -> Option<&'static str> {
+    let e = req.headers.get("Event")?.split(';').next().unwrap_or("").trim();
+    PACKAGES.into_iter().find(|p| e.eq_ignore_ascii_case(p))
+}
+
+fn bad_event() -> SubscribeOutcome {
+    SubscribeOutcome::Refuse(489, vec![("Allow-Events", PACKAGES.join(", "))])
+}
+
+fn content_type(package: &str) -> &'static str {
+    if package == "dialog" {
+        "application/dialog-info+xml"
+    } else {
+        "application/pidf+xml"
+    }
 }
 
 impl Notifier {
@@ -106,9 +131,7 @@ impl Notifier {
 
     /// An out-of-dialog SUBSCRIBE for `extension` (the Request-URI user).
     pub fn subscribe(&mut self, req: &Request, hop: Hop, now: Instant) -> SubscribeOutcome {
-        if !is_presence_event(req) {
-            return SubscribeOutcome::Refuse(489, vec![("Allow-Events", "presence".into())]);
-        }
+        let Some(package) = event_package(req) else { return bad_event() };
         let Some(ext) = Uri::parse(&req.uri).ok().and_then(|u| u.user) else {
             return SubscribeOutcome::Refuse(404, vec![]);
         };
@@ -136,6 +159,8 @@ impl Notifier {
         let granted = expires.min(MAX_EXPIRES);
         let w = Watcher {
             extension: ext.clone(),
+            package,
+            version: 0,
             local: format!("{to};tag={tag}"),
             remote: from.to_string(),
             remote_target: target,
@@ -148,7 +173,7 @@ impl Notifier {
             dirty: false,
         };
         self.expiries.insert((w.expires_at, key.clone()));
-        self.by_extension.entry(ext).or_default().push(key.clone());
+        self.by_extension.entry((package, ext)).or_default().push(key.clone());
         self.watchers.insert(key.clone(), w);
         if granted == 0 {
             // A fetch (RFC 6665 4.4.3): one NOTIFY, then the subscription is over.
@@ -160,14 +185,15 @@ impl Notifier {
 
     /// A SUBSCRIBE in an existing watcher dialog (refresh or `Expires: 0`).
     pub fn refresh(&mut self, key: &WatchKey, req: &Request, now: Instant) -> SubscribeOutcome {
-        if !is_presence_event(req) {
-            return SubscribeOutcome::Refuse(489, vec![("Allow-Events", "presence".into())]);
+        let Some(w) = self.watchers.get_mut(key) else { return SubscribeOutcome::Refuse(481, vec![]) };
+        if event_package(req) != Some(w.package) {
+            // RFC 6665 4.1.2.2: a refresh names the subscription's own package.
+            return bad_event();
         }
         let Some(expires) = requested_expires(req) else { return SubscribeOutcome::Refuse(400, vec![]) };
         if expires != 0 && expires < MIN_EXPIRES {
             return SubscribeOutcome::Refuse(423, vec![("Min-Expires", MIN_EXPIRES.to_string())]);
         }
-        let Some(w) = self.watchers.get_mut(key) else { return SubscribeOutcome::Refuse(481, vec![]) };
         let granted = expires.min(MAX_EXPIRES);
         self.expiries.remove(&(w.expires_at, key.clone()));
         w.expires_at = now + Duration::from_secs(u64::from(granted));
@@ -205,16 +231,25 @@ impl Notifier {
         r.headers.push("Call-ID", key.0.clone());
         r.headers.push("CSeq", format!("{} NOTIFY", w.cseq));
         r.headers.push("Contact", contact(cfg, Side::Pbx, Some(&w.extension)));
-        r.headers.push("Event", "presence");
+        r.headers.push("Event", w.package);
         let state = match terminated {
             Some(reason) => format!("terminated;reason={reason}"),
             None => format!("active;expires={}", w.expires_at.saturating_duration_since(now).as_secs().max(1)),
         };
         r.headers.push("Subscription-State", state);
         add_identity(cfg, Side::Pbx, &mut r.headers, true);
-        if let Some(doc) = self.docs.get(&w.extension) {
-            r.headers.push("Content-Type", "application/pidf+xml");
-            r.body = doc.clone();
+        if let Some(doc) = self.docs.get(&(w.package, w.extension.clone())) {
+            r.headers.push("Content-Type", content_type(w.package));
+            r.body = if w.package == "dialog" {
+                let v = w.version;
+                w.version = w.version.wrapping_add(1);
+                match std::str::from_utf8(doc) {
+                    Ok(text) => Bytes::from(text.replacen("version=\"0\"", &format!("version=\"{v}\""), 1)),
+                    Err(_) => doc.clone(),
+                }
+            } else {
+                doc.clone()
+            };
         }
         let hop = w.hop.clone();
         if terminated.is_some() {
@@ -235,23 +270,26 @@ impl Notifier {
         w.dirty
     }
 
-    /// A new document for `extension` (`None`: presence has nothing to say any more, the
-    /// watchers get an empty NOTIFY). Returns the watchers to NOTIFY.
-    pub fn set_document(&mut self, extension: &str, doc: Option<Bytes>) -> Vec<WatchKey> {
+    /// A new document of `package` for `key` (`None`: presence has nothing to say any more,
+    /// the watchers get an empty NOTIFY). Returns the watchers to NOTIFY. Unknown packages are
+    /// ignored.
+    pub fn set_document(&mut self, package: &str, key: &str, doc: Option<Bytes>) -> Vec<WatchKey> {
+        let Some(package) = PACKAGES.into_iter().find(|p| *p == package) else { return Vec::new() };
+        let k = (package, key.to_string());
         match doc {
             Some(d) => {
-                if self.docs.get(extension) == Some(&d) {
+                if self.docs.get(&k) == Some(&d) {
                     return Vec::new();
                 }
-                self.docs.insert(extension.to_string(), d);
+                self.docs.insert(k.clone(), d);
             }
             None => {
-                if self.docs.remove(extension).is_none() {
+                if self.docs.remove(&k).is_none() {
                     return Vec::new();
                 }
             }
         }
-        self.by_extension.get(extension).cloned().unwrap_or_default()
+        self.by_extension.get(&k).cloned().unwrap_or_default()
     }
 
     /// Watchers whose subscription ran out by `now`.
@@ -266,10 +304,11 @@ impl Notifier {
     fn forget(&mut self, key: &WatchKey) {
         if let Some(w) = self.watchers.remove(key) {
             self.expiries.remove(&(w.expires_at, key.clone()));
-            if let Some(v) = self.by_extension.get_mut(&w.extension) {
-                v.retain(|k| k != key);
+            let k = (w.package, w.extension);
+            if let Some(v) = self.by_extension.get_mut(&k) {
+                v.retain(|x| x != key);
                 if v.is_empty() {
-                    self.by_extension.remove(&w.extension);
+                    self.by_extension.remove(&k);
                 }
             }
         }

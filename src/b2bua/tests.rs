@@ -965,7 +965,7 @@ fn pbx_watcher_gets_notifies_with_the_latest_document() {
     assert!(first.body.is_empty(), "nothing known yet");
     answer(&mut w, first, 200);
 
-    w.core.set_presence_document("4711", Some(Bytes::from_static(b"<presence>busy</presence>")), w.now);
+    w.core.set_presence_document("presence", "4711", Some(Bytes::from_static(b"<presence>busy</presence>")), w.now);
     w.flush();
     let n = notifies(&w.take());
     assert_eq!(n.len(), 1);
@@ -973,8 +973,8 @@ fn pbx_watcher_gets_notifies_with_the_latest_document() {
     assert_eq!(n[0].1.content_type(), Some("application/pidf+xml"));
     assert_eq!(n[0].1.cseq().unwrap().seq, 2);
     // two more changes while that NOTIFY is unanswered: held back
-    w.core.set_presence_document("4711", Some(Bytes::from_static(b"<presence>away</presence>")), w.now);
-    w.core.set_presence_document("4711", Some(Bytes::from_static(b"<presence>dnd</presence>")), w.now);
+    w.core.set_presence_document("presence", "4711", Some(Bytes::from_static(b"<presence>away</presence>")), w.now);
+    w.core.set_presence_document("presence", "4711", Some(Bytes::from_static(b"<presence>dnd</presence>")), w.now);
     w.flush();
     assert!(notifies(&w.take()).is_empty(), "one NOTIFY in flight per watcher");
     answer(&mut w, &n[0].1, 200);
@@ -983,7 +983,7 @@ fn pbx_watcher_gets_notifies_with_the_latest_document() {
     assert_eq!(&n[0].1.body[..], b"<presence>dnd</presence>");
     answer(&mut w, &n[0].1, 200);
     // the same document again: no NOTIFY
-    w.core.set_presence_document("4711", Some(Bytes::from_static(b"<presence>dnd</presence>")), w.now);
+    w.core.set_presence_document("presence", "4711", Some(Bytes::from_static(b"<presence>dnd</presence>")), w.now);
     w.flush();
     assert!(notifies(&w.take()).is_empty());
     assert_eq!(w.core.presence_watchers(), 1);
@@ -999,8 +999,8 @@ fn pbx_watcher_refusals() {
         final_response(&sent)
     };
     assert_eq!(status(&mut w, pbx_subscribe("4799", "r1", None, 1, "presence", "600")).status, 404, "not an extension presence named");
-    let r = status(&mut w, pbx_subscribe("4711", "r2", None, 1, "dialog", "600"));
-    assert_eq!((r.status, r.headers.get("Allow-Events")), (489, Some("presence")));
+    let r = status(&mut w, pbx_subscribe("4711", "r2", None, 1, "message-summary", "600"));
+    assert_eq!((r.status, r.headers.get("Allow-Events")), (489, Some("presence, dialog")));
     let r = status(&mut w, pbx_subscribe("4711", "r3", None, 1, "presence", "30"));
     assert_eq!((r.status, r.headers.get("Min-Expires")), (423, Some("60")));
     w.from_pbx(&pbx_subscribe("4711", "r4", None, 1, "presence", "7200"));
@@ -1017,7 +1017,7 @@ fn pbx_watcher_refusals() {
     let r = status(&mut w, pbx_subscribe("4711", "m9", None, 1, "presence", "600").replace("watch-4711", "watch9"));
     assert_eq!((r.status, r.headers.get("Retry-After")), (503, Some("30")));
     // a watcher's SUBSCRIBE from the Teams side is not served
-    w.core.set_presence_document("4711", Some(Bytes::from_static(b"x")), w.now);
+    w.core.set_presence_document("presence", "4711", Some(Bytes::from_static(b"x")), w.now);
     w.flush();
     assert_eq!(notifies(&w.take()).len(), 3);
 }
@@ -1067,7 +1067,37 @@ fn pbx_watcher_refresh_unsubscribe_expiry_and_481() {
     let first = notifies(&w.take()).remove(0).1;
     answer(&mut w, &first, 481);
     assert_eq!(w.core.presence_watchers(), 0, "the watcher is gone");
-    w.core.set_presence_document("4711", Some(Bytes::from_static(b"y")), w.now);
+    w.core.set_presence_document("presence", "4711", Some(Bytes::from_static(b"y")), w.now);
     w.flush();
     assert!(notifies(&w.take()).is_empty());
+}
+
+/// A busy lamp field subscribes to the `dialog` package: it gets the dialog-info documents with
+/// its own version counter (0, 1, 2: RFC 4235), and presence documents do not reach it.
+#[test]
+fn pbx_dialog_watcher_gets_versioned_dialog_info() {
+    let mut w = watcher_world();
+    let doc = |state: &str| Bytes::from(format!("<dialog-info version=\"0\" state=\"full\" entity=\"sip:4711@x\">{state}</dialog-info>"));
+    w.core.set_presence_document("dialog", "4711", Some(doc("")), w.now);
+    w.from_pbx(&pbx_subscribe("4711", "d1", None, 1, "dialog", "600"));
+    let sent = w.take();
+    assert_eq!(final_response(&sent).status, 200);
+    let n = notifies(&sent).remove(0).1;
+    assert_eq!((n.headers.get("Event"), n.content_type()), (Some("dialog"), Some("application/dialog-info+xml")));
+    assert!(String::from_utf8_lossy(&n.body).contains("version=\"0\""));
+    answer(&mut w, &n, 200);
+    w.core.set_presence_document("presence", "4711", Some(Bytes::from_static(b"<presence/>")), w.now);
+    w.flush();
+    assert!(notifies(&w.take()).is_empty(), "a presence document is not for a dialog watcher");
+    for v in 1..=2 {
+        w.core.set_presence_document("dialog", "4711", Some(doc(&format!("<dialog id=\"{v}\"/>"))), w.now);
+        w.flush();
+        let n = notifies(&w.take()).remove(0).1;
+        assert!(String::from_utf8_lossy(&n.body).contains(&format!("version=\"{v}\"")), "version {v}: {:?}", n.body);
+        answer(&mut w, &n, 200);
+    }
+    // a refresh must name the same package
+    let tag = n.from_hdr().and_then(|f| f.tag().map(str::to_string)).unwrap();
+    w.from_pbx(&pbx_subscribe("4711", "d2", Some(&tag), 2, "presence", "600"));
+    assert_eq!(final_response(&w.take()).status, 489);
 }

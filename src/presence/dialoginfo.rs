@@ -162,9 +162,33 @@ pub fn line_state<'a, I: IntoIterator<Item = &'a DialogEntry>>(dialogs: I) -> Li
     }
 }
 
+/// The dialog-info document (RFC 4235, `state="full"`) drbridge NOTIFYs to PBX-side watchers
+/// of the `dialog` package (busy lamp fields) for a Teams presence: one confirmed dialog while
+/// Teams says the user is in a call (activity InACall / InAConferenceCall), none otherwise.
+/// `version="0"` is a placeholder: the notifier writes each subscription's own counter there.
+pub fn teams_document(entity: &str, activity: &str) -> String {
+    let in_call = matches!(activity, "InACall" | "InAConferenceCall");
+    let entity = super::pidf::escape(entity);
+    let dialog = if in_call { "<dialog id=\"teams\"><state>confirmed</state></dialog>" } else { "" };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n<dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"0\" state=\"full\" entity=\"{entity}\">{dialog}</dialog-info>\r\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn teams_documents_read_back() {
+        let busy = parse(teams_document("sip:+4681234801@pbx", "InACall").as_bytes()).unwrap();
+        assert_eq!((busy.full, busy.version, busy.entity.as_str()), (true, 0, "sip:+4681234801@pbx"));
+        assert_eq!(line_state(&busy.dialogs), LineState::InCall);
+        for activity in ["Available", "InAMeeting", "Presenting", "Away"] {
+            let idle = parse(teams_document("sip:4711@pbx", activity).as_bytes()).unwrap();
+            assert_eq!(line_state(&idle.dialogs), LineState::Idle, "{activity}");
+        }
+    }
 
     // RFC 4235 section 4.2 style, as an MX-ONE / MiVB would send for extension 4711.
     const EARLY_IN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>

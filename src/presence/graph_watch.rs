@@ -8,6 +8,10 @@
 //! application token of [`GraphClient::token`]. Refresh tokens, access tokens and the
 //! `clientState` are [`Secret`]s / [`AccessToken`]s and never reach a log or an error message.
 //!
+//! A monitor's first refresh token comes from [`GraphClient::device_login`] (the device
+//! authorization grant, run by `drbridge monitor-login`), which checks that the account that
+//! signed in is the monitor, and [`write_secret_file`] stores it (0600, temporary file + rename).
+//!
 //! Also here: RFC 3339 timestamps ([`rfc3339`], [`parse_rfc3339`]) for `expirationDateTime`,
 //! without a date crate.
 
@@ -449,7 +453,9 @@ impl GraphClient {
             return Err(GraphError::Token(format!("monitor {monitor}: device code request: identity platform answered {status} {code}").trim().to_string()));
         }
         let field = |k: &str| v.as_ref().and_then(|v| v.get(k)).and_then(|x| x.as_str()).unwrap_or("").to_string();
-        let (device_code, user_code, verification_uri) = (field("device_code"), field("user_code"), field("verification_uri"));
+        // `verification_url` is the older spelling (v1 endpoints).
+        let verification_uri = Some(field("verification_uri")).filter(|u| !u.is_empty()).unwrap_or_else(|| field("verification_url"));
+        let (device_code, user_code) = (field("device_code"), field("user_code"));
         if device_code.is_empty() || user_code.is_empty() || verification_uri.is_empty() {
             return Err(GraphError::Token(format!("monitor {monitor}: device code answer without device_code, user_code or verification_uri")));
         }
@@ -804,5 +810,112 @@ mod tests {
         assert!(m.get("monitor1@contoso.example").is_some());
         assert!(m.get("monitor2@contoso.example").is_none());
         assert!(!format!("{m:?}").contains("rt-secret"));
+    }
+
+    fn jwt(claims: &serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!("{}.{}.", b(br#"{"alg":"none","typ":"JWT"}"#), b(claims.to_string().as_bytes()))
+    }
+
+    #[test]
+    fn id_token_username_reads_preferred_username_or_upn() {
+        let t = jwt(&serde_json::json!({"aud": "app", "preferred_username": "Monitor1@Contoso.example", "upn": "other@contoso.example", "name": "Monitor 1"}));
+        assert_eq!(id_token_username(&t).as_deref(), Some("Monitor1@Contoso.example"));
+        let t = jwt(&serde_json::json!({"upn": "monitor1@contoso.example"}));
+        assert_eq!(id_token_username(&t).as_deref(), Some("monitor1@contoso.example"));
+        // An empty preferred_username falls back to upn.
+        let t = jwt(&serde_json::json!({"preferred_username": " ", "upn": "monitor1@contoso.example"}));
+        assert_eq!(id_token_username(&t).as_deref(), Some("monitor1@contoso.example"));
+        // A signed token and a padded payload read the same.
+        let signed = format!("{}sig-nature", jwt(&serde_json::json!({"preferred_username": "a@b.example"})));
+        assert_eq!(id_token_username(&signed).as_deref(), Some("a@b.example"));
+        let parts: Vec<&str> = signed.split('.').collect();
+        let padded = format!("{}.{}==.{}", parts[0], parts[1], parts[2]);
+        assert_eq!(id_token_username(&padded).as_deref(), Some("a@b.example"));
+    }
+
+    #[test]
+    fn id_token_username_without_the_claim_is_none() {
+        for claims in [
+            serde_json::json!({"name": "Monitor 1", "oid": "00000000-0000-0000-0000-000000000001"}),
+            serde_json::json!({"preferred_username": ""}),
+            serde_json::json!({"preferred_username": 42, "upn": null}),
+            serde_json::json!(["preferred_username", "a@b.example"]),
+        ] {
+            assert_eq!(id_token_username(&jwt(&claims)), None, "{claims}");
+        }
+    }
+
+    #[test]
+    fn id_token_username_of_garbage_is_none() {
+        use base64::Engine as _;
+        let not_json = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"preferred_username=a@b.example");
+        for bad in [
+            String::new(),
+            "not a token".into(),
+            "a.b".into(),
+            "..".into(),
+            "eyJhbGciOiJub25lIn0.!!!.".into(),
+            format!("eyJhbGciOiJub25lIn0.{not_json}."),
+            "eyJhbGciOiJub25lIn0.eyJwcmVmZXJyZWRfdXNlcm5hbWUiOiJhQGIuZXhhbXBsZSJ9".into(),
+        ] {
+            assert_eq!(id_token_username(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_monitor_may_sign_in() {
+        let monitor = "presence-monitor-1@contoso.example";
+        assert!(check_signed_in(monitor, &jwt(&serde_json::json!({"preferred_username": "Presence-Monitor-1@CONTOSO.example"}))).is_ok());
+        let e = check_signed_in(monitor, &jwt(&serde_json::json!({"preferred_username": "admin@contoso.example"}))).unwrap_err();
+        assert_eq!(e, GraphError::Token(format!("signed in as admin@contoso.example, not the monitor {monitor}")));
+        // A claim with control characters is shown without them.
+        let e = check_signed_in(monitor, &jwt(&serde_json::json!({"preferred_username": "ev\u{1b}[2Jil@x.example"}))).unwrap_err();
+        assert!(!e.to_string().contains('\u{1b}'), "{e}");
+        assert!(matches!(check_signed_in(monitor, "garbage"), Err(GraphError::Token(_))));
+    }
+
+    #[test]
+    fn device_poll_answers() {
+        let err = |code: &str| serde_json::json!({"error": code, "error_description": "AADSTS70016: secret-ish free text"}).to_string();
+        assert_eq!(classify_device_poll(400, err("authorization_pending").as_bytes()), DevicePoll::Pending);
+        assert_eq!(classify_device_poll(400, err("slow_down").as_bytes()), DevicePoll::SlowDown);
+        assert!(matches!(classify_device_poll(503, b"<html>"), DevicePoll::Unavailable(_)));
+        assert!(matches!(classify_device_poll(400, err("temporarily_unavailable").as_bytes()), DevicePoll::Unavailable(_)));
+        for code in ["authorization_declined", "expired_token", "bad_verification_code", "invalid_client", "invalid_grant"] {
+            match classify_device_poll(400, err(code).as_bytes()) {
+                DevicePoll::Failed(why) => assert!(why.contains(code) && !why.contains("AADSTS"), "{why}"),
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        let ok = serde_json::json!({"access_token": "at", "refresh_token": "rt", "id_token": "h.p.", "expires_in": 3599}).to_string();
+        assert_eq!(classify_device_poll(200, ok.as_bytes()), DevicePoll::Done { refresh: Secret::new("rt"), id_token: "h.p.".into() });
+        let no_refresh = serde_json::json!({"access_token": "at", "id_token": "h.p."}).to_string();
+        assert!(matches!(classify_device_poll(200, no_refresh.as_bytes()), DevicePoll::Failed(w) if w.contains("refresh_token")));
+        let no_id = serde_json::json!({"access_token": "at", "refresh_token": "rt-secret"}).to_string();
+        assert!(matches!(classify_device_poll(200, no_id.as_bytes()), DevicePoll::Failed(w) if w.contains("id_token") && !w.contains("rt-secret")));
+        assert!(device_login_scope().starts_with(MONITOR_SCOPE) && device_login_scope().ends_with(" openid profile"));
+    }
+
+    #[test]
+    fn secret_files_are_private_and_replaced_whole() {
+        let base = std::env::temp_dir().join(format!("drbridge-secret-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let path = base.join("tokens").join("monitor-1.token");
+        write_secret_file(&path, &Secret::new("rt-1")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "rt-1\n");
+        write_secret_file(&path, &Secret::new("rt-2")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "rt-2\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o077, 0);
+        }
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("monitor-1.token")], "no temporary file left");
+        assert!(write_secret_file(&base.join(".."), &Secret::new("x")).is_err());
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

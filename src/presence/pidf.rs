@@ -169,7 +169,7 @@ pub fn teams_status_name(availability: &str) -> &'static str {
 }
 
 /// XML text escaping for element content and attribute values.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

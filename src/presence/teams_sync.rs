@@ -30,10 +30,12 @@ pub struct WebhookNote {
     pub lifecycle: Option<String>,
 }
 
-/// The PIDF document of one PBX extension (None: nothing known any more).
+/// A document for the PBX-side watchers of one key (an extension or number): `presence` (PIDF)
+/// or `dialog` (dialog-info, for busy lamp fields). `None`: nothing known any more.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresenceDoc {
-    pub extension: String,
+    pub package: &'static str,
+    pub key: String,
     pub body: Option<Bytes>,
 }
 
@@ -58,6 +60,22 @@ pub struct TeamsSyncSetup {
     pub entity_host: String,
     pub published: PublishedFn,
     pub charge: ChargeFn,
+    /// `numbers.to_pbx`, for [`watch_keys`].
+    pub to_pbx: crate::routing::NumberRules,
+}
+
+/// The user parts a PBX-side watcher may SUBSCRIBE to for `user`: its extensions, its numbers
+/// as written in the directory, and those numbers in the PBX's form (`numbers.to_pbx`), so that
+/// a busy lamp for a Teams-only user works with the number the PBX dials.
+pub fn watch_keys(user: &super::directory::User, to_pbx: &crate::routing::NumberRules) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let numbers = user.numbers.iter().flat_map(|n| [n.clone(), to_pbx.apply(n)]);
+    for k in user.extensions.iter().cloned().chain(numbers) {
+        if !k.is_empty() && !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
 }
 
 /// The running task's handles.
@@ -86,26 +104,6 @@ fn failure(e: &GraphError) -> (u16, Option<Duration>) {
         GraphError::Status { status, retry_after, .. } => (*status, *retry_after),
         _ => (0, None),
     }
-}
-
-/// Writes a rotated refresh token back to its file (0600, via a temporary file and rename).
-fn persist_token(path: &std::path::Path, token: &Secret) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(token.expose().as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
@@ -184,7 +182,7 @@ pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
             for (upn, path) in &s.monitors {
                 if let Some(t) = s.graph.monitor_refresh_token(upn).await {
                     if token_sent.get(upn).map(String::as_str) != Some(t.expose()) {
-                        match persist_token(path, &t) {
+                        match super::graph_watch::write_secret_file(path, &t) {
                             Ok(()) => {
                                 token_sent.insert(upn.clone(), t.expose().to_string());
                             }
@@ -197,9 +195,12 @@ pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
                 tracing::debug!(user = %u.user.as_str(), availability = %u.status.availability, activity = %u.status.activity, "Teams presence for the PBX side");
                 lock(&view).insert(u.user.as_str().to_string(), u.status.clone());
                 if let Some(user) = s.directory.get(&u.user) {
-                    for ext in &user.extensions {
-                        let body = teams_document(&format!("sip:{ext}@{}", s.entity_host), &u.status.availability, &u.status.activity);
-                        let _ = docs_tx.send(PresenceDoc { extension: ext.clone(), body: Some(Bytes::from(body)) }).await;
+                    for key in watch_keys(user, &s.to_pbx) {
+                        let entity = format!("sip:{key}@{}", s.entity_host);
+                        let pidf = teams_document(&entity, &u.status.availability, &u.status.activity);
+                        let dialog = super::dialoginfo::teams_document(&entity, &u.status.activity);
+                        let _ = docs_tx.send(PresenceDoc { package: "presence", key: key.clone(), body: Some(Bytes::from(pidf)) }).await;
+                        let _ = docs_tx.send(PresenceDoc { package: "dialog", key, body: Some(Bytes::from(dialog)) }).await;
                     }
                 }
             }
@@ -241,4 +242,25 @@ pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
         }
     });
     TeamsSync { notes: notes_tx, docs, statuses, task }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_keys_are_extensions_numbers_and_pbx_forms() {
+        let dir = UserDirectory::parse(
+            "[[user]]\nupn = \"anna@x\"\nextensions = [\"4711\"]\nnumbers = [\"+4681234711\"]\n[[user]]\nupn = \"carl@x\"\nnumbers = [\"+4681234801\", \"+4681230000\"]\n",
+            "users.toml",
+        )
+        .unwrap();
+        let rules: Vec<crate::config::NumberRule> = toml::from_str::<crate::config::Numbers>("[[to_pbx]]\nmatch = '^\\+468123(\\d{4})$'\nreplace = '$1'\n").unwrap().to_pbx;
+        let to_pbx = crate::routing::NumberRules::new(&rules);
+        let anna = dir.by_upn("anna@x").unwrap();
+        assert_eq!(watch_keys(anna, &to_pbx), ["4711", "+4681234711"], "the PBX form of anna's number is her extension: once");
+        let carl = dir.by_upn("carl@x").unwrap();
+        assert_eq!(watch_keys(carl, &to_pbx), ["+4681234801", "4801", "+4681230000", "0000"]);
+        assert_eq!(watch_keys(carl, &crate::routing::NumberRules::default()), ["+4681234801", "+4681230000"]);
+    }
 }

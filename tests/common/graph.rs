@@ -8,6 +8,9 @@
 //! rotation, delegated tokens), presence subscriptions (`POST /subscriptions` with Graph's
 //! validation request to the notification URL, `PATCH`, `DELETE`, `/reauthorize`),
 //! `getPresencesByUserId`, and change / lifecycle notifications sent on a test's request.
+//! A monitor's first sign-in: the device authorization grant (`/devicecode`, then
+//! `grant_type=urn:ietf:params:oauth:grant-type:device_code` polls answered
+//! `authorization_pending` until a test approves or declines the user code).
 //!
 //! Self-contained (only axum, tokio, serde_json, reqwest, rustls) so the benchmark can include it by path.
 #![allow(dead_code)]
@@ -105,6 +108,36 @@ struct State {
     /// Answers for the next subscription / getPresencesByUserId requests.
     watch_faults: VecDeque<Fault>,
     validation_timeout: Duration,
+    /// Device authorization requests (`/devicecode`), in order.
+    device_auths: Vec<DeviceAuth>,
+    /// `interval` of device code answers, seconds.
+    device_interval: u64,
+    /// `expires_in` of device code answers, seconds.
+    device_expires_in: u64,
+}
+
+/// Where a device code stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAuthState {
+    /// Nobody signed in yet: polls get `authorization_pending`.
+    Pending,
+    /// This user (lower-case UPN) signed in; the next poll gets the tokens.
+    Approved(String),
+    /// The user declined: polls get `authorization_declined`.
+    Declined,
+    /// The tokens were issued (the device code is used up: `invalid_grant`).
+    Redeemed,
+}
+
+/// One device authorization request as the stub keeps it.
+#[derive(Debug, Clone)]
+pub struct DeviceAuth {
+    pub device_code: String,
+    pub user_code: String,
+    pub scope: String,
+    pub issued: Instant,
+    pub expires_in: Duration,
+    pub state: DeviceAuthState,
 }
 
 struct Inner {
@@ -199,7 +232,7 @@ impl GraphStub {
             tenant: tenant.to_string(),
             client_id: client_id.to_string(),
             client_secret: client_secret.to_string(),
-            state: Mutex::new(State { expires_in: 3599, validation_timeout: VALIDATION_TIMEOUT, ..Default::default() }),
+            state: Mutex::new(State { expires_in: 3599, validation_timeout: VALIDATION_TIMEOUT, device_interval: 1, device_expires_in: 900, ..Default::default() }),
             changed: tokio::sync::Notify::new(),
             http: plain_http_client(),
         });
@@ -344,6 +377,12 @@ type Answer = (u16, Vec<(String, String)>, serde_json::Value);
 #[allow(clippy::too_many_arguments)]
 fn route(inner: &Inner, st: &mut State, method: &Method, path: &str, query: &str, body: &str, auth: Option<&str>, at: Instant) -> Answer {
     let token_path = format!("/{}/oauth2/v2.0/token", inner.tenant);
+    if path == format!("/{}/oauth2/v2.0/devicecode", inner.tenant) {
+        if method != Method::POST {
+            return json(405, serde_json::Value::Null);
+        }
+        return device_code_request(inner, st, &form_decode(body));
+    }
     if path == token_path {
         if method != Method::POST {
             return json(405, serde_json::Value::Null);
@@ -352,6 +391,9 @@ fn route(inner: &Inner, st: &mut State, method: &Method, path: &str, query: &str
         let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
         if get("grant_type") == "refresh_token" {
             return refresh_grant(inner, st, &f);
+        }
+        if get("grant_type") == DEVICE_CODE_GRANT {
+            return device_code_grant(inner, st, &f);
         }
         if get("grant_type") != "client_credentials" {
             return json(400, serde_json::json!({"error": "unsupported_grant_type"}));
@@ -1067,4 +1109,168 @@ pub fn serve_until_stopped(listener: tokio::net::TcpListener, app: axum::Router)
             .await;
     });
     stop
+}
+
+// ---------------------------------------------------------------------------------------------
+// A monitor's first sign-in: the device authorization grant.
+
+/// `grant_type` of the device authorization grant's token polls.
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// The page the user opens to enter the code.
+pub const DEVICE_LOGIN_PAGE: &str = "https://microsoft.com/devicelogin";
+
+/// Base64url without padding (JWT segments).
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An unsigned JWT (`header.payload.`) as the stub's `id_token`.
+pub fn unsigned_jwt(claims: &serde_json::Value) -> String {
+    format!("{}.{}.", b64url(br#"{"typ":"JWT","alg":"none"}"#), b64url(claims.to_string().as_bytes()))
+}
+
+/// `POST /{tenant}/oauth2/v2.0/devicecode`: a device code and the user code to enter.
+fn device_code_request(inner: &Inner, st: &mut State, f: &HashMap<String, String>) -> Answer {
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    if get("client_id") != inner.client_id {
+        return json(400, serde_json::json!({"error": "invalid_client", "error_description": "AADSTS700016: Application not found in the directory."}));
+    }
+    if get("scope").trim().is_empty() {
+        return json(400, serde_json::json!({"error": "invalid_request", "error_description": "AADSTS900144: The request body must contain the following parameter: 'scope'."}));
+    }
+    let n = st.device_auths.len() as u64 + 1;
+    let salt = inner as *const Inner as u64;
+    let h = guid(n, salt).replace('-', "");
+    let user_code: String = h.chars().rev().take(8).collect::<String>().to_ascii_uppercase();
+    let device_code = format!("stub-device-code-{n}-{h}");
+    let auth = DeviceAuth {
+        device_code: device_code.clone(),
+        user_code: user_code.clone(),
+        scope: get("scope").to_string(),
+        issued: Instant::now(),
+        expires_in: Duration::from_secs(st.device_expires_in),
+        state: DeviceAuthState::Pending,
+    };
+    st.device_auths.push(auth);
+    json(
+        200,
+        serde_json::json!({
+            "user_code": user_code,
+            "device_code": device_code,
+            "verification_uri": DEVICE_LOGIN_PAGE,
+            "expires_in": st.device_expires_in,
+            "interval": st.device_interval,
+            "message": format!("To sign in, use a web browser to open the page {DEVICE_LOGIN_PAGE} and enter the code {user_code} to authenticate."),
+        }),
+    )
+}
+
+/// `grant_type=urn:ietf:params:oauth:grant-type:device_code`: pending until approved; then a
+/// delegated access token, a refresh token (registered as the user's monitor refresh token) and
+/// an `id_token` (when `openid` was asked for).
+fn device_code_grant(inner: &Inner, st: &mut State, f: &HashMap<String, String>) -> Answer {
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    if get("client_id") != inner.client_id || get("client_secret") != inner.client_secret {
+        return json(401, serde_json::json!({"error": "invalid_client"}));
+    }
+    let err = |code: &str, text: &str| json(400, serde_json::json!({"error": code, "error_description": text}));
+    let Some(pos) = st.device_auths.iter().position(|a| a.device_code == get("device_code")) else {
+        return err("bad_verification_code", "AADSTS70019: Verification code expired or not recognized.");
+    };
+    let a = &mut st.device_auths[pos];
+    let expired = a.issued.elapsed() >= a.expires_in;
+    let upn = match (&a.state, expired) {
+        (DeviceAuthState::Redeemed, _) => return err("invalid_grant", "AADSTS54005: OAuth2 Authorization code was already redeemed."),
+        (_, true) => return err("expired_token", "AADSTS70020: The provided value for the input parameter 'device_code' is not valid. This device code has expired."),
+        (DeviceAuthState::Pending, _) => return err("authorization_pending", "AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling."),
+        (DeviceAuthState::Declined, _) => return err("authorization_declined", "AADSTS70000: The user declined the sign-in."),
+        (DeviceAuthState::Approved(upn), _) => upn.clone(),
+    };
+    a.state = DeviceAuthState::Redeemed;
+    let openid = a.scope.split_whitespace().any(|s| s == "openid");
+    st.monitor_grants += 1;
+    let n = st.monitor_grants;
+    let (access, refresh) = (format!("stub-monitor-token-{n}"), format!("stub-refresh-token-{n}"));
+    st.monitor_tokens.insert(access.clone(), upn.clone());
+    st.refresh_tokens.retain(|_, u| *u != upn);
+    st.refresh_tokens.insert(refresh.clone(), upn.clone());
+    let mut answer = serde_json::json!({
+        "token_type": "Bearer",
+        "scope": "https://graph.microsoft.com/Presence.Read.All openid profile",
+        "expires_in": st.expires_in,
+        "ext_expires_in": st.expires_in,
+        "access_token": access,
+        "refresh_token": refresh,
+    });
+    if openid {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let claims = serde_json::json!({
+            "aud": inner.client_id,
+            "iss": format!("https://login.microsoftonline.com/{}/v2.0", inner.tenant),
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "name": upn.split('@').next().unwrap_or(""),
+            "oid": guid(n as u64, 7),
+            "preferred_username": upn,
+            "tid": inner.tenant,
+            "ver": "2.0",
+        });
+        answer["id_token"] = unsigned_jwt(&claims).into();
+    }
+    json(200, answer)
+}
+
+impl GraphStub {
+    /// `interval` (seconds) of the device codes issued from now on (default 1).
+    pub fn set_device_code_interval(&self, secs: u64) {
+        self.st().device_interval = secs;
+    }
+    /// `expires_in` (seconds) of the device codes issued from now on (default 900).
+    pub fn set_device_code_lifetime(&self, secs: u64) {
+        self.st().device_expires_in = secs;
+    }
+    /// Every device authorization request so far, in order.
+    pub fn device_auths(&self) -> Vec<DeviceAuth> {
+        self.st().device_auths.clone()
+    }
+    /// `upn` signs in with this user code (the user opened the page, entered the code and
+    /// consented). False for an unknown code or one that is no longer pending.
+    pub fn approve_device_code(&self, user_code: &str, upn: &str) -> bool {
+        self.set_device_state(user_code, DeviceAuthState::Approved(upn.to_ascii_lowercase()))
+    }
+    /// The user declines the sign-in for this user code.
+    pub fn decline_device_code(&self, user_code: &str) -> bool {
+        self.set_device_state(user_code, DeviceAuthState::Declined)
+    }
+    fn set_device_state(&self, user_code: &str, state: DeviceAuthState) -> bool {
+        let changed = {
+            let mut st = self.st();
+            match st.device_auths.iter_mut().find(|a| a.user_code.eq_ignore_ascii_case(user_code) && a.state == DeviceAuthState::Pending) {
+                Some(a) => {
+                    a.state = state;
+                    true
+                }
+                None => false,
+            }
+        };
+        self.inner.changed.notify_waiters();
+        changed
+    }
+    /// Requests to `/devicecode`.
+    pub fn device_code_requests(&self) -> Vec<Recorded> {
+        self.st().log.iter().filter(|r| r.path.ends_with("/oauth2/v2.0/devicecode")).cloned().collect()
+    }
+    /// Token requests with the device code grant (the polls).
+    pub fn device_code_polls(&self) -> Vec<Recorded> {
+        self.token_requests().into_iter().filter(|r| form_decode(&r.body).get("grant_type").map(String::as_str) == Some(DEVICE_CODE_GRANT)).collect()
+    }
 }
