@@ -337,6 +337,35 @@ async fn teams_to_pbx_srtp_relayed_as_plain_rtp_both_ways() {
     mc.teams_hangs_up(&lab).await;
 }
 
+/// The PBX calls Teams with a delayed offer (INVITE without SDP), which Teams does not take:
+/// drbridge offers SRTP to Teams itself, the PBX gets drbridge's offer in the 200 and answers
+/// in its ACK, and RTP flows both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_delayed_offer_call_carries_media_both_ways() {
+    let lab = lab(|_| {}).await;
+    let pbx = SipPeer::new("pbx");
+    pbx.bind_udp(lab.cfg.pbx_address).await;
+    let pbx_rtp = RtpEndpoint::bind().await;
+    let mut ep = SrtpEndpoint::bind().await;
+    let dr = lab.cfg.pbx_listen;
+    let inv = pbx.new_request(Method::Invite, &format!("sip:{TEAMS_USER}@{dr}"), &format!("<sip:{PBX_EXT}@{}>", lab.cfg.pbx_address), &format!("<sip:{TEAMS_USER}@{dr}>"));
+    let mut pbx_call = pbx.send_invite(&pbx.udp_to(dr), inv);
+    let (teams_call, dr_teams) = teams_answers(&lab.teams, &ep, 101).await;
+    assert!(!dr_teams.candidates.is_empty(), "drbridge made a full ICE-lite SRTP offer to Teams");
+    let ok = pbx.await_answer(&mut pbx_call, STEP).await;
+    assert_eq!(ok.status, 200);
+    let dr_pbx = assert_pbx_side_sdp(&lab, &String::from_utf8_lossy(&ok.body), &[ep.addr().port()], "offer in the 200 toward the PBX");
+    let mut ack = pbx.dialog_request(&mut pbx_call, Method::Ack);
+    ack.headers.push("Content-Type", "application/sdp");
+    ack.body = bytes::Bytes::from(pbx_sdp(pbx_rtp.addr(), "sendrecv"));
+    pbx.send_in_dialog(&pbx_call, &ack).await;
+    ep.set_remote_key(&dr_teams.key());
+    ep.ice_check(dr_teams.candidates[0], &dr_teams.ice(), true).await;
+    let mut mc = MediaCall { pbx, pbx_call, pbx_rtp, dr_pbx, teams_call, ep, dr_teams };
+    mc.assert_media_both_ways(30, 500).await;
+    mc.teams_hangs_up(&lab).await;
+}
+
 /// The same direction with SIPp as the PBX, echoing RTP (`-rtp_echo`): what Teams encrypts comes
 /// back through drbridge twice (SRTP -> RTP -> SIPp -> RTP -> SRTP) and decrypts equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

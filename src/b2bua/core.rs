@@ -170,6 +170,10 @@ struct Call {
     timers: Vec<(Instant, CallTimer)>,
     ctxs: Vec<ClientTxnId>,
     open_stx: Vec<(ServerTxnId, Request)>,
+    /// The PBX's INVITE came without SDP (delayed offer) and went to Teams, which accepts early
+    /// offers only: drbridge offered for the PBX ([`B2bua::delayed_offer_sdp`]), the 200 to the
+    /// PBX carries drbridge's offer and the PBX's ACK the answer; 18x go to the PBX without SDP.
+    delayed_offer: bool,
     /// The media session relaying the two legs of `pair`.
     media: Option<MediaBinding>,
     /// The media of a new pair being connected (transfer, Replaces), active once connected:
@@ -722,6 +726,47 @@ impl B2bua {
         Some((n, refresher))
     }
 
+    /// The offer drbridge makes toward Teams for a PBX INVITE without SDP: the PBX profile's
+    /// codecs with their static (or drbridge's dynamic) payload types, at the PBX's address on
+    /// the discard port until the PBX's answer in the ACK says where its media is.
+    fn delayed_offer_sdp(&self) -> Bytes {
+        let ip = self.cfg.pbx.addr.ip();
+        let net = if ip.is_ipv6() { "IP6" } else { "IP4" };
+        let mut pts = Vec::new();
+        let mut maps = String::new();
+        for name in &self.pbx_profile.allowed {
+            let (enc, rate) = name.split_once('/').map(|(e, r)| (e, r.parse().unwrap_or(8000))).unwrap_or((name.as_str(), 8000u32));
+            let (pt, rtpmap) = match enc.to_ascii_uppercase().as_str() {
+                "PCMU" => (0u8, "PCMU/8000".to_string()),
+                "PCMA" => (8, "PCMA/8000".into()),
+                "G722" => (9, "G722/8000".into()),
+                "G729" => (18, "G729/8000".into()),
+                "TELEPHONE-EVENT" => (101, format!("telephone-event/{rate}")),
+                _ => continue,
+            };
+            if pts.contains(&pt) {
+                continue;
+            }
+            pts.push(pt);
+            maps.push_str(&format!("a=rtpmap:{pt} {rtpmap}\r\n"));
+            if pt == 101 {
+                maps.push_str("a=fmtp:101 0-16\r\n");
+            }
+            if pt == 18 {
+                maps.push_str("a=fmtp:18 annexb=no\r\n");
+            }
+        }
+        if !pts.contains(&101) {
+            pts.push(101);
+            maps.push_str("a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n");
+        }
+        let list: Vec<String> = pts.iter().map(u8::to_string).collect();
+        Bytes::from(format!(
+            "v=0\r\no=- 0 0 IN {net} {ip}\r\ns=-\r\nc=IN {net} {ip}\r\nt=0 0\r\nm=audio 9 RTP/AVP {}\r\n{maps}a=ptime:20\r\na=sendrecv\r\n",
+            list.join(" ")
+        ))
+    }
+
     fn new_invite(&mut self, stx: ServerTxnId, req: Request, peer: Peer, side: Side, now: Instant) {
         let mf = req.headers.get("Max-Forwards").and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(70);
         if mf == 0 {
@@ -758,6 +803,13 @@ impl B2bua {
         let callee_e164 = self.plan.to_teams(&callee_raw);
         let dest = self.plan.route(&callee_e164, side);
         let caller_e164 = self.plan.to_teams(&caller_raw);
+        // Teams takes no INVITE without SDP: drbridge makes the offer (see `Call::delayed_offer`).
+        let delayed_offer = req.body.is_empty() && side == Side::Pbx && dest == Side::Teams && self.media.is_some();
+        let mut req = req;
+        if delayed_offer {
+            req.body = self.delayed_offer_sdp();
+            req.headers.set("Content-Type", "application/sdp");
+        }
 
         let mut trying = req.response(100, None);
         add_identity(&self.cfg, side, &mut trying.headers, false);
@@ -800,6 +852,7 @@ impl B2bua {
             timers: Vec::new(),
             ctxs: Vec::new(),
             open_stx: Vec::new(),
+            delayed_offer,
             media,
             media_next: None,
         };
@@ -1207,6 +1260,18 @@ impl B2bua {
             call.legs[lid].remote_sdp = ack.body.clone();
         }
         self.disarm(cid, CallTimer::Retrans2xx(lid));
+        if lid == 0 && self.calls[&cid].delayed_offer {
+            // The answer to drbridge's offer in the 200: where the PBX's media is.
+            if ack.body.is_empty() {
+                tracing::warn!(call = cid, "PBX ACK without the SDP answer to a delayed-offer call: ending it");
+                self.end_call(cid, None, EndReason::Rejected(488), now);
+                return;
+            }
+            self.media_learn(cid, 0, &ack.body);
+            if let Some(c) = self.calls.get_mut(&cid) {
+                c.delayed_offer = false;
+            }
+        }
         // An ACK on the other leg that waited for this body (offer was in the 2xx).
         let Some(call) = self.calls.get_mut(&cid) else { return };
         let Some(olid) = Self::other_leg(call, lid) else { return };
@@ -1587,6 +1652,12 @@ impl B2bua {
             }
         }
         let Some(call) = self.calls.get(&cid) else { return };
+        if call.delayed_offer {
+            // The PBX made no offer: an SDP in an unreliable 18x would be an offer it cannot
+            // answer (RFC 3261 13.2.1). It plays ringback itself.
+            r.body = Bytes::new();
+            r.headers.remove("Content-Type");
+        }
         let first = call.state == CallState::Calling;
         let (caller, callee) = (call.caller.clone(), call.callee.clone());
         let _ = self.txns.send_response(stx, &r, now);

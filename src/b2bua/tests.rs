@@ -733,6 +733,70 @@ fn anchored_call_hides_media_addresses_and_speaks_sdes_ice_lite_to_teams() {
     assert!(teams_remote.2.srtp.is_some(), "Teams key for decryption");
 }
 
+/// A PBX INVITE without SDP (delayed offer) toward Teams, which takes early offers only:
+/// drbridge offers SRTP to Teams itself, sends the PBX its 183 without SDP and the 200 with an
+/// offer (drbridge's PBX-side address, the codec Teams chose), and learns the PBX's media from
+/// the answer in the ACK. Without an answer in the ACK the call ends.
+#[test]
+fn delayed_offer_from_the_pbx_becomes_an_early_offer_to_teams() {
+    let (mut w, fake) = media_world(10);
+    let invite = pbx_invite("do");
+    let offerless = invite[..invite.find("Content-Type").unwrap()].to_string() + "Content-Length: 0\n\n";
+    w.from_pbx(&offerless);
+    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
+    let body = String::from_utf8_lossy(&inv.body).to_string();
+    assert!(body.contains("RTP/SAVP") && body.contains("a=crypto:1") && body.contains("a=ice-lite"), "an SRTP offer to Teams: {body}");
+    assert!(body.contains("PCMA/8000") && body.contains("telephone-event"), "{body}");
+    assert!(!body.contains("10.9.9.9"), "the PBX address is not Teams' business: {body}");
+    assert_eq!(inv.content_type(), Some("application/sdp"));
+    // early media from Teams: no SDP toward the PBX
+    let mut ring = inv.response(183, Some("ms"));
+    ring.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
+    ring.headers.push("Content-Type", "application/sdp");
+    ring.body = bytes::Bytes::from_static(TEAMS_ANSWER.as_bytes());
+    w.from_teams(Message::Response(ring), "52.112.0.1:5061");
+    let sent = w.take();
+    let p183 = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 183 => Some(r.clone()), _ => None }).expect("183 to the PBX");
+    assert!(p183.body.is_empty() && p183.content_type().is_none(), "no offer in an unreliable 183");
+    let mut ok = inv.response(200, Some("ms"));
+    ok.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = bytes::Bytes::from_static(TEAMS_ANSWER.as_bytes());
+    w.from_teams(Message::Response(ok), "52.112.0.1:5061");
+    let sent = w.take();
+    assert!(sent.iter().any(|(h, m)| matches!(m, Message::Request(r) if r.method == crate::sip::msg::Method::Ack && r.body.is_empty()) && h.peer.proto == Proto::Tls), "Teams ACKed at once");
+    let pbx_ok = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => Some(r.clone()), _ => None }).unwrap();
+    let offer = String::from_utf8_lossy(&pbx_ok.body).to_string();
+    assert!(offer.contains("c=IN IP4 10.9.9.1") && offer.contains("m=audio") && offer.contains("PCMA/8000"), "drbridge's offer in the 200: {offer}");
+    assert!(!offer.contains("crypto") && !offer.contains("52.113"), "{offer}");
+    let learned_before = fake.0.lock().unwrap().remotes.iter().filter(|r| r.1 == MediaEnd::A).count();
+    let ack = format!(
+        "ACK sip:+4930555@10.9.9.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-doack\nMax-Forwards: 70\nFrom: \"Alice\" <sip:4711@10.9.9.9>;tag=pbx1\nTo: <sip:+4930555@10.9.9.1>;tag={}\nCall-ID: do@10.9.9.9\nCSeq: 1 ACK\nContent-Type: application/sdp\n\nv=0\no=PBX 2 2 IN IP4 10.9.9.9\ns=-\nc=IN IP4 10.9.9.9\nt=0 0\nm=audio 41000 RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\na=sendrecv\n",
+        pbx_ok.to_tag().unwrap()
+    );
+    w.from_pbx(&ack);
+    let st = fake.0.lock().unwrap();
+    let pbx_remotes: Vec<_> = st.remotes.iter().filter(|r| r.1 == MediaEnd::A).collect();
+    assert_eq!(pbx_remotes.len(), learned_before + 1, "the ACK's answer went to the relay");
+    assert_eq!(pbx_remotes.last().unwrap().2.rtp, Some("10.9.9.9:41000".parse().unwrap()));
+    drop(st);
+    assert_eq!(w.requests(crate::sip::msg::Method::Bye).len(), 0);
+
+    // an ACK without the answer: the call cannot have media, it ends
+    let (mut w, _fake) = media_world(10);
+    let offerless = pbx_invite("dn").split("Content-Type").next().unwrap().to_string() + "Content-Length: 0\n\n";
+    w.from_pbx(&offerless);
+    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
+    let mut ok = inv.response(200, Some("ms"));
+    ok.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = bytes::Bytes::from_static(TEAMS_ANSWER.as_bytes());
+    w.from_teams(Message::Response(ok), "52.112.0.1:5061");
+    let tag = w.take().iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => r.to_tag().map(str::to_string), _ => None }).unwrap();
+    w.from_pbx(&format!("ACK sip:+4930555@10.9.9.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-dnack\nMax-Forwards: 70\nFrom: \"Alice\" <sip:4711@10.9.9.9>;tag=pbx1\nTo: <sip:+4930555@10.9.9.1>;tag={tag}\nCall-ID: dn@10.9.9.9\nCSeq: 1 ACK\nContent-Length: 0\n\n"));
+    assert_eq!(w.requests(crate::sip::msg::Method::Bye).len(), 2, "BYE on both legs");
+}
+
 #[test]
 fn no_media_ports_is_503_and_counted() {
     let (mut w, _fake) = media_world(0);
