@@ -187,6 +187,8 @@ enum CallTimer {
     InviteDeadline(LegId),
     /// `ring_timeout` after the call's INVITE: still unanswered, it is given up.
     RingTimeout,
+    /// `ring_timeout` after a transfer target's INVITE (leg): still ringing, the transfer fails.
+    TargetRing(LegId),
     Retrans2xx(LegId),
     SessionTimer(LegId),
     Cleanup,
@@ -2179,6 +2181,20 @@ impl B2bua {
                     self.stats.ring_timeouts += 1;
                     self.end_call(cid, None, EndReason::Timeout, now);
                 }
+                CallTimer::TargetRing(lid) => {
+                    let Some(call) = self.calls.get(&cid) else { return };
+                    let ringing = call.refer.as_ref().and_then(|r| r.target_leg) == Some(lid)
+                        && call.legs.get(lid).and_then(|l| l.invite.as_ref()).is_some_and(|i| i.provisional);
+                    if !ringing {
+                        // Answered, failed, or not even ringing (Timer B ends that one).
+                        continue;
+                    }
+                    tracing::info!(call = cid, "transfer target not answered within the ring timeout: given up");
+                    self.stats.ring_timeouts += 1;
+                    // The CANCEL marks the INVITE abandoned: its 487 is not the call's failure.
+                    self.send_cancel(cid, lid, now);
+                    self.transfer_failed(cid, 408, now);
+                }
                 CallTimer::Retrans2xx(lid) => {
                     let Some(call) = self.calls.get_mut(&cid) else { return };
                     let leg = &mut call.legs[lid];
@@ -2387,6 +2403,9 @@ impl B2bua {
             }
             // Referred-By toward the target, rewritten for its side.
             let _ = carried;
+            if let Some(t) = self.cfg.ring_timeout {
+                self.arm(cid, now + t, CallTimer::TargetRing(nl));
+            }
         }
     }
 

@@ -492,6 +492,39 @@ fn refer_from_teams_transfers_the_pbx_caller_to_another_teams_number() {
     assert!(find_req(&sent, crate::sip::msg::Method::Ack).is_some(), "ACK to the PBX");
 }
 
+/// A transfer target that rings past the ring timeout: CANCEL to it, NOTIFY 408 to the
+/// transferor, and the call itself stays up (its 487 is not the call's failure).
+#[test]
+fn a_transfer_target_ringing_past_the_ring_timeout_fails_the_transfer_only() {
+    let now = Instant::now();
+    let mut c = cfg();
+    c.ring_timeout = Some(Duration::from_secs(10));
+    let mut core = B2bua::new(c, Box::new(Plan), now);
+    core.handle_timeout(now);
+    let mut w = World { core, now, sent: vec![] };
+    w.flush();
+    w.sent.clear();
+    let (inv, _) = answered_teams_call(&mut w);
+    w.take();
+    w.from_teams(teams_in_dialog(&inv, "REFER", 5, "Refer-To: <sip:+4930666@sip.pstnhub.microsoft.com;user=phone>\r\n", ""), "52.112.0.1:5061");
+    let (_, target) = find_req(&w.take(), crate::sip::msg::Method::Invite).expect("INVITE to the target");
+    w.from_teams(respond(&target, 180, "tgt", "<sip:b.pstnhub.microsoft.com:5061;transport=tls>"), "52.112.0.1:5061");
+    w.take();
+    w.advance(Duration::from_secs(9));
+    assert!(find_req(&w.take(), crate::sip::msg::Method::Cancel).is_none(), "still ringing at 9 s");
+    w.advance(Duration::from_secs(2));
+    let sent = w.take();
+    let cancel = find_req(&sent, crate::sip::msg::Method::Cancel).expect("CANCEL to the target").1;
+    assert_eq!(cancel.call_id(), target.call_id());
+    let notify = find_req(&sent, crate::sip::msg::Method::Notify).expect("NOTIFY to the transferor").1;
+    assert_eq!(&notify.body[..], b"SIP/2.0 408 Request Timeout\r\n");
+    assert!(find_req(&sent, crate::sip::msg::Method::Bye).is_none(), "the call stays up");
+    w.from_teams(Message::Response(target.response(487, Some("tgt"))), "52.112.0.1:5061");
+    assert!(find_req(&w.take(), crate::sip::msg::Method::Bye).is_none(), "the target's 487 ends nothing");
+    assert_eq!(w.core.stats.ring_timeouts, 1);
+    assert_eq!(w.core.active_calls(), 1);
+}
+
 #[test]
 fn refer_to_a_pbx_extension_routes_to_the_pbx() {
     let mut w = World::new();

@@ -86,6 +86,9 @@ pub struct MediaEngineConfig {
     pub event_queue: usize,
     /// Media threads (packet path); 0 = one per core (`available_parallelism`).
     pub threads: usize,
+    /// Number of this engine's first thread (`media-relay-N`): engines of several signalling
+    /// shards number their threads apart ([`MediaEngineConfig::share`]).
+    pub first_thread: usize,
 }
 
 impl Default for MediaEngineConfig {
@@ -104,6 +107,7 @@ impl Default for MediaEngineConfig {
             max_sessions: 2000,
             event_queue: 1024,
             threads: 0,
+            first_thread: 0,
         }
     }
 }
@@ -138,6 +142,7 @@ impl MediaEngineConfig {
             pbx_ports: part(&self.pbx_ports)?,
             max_sessions: ((self.max_sessions as u64 * span.len() as u64).div_ceil(of) as usize).max(1),
             threads: (self.thread_count() / shards.max(1)).max(1),
+            first_thread: self.first_thread + span.start * (self.thread_count() / shards.max(1)).max(1),
             ..self.clone()
         })
     }
@@ -310,7 +315,7 @@ impl MediaEngine {
             inactive_count.clone(),
         ));
         let n = cfg.thread_count();
-        let threads = (0..n).map(|i| spawn_media_thread(i, epoch)).collect();
+        let threads = (0..n).map(|i| spawn_media_thread(cfg.first_thread + i, epoch)).collect();
         let engine = MediaEngine {
             teams_pool: PortPool::new(cfg.teams_ports.clone(), n, REUSE_AFTER.as_millis() as u64),
             pbx_pool: PortPool::new(cfg.pbx_ports.clone(), n, REUSE_AFTER.as_millis() as u64),
@@ -1021,6 +1026,7 @@ mod tests {
         // three equal spans of three
         let parts: Vec<MediaEngineConfig> = (0..3).map(|i| cfg.share(i..i + 1, 3, 3).expect("enough pairs")).collect();
         // 50 Teams pairs from 40000; PBX starts at the first even port, 45002: 49 pairs to 45099
+        assert_eq!(parts.iter().map(|p| p.first_thread).collect::<Vec<_>>(), [0, 1, 2], "threads numbered apart");
         assert_eq!(parts[0].teams_ports, 40000..=40031);
         assert_eq!(parts[1].teams_ports, 40032..=40065);
         assert_eq!(parts[2].teams_ports, 40066..=40099);
