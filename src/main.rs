@@ -225,6 +225,7 @@ async fn run(path: &Path, aux: tokio::runtime::Handle) -> Result<(), String> {
             listen: cfg.pbx.listen,
             peer: cfg.pbx.address,
             server_name: cfg.pbx.tls_peer_names.first().cloned().unwrap_or_else(|| cfg.pbx.domain.clone()),
+            no_client_cert_from: (cfg.pbx.tls_client_cert == config::ClientCert::Optional).then(|| cfg.pbx.address.ip()),
         }),
         _ => None,
     };

@@ -35,6 +35,11 @@ fn pem(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 /// PBX peer listens on `pbx_address` with the trunk certificate `pbx_leaf` and requires a client
 /// certificate from the trunk CA.
 async fn lab(pbx_leaf: &str) -> Lab {
+    lab_with(pbx_leaf, "").await
+}
+
+/// [`lab`] with extra `[pbx]` lines.
+async fn lab_with(pbx_leaf: &str, pbx_extra: &str) -> Lab {
     let cfg = LabConfig::new();
     let trunk = cfg.dir.join("trunk");
     generate_pki(
@@ -56,7 +61,7 @@ async fn lab(pbx_leaf: &str) -> Lab {
         sbc_crt.display(),
         sbc_key.display(),
         trunk.join("trunk-ca.crt").display()
-    );
+    ) + "\n" + pbx_extra;
     let pbx = SipPeer::new("pbx");
     let (crt, key) = pem(&trunk, pbx_leaf);
     pbx.listen_tls_at(cfg.pbx_address, server_config(&crt, &key, &trunk.join("trunk-ca.crt"))).await;
@@ -159,4 +164,50 @@ async fn a_pbx_certificate_for_another_name_is_refused() {
     assert!(fin.status >= 500, "call through a PBX with the wrong certificate name: {}", fin.status);
     assert!(lab.pbx.requests(None, &Method::Invite).is_empty(), "INVITE sent to a PBX whose certificate names another host");
     assert!(lab.dr.stderr().contains("TLS handshake"), "the refusal is logged");
+}
+
+/// A TLS handshake to `to` from `from_ip` without a client certificate (server checked against
+/// `ca`, name `name`), then an OPTIONS: true when drbridge answers anything on that connection.
+async fn answers_without_client_cert(from_ip: &str, to: std::net::SocketAddr, name: &str, ca: &Path) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(format!("{from_ip}:0").parse().unwrap()).expect("bind");
+    let tcp = sock.connect(to).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(client_config(None, ca));
+    let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let Ok(mut tls) = connector.connect(server, tcp).await else { return false };
+    let opt = format!("OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/TLS {from_ip}:5061;branch=z9hG4bK-nocert\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{from_ip}>;tag=1\r\nTo: <sip:{to}>\r\nCall-ID: nocert-{from_ip}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+    if tls.write_all(opt.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; 2048];
+    matches!(tokio::time::timeout(STEP, tls.read(&mut buf)).await, Ok(Ok(n)) if n > 0 && buf.starts_with(b"SIP/2.0 200"))
+}
+
+/// `pbx.tls_client_cert = "optional"`: the PBX's own address may connect without a client
+/// certificate and call Teams; another address without one is refused. By default
+/// ("required") the PBX's address is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbx_without_a_client_certificate_only_from_its_address_and_only_when_optional() {
+    let lab = lab_with("pbx", "tls_client_cert = \"optional\"").await;
+    let ca = lab.trunk.join("trunk-ca.crt");
+    assert!(answers_without_client_cert("127.0.0.1", lab.cfg.pbx_listen, SBC_LAN, &ca).await, "the PBX's address, no certificate: served");
+    assert!(!answers_without_client_cert("127.0.0.2", lab.cfg.pbx_listen, SBC_LAN, &ca).await, "another address without a certificate: refused");
+    assert!(tokio::task::block_in_place(|| lab.dr.wait_log("no client certificate, and not from the trunk's address", STEP)));
+    // a call from the PBX without a certificate
+    let dr = lab.cfg.pbx_listen;
+    let conn = lab.pbx.connect_tls(dr, SBC_LAN, client_config(None, &ca), None).await.expect("TLS without a client certificate");
+    let mut inv = lab.pbx.new_request(Method::Invite, &format!("sip:{TEAMS_USER}@{dr};transport=tls"), &format!("<sip:4711@{PBX_HOST}>"), &format!("<sip:{TEAMS_USER}@{dr}>"));
+    inv.headers.push("Content-Type", "application/sdp");
+    inv.body = bytes::Bytes::from(pbx_sdp());
+    let mut caller = lab.pbx.send_invite(&conn, inv);
+    let t = lab.teams.answer_call(STEP).await;
+    assert_eq!(lab.pbx.await_answer(&mut caller, STEP).await.status, 200);
+    lab.pbx.ack(&mut caller).await;
+    assert_eq!(lab.pbx.bye(&mut caller, STEP).await.status, 200);
+    lab.teams.expect_bye(&t, STEP).await;
+
+    let strict = lab_with("pbx", "").await;
+    let ca = strict.trunk.join("trunk-ca.crt");
+    assert!(!answers_without_client_cert("127.0.0.1", strict.cfg.pbx_listen, SBC_LAN, &ca).await, "required: even the PBX's address needs a certificate");
 }

@@ -213,6 +213,20 @@ pub struct Pbx {
     /// when the PBX connects. Empty in the file means `[domain]`; after [`load`] it is always set.
     #[serde(default)]
     pub tls_peer_names: Vec<String>,
+    /// With TLS: `"required"` (default): the PBX's connections must present a certificate
+    /// (checked like the server certificate); `"optional"`: a connection from the IP of
+    /// `address` may come without one (a PBX that presents none), any other still needs one.
+    #[serde(default)]
+    pub tls_client_cert: ClientCert,
+}
+
+/// `pbx.tls_client_cert`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCert {
+    #[default]
+    Required,
+    Optional,
 }
 
 /// `[numbers]`: number normalization, first matching rule wins, no match = unchanged.
@@ -975,6 +989,8 @@ fn validate(cfg: &mut Config) -> Result<(), Invalid> {
         }
     } else if !p.tls_peer_names.is_empty() {
         return Err(bad("pbx.tls_peer_names", "only with pbx.transport = \"tls\""));
+    } else if p.tls_client_cert != ClientCert::Required {
+        return Err(bad("pbx.tls_client_cert", "only with pbx.transport = \"tls\""));
     }
     for (i, n) in p.tls_peer_names.iter().enumerate() {
         let plain = n.strip_prefix("*.").unwrap_or(n);

@@ -241,6 +241,12 @@ listen = "127.0.0.1:5062""#;
     assert_eq!(e, "config/x.toml: pbx.tls_peer_names[0]: \"pbx example\" is not a DNS name, *.wildcard or IP address");
     let e = err(&MINIMAL.replace("[pbx]", "[pbx]\ntls_peer_names = [\"pbx.example.local\"]"));
     assert_eq!(e, "config/x.toml: pbx.tls_peer_names: only with pbx.transport = \"tls\"");
+    let c = parse(&MINIMAL.replace("[pbx]", &format!("{tls}\ntls_client_cert = \"optional\""))).unwrap();
+    assert_eq!(c.pbx.tls_client_cert, ClientCert::Optional);
+    let e = err(&MINIMAL.replace("[pbx]", "[pbx]\ntls_client_cert = \"optional\""));
+    assert_eq!(e, "config/x.toml: pbx.tls_client_cert: only with pbx.transport = \"tls\"");
+    let e = err(&MINIMAL.replace("[pbx]", &format!("{tls}\ntls_client_cert = \"maybe\"")));
+    assert!(e.starts_with("config/x.toml: pbx.tls_client_cert"), "{e}");
     // One TLS listener per side: the PBX's certificates and CA are not the Teams side's.
     let e = err(&MINIMAL.replace("[pbx]", tls).replace("127.0.0.1:5062", "127.0.0.1:5061"));
     assert!(e.starts_with("config/x.toml: pbx.listen: must differ from teams.listen"), "{e}");

@@ -126,6 +126,9 @@ pub struct TrunkTls {
     pub peer: SocketAddr,
     /// SNI and the name the trunk's server certificate must carry (DNS name or IP address).
     pub server_name: String,
+    /// Accept the trunk's connections without a client certificate, from this address only
+    /// (a PBX that presents none); `None`: a client certificate is required.
+    pub no_client_cert_from: Option<std::net::IpAddr>,
 }
 
 /// The trunk identity as the connection code uses it.
@@ -363,9 +366,9 @@ impl SipTransport {
             Some(t) => {
                 let server_name = rustls::pki_types::ServerName::try_from(t.server_name.trim_start_matches('[').trim_end_matches(']').to_owned())
                     .map_err(|e| TransportError::Tls(format!("trunk server name {:?}: {e}", t.server_name)))?;
-                let acceptor = tokio_rustls::TlsAcceptor::from(t.setup.server_config()?);
+                let acceptor = tokio_rustls::TlsAcceptor::from(t.setup.server_config_with(t.no_client_cert_from.is_none())?);
                 let connector = tokio_rustls::TlsConnector::from(t.setup.client_config()?);
-                (Some((t.listen, acceptor)), Some(TrunkConnector { peer: t.peer, connector, server_name }))
+                (Some((t.listen, acceptor, t.no_client_cert_from)), Some(TrunkConnector { peer: t.peer, connector, server_name }))
             }
             None => (None, None),
         };
@@ -393,15 +396,15 @@ impl SipTransport {
                     udp.push((Arc::new(sock), addr));
                 }
                 Proto::Tcp | Proto::Tls => {
-                    let acc = match (l.proto, &trunk_acceptor) {
-                        (Proto::Tcp, _) => None,
-                        (_, Some((listen, a))) if *listen == l.addr => Some(a.clone()),
-                        _ => Some(acceptor.clone().ok_or(TransportError::NoTlsSetup(l.addr))?),
+                    let (acc, no_cert_from) = match (l.proto, &trunk_acceptor) {
+                        (Proto::Tcp, _) => (None, None),
+                        (_, Some((listen, a, from))) if *listen == l.addr => (Some(a.clone()), *from),
+                        _ => (Some(acceptor.clone().ok_or(TransportError::NoTlsSetup(l.addr))?), None),
                     };
                     let lis = stream::bind(l.addr).map_err(bind_err)?;
                     let addr = lis.local_addr().map_err(bind_err)?;
                     local.push((l.proto, addr));
-                    tcp.push((l.proto, lis, acc));
+                    tcp.push((l.proto, lis, acc, no_cert_from));
                 }
             }
         }
@@ -422,8 +425,8 @@ impl SipTransport {
         for (sock, addr) in &shared.udp {
             tokio::spawn(udp::receive(shared.clone(), sock.clone(), *addr));
         }
-        for (proto, lis, acc) in tcp {
-            tokio::spawn(stream::accept_loop(shared.clone(), proto, lis, acc));
+        for (proto, lis, acc, no_cert_from) in tcp {
+            tokio::spawn(stream::accept_loop(shared.clone(), proto, lis, acc, no_cert_from));
         }
         for (proto, addr) in &shared.local {
             tracing::info!(%proto, %addr, "SIP listening");

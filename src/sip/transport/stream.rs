@@ -33,6 +33,7 @@ pub(super) async fn accept_loop(
     proto: Proto,
     lis: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    no_cert_from: Option<std::net::IpAddr>,
 ) {
     loop {
         if shared.events.is_closed() {
@@ -69,6 +70,12 @@ pub(super) async fn accept_loop(
                     match tokio::time::timeout(timeout, acc.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let (_, conn) = tls.get_ref();
+                            if conn.peer_certificates().is_none_or(|c| c.is_empty()) && no_cert_from != Some(remote.ip()) {
+                                // Only the trunk's own address may come without a certificate.
+                                bump(&slot.shared.stats.tls_handshake_failures);
+                                info!(%remote, "inbound TLS handshake failed: no client certificate, and not from the trunk's address");
+                                return;
+                            }
                             let names: Vec<String> = conn
                                 .peer_certificates()
                                 .and_then(|c| c.first())

@@ -116,12 +116,19 @@ impl TlsSetup {
 
     /// rustls server configuration: client certificate required and checked by [`PeerCertVerifier`].
     pub(crate) fn server_config(&self) -> Result<Arc<ServerConfig>, TransportError> {
+        self.server_config_with(true)
+    }
+
+    /// [`Self::server_config`]; with `client_cert_mandatory` false a client may come without a
+    /// certificate (one it presents is still checked); the caller decides whom to keep.
+    pub(crate) fn server_config_with(&self, client_cert_mandatory: bool) -> Result<Arc<ServerConfig>, TransportError> {
         let provider = Arc::new(sip_provider());
-        let verifier = PeerCertVerifier::new(
+        let mut verifier = PeerCertVerifier::new(
             &self.roots,
             self.peer_names.clone(),
             provider.signature_verification_algorithms,
         );
+        verifier.mandatory = client_cert_mandatory;
         let cfg = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
             .map_err(|e| TransportError::Tls(e.to_string()))?
@@ -249,6 +256,8 @@ pub struct PeerCertVerifier {
     subjects: Vec<DistinguishedName>,
     peer_names: Vec<String>,
     algs: WebPkiSupportedAlgorithms,
+    /// A client without a certificate is refused (the default).
+    pub mandatory: bool,
 }
 
 impl fmt::Debug for PeerCertVerifier {
@@ -271,6 +280,7 @@ impl PeerCertVerifier {
             subjects: roots.subjects(),
             peer_names,
             algs,
+            mandatory: true,
         }
     }
 
@@ -311,6 +321,10 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
 impl ClientCertVerifier for PeerCertVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.subjects
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
     }
 
     fn verify_client_cert(
