@@ -654,11 +654,9 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
         let t = &p.teams_to_pbx;
         if t.enabled {
             let client_state = webhook_client_state(cfg)?.ok_or_else(|| format!("{file}: admin.webhook_client_state_file: required with presence.teams_to_pbx"))?;
-            let mut monitors = Vec::new();
             for (i, m) in t.monitors.iter().enumerate() {
                 let token = SecretSource::File(m.refresh_token_file.clone()).load().map_err(|e| format!("{file}: presence.teams_to_pbx.monitors[{i}].refresh_token_file: {e}"))?;
-                graph.add_monitor(&m.upn, token).await;
-                monitors.push((m.upn.clone(), m.refresh_token_file.clone()));
+                graph.add_monitor_with_file(&m.upn, token, m.refresh_token_file.clone()).await;
             }
             let publisher = publishing.core.clone();
             let published: teams_sync::PublishedFn = Arc::new(move |user: &drbridge::presence::UserId| {
@@ -685,11 +683,11 @@ async fn start_presence(cfg: &config::Config, media_metrics: MediaMetrics) -> Re
                     object_ids: ids.clone(),
                     notification_url: t.notification_url.clone(),
                     client_state,
-                    monitors,
                     entity_host: cfg.pbx.domain.clone(),
                     published,
                     charge,
                     to_pbx: NumberPlan::new(&cfg.numbers).to_pbx,
+                    store: store.clone(),
                 },
                 4096,
             );

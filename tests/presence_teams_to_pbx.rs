@@ -225,3 +225,23 @@ async fn a_notification_without_our_client_state_is_ignored() {
     assert!(after.iter().any(|i| i == ANNA_ID), "anna fetched: {after:?}");
     assert!(!after.iter().any(|i| i == BO_ID), "the forged notification made drbridge fetch bo: {after:?}");
 }
+
+/// drbridge records the subscriptions it holds: after a restart (a kill, no goodbye) it deletes
+/// the previous run's subscription at Graph and makes a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_deletes_the_previous_runs_subscription() {
+    let Lab { stub, cfg, _teams, dr } = lab().await;
+    let covered = |s: &GraphStub| s.subscriptions().iter().any(|x| !x.expired() && x.covers(ANNA_ID));
+    assert!(stub.wait_until(WAIT, covered).await);
+    let first: Vec<String> = stub.subscriptions().into_iter().map(|x| x.id).collect();
+    // the initial fetch follows drbridge's recording of the subscription
+    let fetched = |s: &GraphStub| s.requests().iter().any(|r| r.path.ends_with("/getPresencesByUserId"));
+    assert!(stub.wait_until(WAIT, fetched).await);
+    // killed: no chance to delete anything; the same configuration (data_dir, token file) again
+    drop(dr);
+    let dr = tokio::task::block_in_place(|| Drbridge::start(&cfg));
+    let gone = stub.wait_until(WAIT, |s| first.iter().all(|id| s.subscription(id).is_none())).await;
+    assert!(gone, "the previous run's subscriptions are still there: {:?}\n{}", stub.subscriptions(), dr.stderr());
+    assert!(stub.wait_until(WAIT, covered).await, "a new subscription after the restart");
+    assert!(dr.stderr().contains("Graph subscription of a previous run deleted"));
+}

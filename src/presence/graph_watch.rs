@@ -33,11 +33,13 @@ pub const CLIENT_STATE_MAX: usize = 128;
 pub struct MonitorTokens {
     refresh: Secret,
     cache: TokenCache,
+    /// Where a rotated refresh token is written at once ([`write_secret_file`]).
+    file: Option<std::path::PathBuf>,
 }
 
 impl MonitorTokens {
     pub fn new(refresh_token: Secret) -> MonitorTokens {
-        MonitorTokens { refresh: refresh_token, cache: TokenCache::default() }
+        MonitorTokens { refresh: refresh_token, cache: TokenCache::default(), file: None }
     }
     /// The current refresh token.
     pub fn refresh_token(&self) -> &Secret {
@@ -131,8 +133,17 @@ impl GraphClient {
         tracing::debug!(monitor, "graph: presence monitor registered");
     }
 
-    /// The current refresh token of a monitor (the identity platform rotates it; the caller
-    /// persists it).
+    /// Registers a monitor whose refresh token lives in `file`: every rotated token is written
+    /// there before it is used (a process killed right after a refresh must not restart with
+    /// a token the identity platform no longer takes).
+    pub async fn add_monitor_with_file(&self, monitor: &str, refresh_token: Secret, file: std::path::PathBuf) {
+        let mut t = MonitorTokens::new(refresh_token);
+        t.file = Some(file);
+        self.monitors.insert(monitor, t);
+        tracing::debug!(monitor, "graph: presence monitor registered");
+    }
+
+    /// The current refresh token of a monitor (the identity platform rotates it).
     pub async fn monitor_refresh_token(&self, monitor: &str) -> Option<Secret> {
         let entry = self.monitors.get(monitor)?;
         let m = entry.lock().await;
@@ -179,6 +190,11 @@ impl GraphClient {
         let rotated = field("refresh_token");
         if !rotated.is_empty() {
             m.refresh = Secret::new(rotated);
+            if let Some(f) = &m.file {
+                if let Err(e) = write_secret_file(f, &m.refresh) {
+                    tracing::warn!(monitor, file = %f.display(), error = %e, "cannot write the monitor's rotated refresh token: a restart will need monitor-login");
+                }
+            }
         }
         let token = AccessToken(access.into());
         m.cache.store(token.clone(), Duration::from_secs(secs), Instant::now());

@@ -94,12 +94,18 @@ pub trait PresenceStore: Send + Sync {
     fn set_object_id(&self, user: &UserId, object_id: Option<&str>) -> Result<(), PresenceError>;
     /// Forgets a user (removed from the directory).
     fn remove(&self, user: &UserId) -> Result<(), PresenceError>;
+    /// The Graph presence subscriptions drbridge holds (id, monitor), so that a restart deletes
+    /// them instead of leaving them to send notifications for up to an hour.
+    fn graph_subscriptions(&self) -> Result<Vec<(String, String)>, PresenceError>;
+    /// Records a subscription (`Some(monitor)`) or forgets it (`None`).
+    fn set_graph_subscription(&self, id: &str, monitor: Option<&str>) -> Result<(), PresenceError>;
 }
 
 /// A store in memory, for tests and for running without a data directory.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     users: Mutex<BTreeMap<UserId, StoredUser>>,
+    subscriptions: Mutex<BTreeMap<String, String>>,
 }
 
 impl MemoryStore {
@@ -151,9 +157,24 @@ impl PresenceStore for MemoryStore {
         self.with(|m| m.remove(user));
         Ok(())
     }
+
+    fn graph_subscriptions(&self) -> Result<Vec<(String, String)>, PresenceError> {
+        let g = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(g.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn set_graph_subscription(&self, id: &str, monitor: Option<&str>) -> Result<(), PresenceError> {
+        let mut g = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        match monitor {
+            Some(m) => g.insert(id.to_string(), m.to_string()),
+            None => g.remove(id),
+        };
+        Ok(())
+    }
 }
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("presence_users_v1");
+const SUBSCRIPTIONS: TableDefinition<&str, &str> = TableDefinition::new("graph_subscriptions_v1");
 /// File name of the database under the data directory.
 pub const DB_FILE: &str = "presence.redb";
 
@@ -178,8 +199,9 @@ impl RedbStore {
         std::fs::create_dir_all(data_dir).map_err(|x| e(format!("cannot create directory: {x}")))?;
         let db = Database::create(&path).map_err(|x| e(x.to_string()))?;
         let s = RedbStore { db, path };
-        // Create the table so that reads of an empty store work.
+        // Create the tables so that reads of an empty store work.
         s.write(|_| Ok(()))?;
+        s.write_subscriptions(|_| Ok(()))?;
         Ok(s)
     }
 
@@ -200,6 +222,16 @@ impl RedbStore {
         let tx = self.db.begin_write().map_err(|x| self.err(x))?;
         {
             let mut t = tx.open_table(USERS).map_err(|x| self.err(x))?;
+            f(&mut t)?;
+        }
+        tx.commit().map_err(|x| self.err(x))
+    }
+
+    /// One write transaction on the subscriptions table.
+    fn write_subscriptions(&self, f: impl FnOnce(&mut redb::Table<&str, &str>) -> Result<(), PresenceError>) -> Result<(), PresenceError> {
+        let tx = self.db.begin_write().map_err(|x| self.err(x))?;
+        {
+            let mut t = tx.open_table(SUBSCRIPTIONS).map_err(|x| self.err(x))?;
             f(&mut t)?;
         }
         tx.commit().map_err(|x| self.err(x))
@@ -266,6 +298,27 @@ impl PresenceStore for RedbStore {
         self.write(|t| {
             t.remove(user.as_str()).map_err(|x| self.err(x))?;
             Ok(())
+        })
+    }
+
+    fn graph_subscriptions(&self) -> Result<Vec<(String, String)>, PresenceError> {
+        let tx = self.db.begin_read().map_err(|x| self.err(x))?;
+        let t = tx.open_table(SUBSCRIPTIONS).map_err(|x| self.err(x))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|x| self.err(x))? {
+            let (k, v) = item.map_err(|x| self.err(x))?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    fn set_graph_subscription(&self, id: &str, monitor: Option<&str>) -> Result<(), PresenceError> {
+        self.write_subscriptions(|t| {
+            match monitor {
+                Some(m) => t.insert(id, m).map(|_| ()),
+                None => t.remove(id).map(|_| ()),
+            }
+            .map_err(|x| self.err(x))
         })
     }
 }
@@ -336,6 +389,27 @@ mod tests {
         let s = RedbStore::open(&dir.join("var")).unwrap();
         assert_eq!(s.all().unwrap().len(), 1);
         drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Graph subscriptions survive a reopen of the redb file, and forgetting one removes it.
+    #[test]
+    fn graph_subscriptions_are_kept_across_reopen() {
+        let dir = tempdir("subs");
+        {
+            let s = RedbStore::open(&dir).unwrap();
+            assert!(s.graph_subscriptions().unwrap().is_empty());
+            s.set_graph_subscription("sub-1", Some("mon1@x")).unwrap();
+            s.set_graph_subscription("sub-2", Some("mon2@x")).unwrap();
+            s.set_graph_subscription("sub-1", None).unwrap();
+        }
+        let s = RedbStore::open(&dir).unwrap();
+        assert_eq!(s.graph_subscriptions().unwrap(), vec![("sub-2".to_string(), "mon2@x".to_string())]);
+        let m = MemoryStore::new();
+        m.set_graph_subscription("a", Some("m")).unwrap();
+        m.set_graph_subscription("b", Some("m")).unwrap();
+        m.set_graph_subscription("a", None).unwrap();
+        assert_eq!(m.graph_subscriptions().unwrap(), vec![("b".to_string(), "m".to_string())]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -8,8 +8,9 @@
 //!  this task --getPresencesByUserId--> Graph ; changed status --PresenceDoc--> signalling shards
 //! ```
 //!
-//! Monitors' refresh tokens rotate: the newest is written back to the monitor's token file
-//! (0600, replaced atomically) so that a restart goes on with it.
+//! Monitors' refresh tokens rotate: the Graph client writes the newest back to the monitor's
+//! token file at once (`GraphClient::add_monitor_with_file`). The subscriptions held are
+//! recorded in the store, and those of a previous run are deleted at start.
 
 use super::directory::{UserDirectory, UserId};
 use super::graph::{GraphClient, GraphError, Secret};
@@ -17,7 +18,6 @@ use super::pidf::teams_document;
 use super::teams_watch::{TeamsStatus, TeamsWatch, WatchAction, WatchConfig};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -54,14 +54,14 @@ pub struct TeamsSyncSetup {
     pub object_ids: Arc<Mutex<HashMap<String, String>>>,
     pub notification_url: String,
     pub client_state: Secret,
-    /// Monitor UPN and its refresh token file.
-    pub monitors: Vec<(String, PathBuf)>,
     /// Host of the PIDF `entity` (`sip:EXT@host`): the PBX domain.
     pub entity_host: String,
     pub published: PublishedFn,
     pub charge: ChargeFn,
     /// `numbers.to_pbx`, for [`watch_keys`].
     pub to_pbx: crate::routing::NumberRules,
+    /// Where the subscriptions held are recorded: those of a previous run are deleted at start.
+    pub store: Arc<dyn super::store::PresenceStore>,
 }
 
 /// The user parts a PBX-side watcher may SUBSCRIBE to for `user`: its extensions, its numbers
@@ -114,11 +114,22 @@ pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
     let task = tokio::spawn(async move {
         let s = setup;
         let (done_tx, mut done) = mpsc::channel::<Done>(256);
+        // Subscriptions of a previous run still notify for up to an hour: delete them.
+        for (id, monitor) in s.store.graph_subscriptions().unwrap_or_default() {
+            let (g, store) = (s.graph.clone(), s.store.clone());
+            tokio::spawn(async move {
+                match g.delete_subscription(&monitor, &id).await {
+                    Ok(()) => tracing::info!(monitor = %monitor, "Graph subscription of a previous run deleted"),
+                    Err(e) => tracing::info!(monitor = %monitor, error = %e, "Graph subscription of a previous run not deleted (it expires by itself)"),
+                }
+                let _ = store.set_graph_subscription(&id, None);
+            });
+        }
+        let mut monitor_of: HashMap<u64, String> = HashMap::new();
         let now = Instant::now();
         let mut watch = TeamsWatch::new(s.watch.clone(), now);
         let mut watched: usize = 0;
         let mut by_object: HashMap<String, UserId> = HashMap::new();
-        let mut token_sent: HashMap<String, String> = HashMap::new();
         let mut resync = tokio::time::interval(Duration::from_secs(5));
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -140,6 +151,7 @@ pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
                 let tx = done_tx.clone();
                 match a {
                     WatchAction::Create { key, monitor, ids, lifetime } => {
+                        monitor_of.insert(key, monitor.clone());
                         let (url, state) = (s.notification_url.clone(), s.client_state.clone());
                         tokio::spawn(async move {
                             let r = g.create_subscription(&monitor, &ids, &url, &state, lifetime).await;
@@ -159,10 +171,12 @@ pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
                         });
                     }
                     WatchAction::Delete { monitor, subscription_id } => {
+                        let store = s.store.clone();
                         tokio::spawn(async move {
                             if let Err(e) = g.delete_subscription(&monitor, &subscription_id).await {
                                 tracing::info!(error = %e, "Graph subscription not deleted (it expires by itself)");
                             }
+                            let _ = store.set_graph_subscription(&subscription_id, None);
                         });
                     }
                     WatchAction::Fetch { ids } => {
@@ -175,19 +189,6 @@ pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
                             let r = g.get_presences(&ids).await;
                             let _ = tx.send(Done::Fetched(ids, r)).await;
                         });
-                    }
-                }
-            }
-            // Rotated monitor tokens go back to their files.
-            for (upn, path) in &s.monitors {
-                if let Some(t) = s.graph.monitor_refresh_token(upn).await {
-                    if token_sent.get(upn).map(String::as_str) != Some(t.expose()) {
-                        match super::graph_watch::write_secret_file(path, &t) {
-                            Ok(()) => {
-                                token_sent.insert(upn.clone(), t.expose().to_string());
-                            }
-                            Err(e) => tracing::warn!(monitor = %upn, file = %path.display(), error = %e, "cannot write the monitor's rotated refresh token"),
-                        }
                     }
                 }
             }
@@ -213,11 +214,19 @@ pub fn spawn(setup: TeamsSyncSetup, queue: usize) -> TeamsSync {
                 Some(d) = done.recv() => {
                     let now = Instant::now();
                     match d {
-                        Done::Created(key, Ok((id, granted))) => watch.on_created(key, &id, granted, now),
+                        Done::Created(key, Ok((id, granted))) => {
+                            if let Some(m) = monitor_of.remove(&key) {
+                                if let Err(e) = s.store.set_graph_subscription(&id, Some(&m)) {
+                                    tracing::warn!(error = %e, "cannot record a Graph subscription");
+                                }
+                            }
+                            watch.on_created(key, &id, granted, now);
+                        }
                         Done::Renewed(key, Ok(granted)) => watch.on_renewed(key, granted, now),
                         Done::Reauthorized(key, Ok(())) => watch.on_renewed(key, s.watch.lifetime, now),
                         Done::Created(key, Err(e)) | Done::Renewed(key, Err(e)) | Done::Reauthorized(key, Err(e)) => {
                             tracing::info!(error = %e, "Graph presence subscription request failed");
+                            monitor_of.remove(&key);
                             let (status, retry) = failure(&e);
                             watch.on_failed(key, status, retry, now);
                         }
