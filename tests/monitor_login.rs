@@ -99,19 +99,21 @@ impl Login {
         Login { child, lines, stdout: String::new(), stderr }
     }
 
+    /// The next stdout line before `deadline`, kept in `stdout` too.
+    fn next_line(&mut self, deadline: Instant) -> Result<String, mpsc::RecvTimeoutError> {
+        let line = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))?;
+        self.stdout.push_str(&line);
+        self.stdout.push('\n');
+        Ok(line)
+    }
+
     /// The next stdout lines until one contains `needle` (bounded by WAIT).
     fn line_containing(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.stdout.push_str(&line);
-                    self.stdout.push('\n');
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
+            match self.next_line(deadline) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
                 Err(e) => panic!("no stdout line with {needle:?} ({e:?}); stdout so far:\n{}", self.stdout),
             }
         }
@@ -130,12 +132,8 @@ impl Login {
         let deadline = Instant::now() + WAIT;
         // stdout and stderr close when the process ends.
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.stdout.push_str(&line);
-                    self.stdout.push('\n');
-                }
+            match self.next_line(deadline) {
+                Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => panic!("drbridge monitor-login still running after {WAIT:?}; stdout:\n{}", self.stdout),
             }

@@ -77,6 +77,22 @@ fn pbx_sdp() -> String {
     "v=0\r\no=PBX 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n".to_string()
 }
 
+/// The PBX calls TEAMS_USER on `conn` (a TLS connection to drbridge's PBX listener); Teams
+/// answers; the PBX hangs up. Returns the INVITE Teams got.
+async fn pbx_call_on(lab: &Lab, conn: &common::peer::ConnHandle) -> drbridge::sip::msg::Request {
+    let dr = lab.cfg.pbx_listen;
+    let mut inv = lab.pbx.new_request(Method::Invite, &format!("sip:{TEAMS_USER}@{dr};transport=tls"), &format!("<sip:4711@{PBX_HOST}>"), &format!("<sip:{TEAMS_USER}@{dr}>"));
+    inv.headers.push("Content-Type", "application/sdp");
+    inv.body = bytes::Bytes::from(pbx_sdp());
+    let mut caller = lab.pbx.send_invite(conn, inv);
+    let t = lab.teams.answer_call(STEP).await;
+    assert_eq!(lab.pbx.await_answer(&mut caller, STEP).await.status, 200);
+    lab.pbx.ack(&mut caller).await;
+    assert_eq!(lab.pbx.bye(&mut caller, STEP).await.status, 200);
+    lab.teams.expect_bye(&t, STEP).await;
+    t.invite
+}
+
 /// Teams calls a PBX extension: drbridge opens TLS to the PBX with its trunk certificate
 /// (which the PBX checks against the trunk CA), checks the PBX's certificate against the trunk
 /// CA and `pbx.domain`, and names its PBX-side TLS listener in Via and Contact.
@@ -110,17 +126,8 @@ async fn pbx_calls_teams_over_tls_on_the_pbx_listener() {
     let dr = lab.cfg.pbx_listen;
     let client = client_config(Some((&lab.trunk.join("pbx.crt"), &lab.trunk.join("pbx.key"))), &lab.trunk.join("trunk-ca.crt"));
     let conn = lab.pbx.connect_tls(dr, SBC_LAN, client, None).await.expect("TLS to drbridge's PBX listener with the trunk CA");
-    let mut inv = lab.pbx.new_request(Method::Invite, &format!("sip:{TEAMS_USER}@{dr};transport=tls"), &format!("<sip:4711@{PBX_HOST}>"), &format!("<sip:{TEAMS_USER}@{dr}>"));
-    inv.headers.push("Content-Type", "application/sdp");
-    inv.body = bytes::Bytes::from(pbx_sdp());
-    let mut caller = lab.pbx.send_invite(&conn, inv);
-    let t = lab.teams.answer_call(STEP).await;
-    assert_eq!(lab.pbx.await_answer(&mut caller, STEP).await.status, 200);
-    lab.pbx.ack(&mut caller).await;
-    let teams_inv = &t.invite;
+    let teams_inv = pbx_call_on(&lab, &conn).await;
     assert!(teams_inv.uri.contains(TEAMS_USER), "to the Teams user: {}", teams_inv.uri);
-    assert_eq!(lab.pbx.bye(&mut caller, STEP).await.status, 200);
-    lab.teams.expect_bye(&t, STEP).await;
 }
 
 /// Each side's listener trusts its own CA only: the Teams certificate is refused on the PBX
@@ -197,15 +204,7 @@ async fn a_pbx_without_a_client_certificate_only_from_its_address_and_only_when_
     // a call from the PBX without a certificate
     let dr = lab.cfg.pbx_listen;
     let conn = lab.pbx.connect_tls(dr, SBC_LAN, client_config(None, &ca), None).await.expect("TLS without a client certificate");
-    let mut inv = lab.pbx.new_request(Method::Invite, &format!("sip:{TEAMS_USER}@{dr};transport=tls"), &format!("<sip:4711@{PBX_HOST}>"), &format!("<sip:{TEAMS_USER}@{dr}>"));
-    inv.headers.push("Content-Type", "application/sdp");
-    inv.body = bytes::Bytes::from(pbx_sdp());
-    let mut caller = lab.pbx.send_invite(&conn, inv);
-    let t = lab.teams.answer_call(STEP).await;
-    assert_eq!(lab.pbx.await_answer(&mut caller, STEP).await.status, 200);
-    lab.pbx.ack(&mut caller).await;
-    assert_eq!(lab.pbx.bye(&mut caller, STEP).await.status, 200);
-    lab.teams.expect_bye(&t, STEP).await;
+    pbx_call_on(&lab, &conn).await;
 
     let strict = lab_with("pbx", "").await;
     let ca = strict.trunk.join("trunk-ca.crt");

@@ -282,12 +282,18 @@ fn give_up_signs(sent: &[(Hop, Message)]) -> (usize, Vec<u16>, usize) {
     (cancels, finals, byes)
 }
 
+/// A PBX call to Teams, ringing (180 from Teams); returns the INVITE Teams got.
+fn ringing_teams_call(w: &mut World, id: &str) -> Request {
+    w.from_pbx(&pbx_invite(id));
+    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
+    w.from_teams(respond(&inv, 180, "ms", "<sip:a.pstnhub.microsoft.com>"), "52.112.0.1:5061");
+    inv
+}
+
 #[test]
 fn an_unanswered_call_is_given_up_at_the_ring_timeout() {
     let mut w = World::new();
-    w.from_pbx(&pbx_invite("rt"));
-    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
-    w.from_teams(respond(&inv, 180, "ms", "<sip:a.pstnhub.microsoft.com>"), "52.112.0.1:5061");
+    let inv = ringing_teams_call(&mut w, "rt");
     w.take();
     w.advance(Duration::from_secs(179));
     assert_eq!(give_up_signs(&w.take()), (0, vec![], 0), "still ringing before the ring timeout");
@@ -304,9 +310,7 @@ fn an_unanswered_call_is_given_up_at_the_ring_timeout() {
 #[test]
 fn a_call_answered_late_outlives_the_ring_timeout() {
     let mut w = World::new();
-    w.from_pbx(&pbx_invite("rl"));
-    let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
-    w.from_teams(respond(&inv, 180, "ms", "<sip:a.pstnhub.microsoft.com>"), "52.112.0.1:5061");
+    let inv = ringing_teams_call(&mut w, "rl");
     w.advance(Duration::from_secs(170));
     w.from_teams(respond(&inv, 200, "ms", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>"), "52.112.0.1:5061");
     let sent = w.take();
@@ -734,6 +738,15 @@ fn media_world(capacity: usize) -> (World, FakeMedia) {
 
 const TEAMS_ANSWER: &str = "v=0\r\no=- 1 0 IN IP4 52.113.0.9\r\ns=session\r\nc=IN IP4 52.113.0.9\r\nb=CT:10000000\r\nt=0 0\r\nm=audio 50010 RTP/SAVP 8 101\r\nc=IN IP4 52.113.0.9\r\na=rtcp:50011\r\na=ice-ufrag:Tms1\r\na=ice-pwd:TmsPwdTmsPwdTmsPwdTmsPwd\r\na=candidate:1 1 UDP 2130706431 52.113.0.9 50010 typ host\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31\r\na=rtcp-mux\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n";
 
+/// Teams' `status` response to `inv` with the Teams SDP answer.
+fn teams_sdp_response(inv: &Request, status: u16) -> Message {
+    let mut r = inv.response(status, Some("ms"));
+    r.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
+    r.headers.push("Content-Type", "application/sdp");
+    r.body = bytes::Bytes::from_static(TEAMS_ANSWER.as_bytes());
+    Message::Response(r)
+}
+
 #[test]
 fn anchored_call_hides_media_addresses_and_speaks_sdes_ice_lite_to_teams() {
     let (mut w, fake) = media_world(10);
@@ -750,11 +763,7 @@ fn anchored_call_hides_media_addresses_and_speaks_sdes_ice_lite_to_teams() {
     assert_eq!(first.1, MediaEnd::A);
     assert_eq!(first.2.rtp, Some("10.9.9.9:40000".parse().unwrap()));
 
-    let mut ok = inv.response(200, Some("ms"));
-    ok.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
-    ok.headers.push("Content-Type", "application/sdp");
-    ok.body = bytes::Bytes::from_static(TEAMS_ANSWER.as_bytes());
-    w.from_teams(Message::Response(ok), "52.112.0.1:5061");
+    w.from_teams(teams_sdp_response(&inv, 200), "52.112.0.1:5061");
     let sent = w.take();
     let pbx_ok = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => Some(r.clone()), _ => None }).unwrap();
     let text = String::from_utf8_lossy(&pbx_ok.to_bytes()).to_string();
@@ -783,19 +792,11 @@ fn delayed_offer_from_the_pbx_becomes_an_early_offer_to_teams() {
     assert!(!body.contains("10.9.9.9"), "the PBX address is not Teams' business: {body}");
     assert_eq!(inv.content_type(), Some("application/sdp"));
     // early media from Teams: no SDP toward the PBX
-    let mut ring = inv.response(183, Some("ms"));
-    ring.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
-    ring.headers.push("Content-Type", "application/sdp");
-    ring.body = bytes::Bytes::from_static(TEAMS_ANSWER.as_bytes());
-    w.from_teams(Message::Response(ring), "52.112.0.1:5061");
+    w.from_teams(teams_sdp_response(&inv, 183), "52.112.0.1:5061");
     let sent = w.take();
     let p183 = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 183 => Some(r.clone()), _ => None }).expect("183 to the PBX");
     assert!(p183.body.is_empty() && p183.content_type().is_none(), "no offer in an unreliable 183");
-    let mut ok = inv.response(200, Some("ms"));
-    ok.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
-    ok.headers.push("Content-Type", "application/sdp");
-    ok.body = bytes::Bytes::from_static(TEAMS_ANSWER.as_bytes());
-    w.from_teams(Message::Response(ok), "52.112.0.1:5061");
+    w.from_teams(teams_sdp_response(&inv, 200), "52.112.0.1:5061");
     let sent = w.take();
     assert!(sent.iter().any(|(h, m)| matches!(m, Message::Request(r) if r.method == crate::sip::msg::Method::Ack && r.body.is_empty()) && h.peer.proto == Proto::Tls), "Teams ACKed at once");
     let pbx_ok = sent.iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => Some(r.clone()), _ => None }).unwrap();
@@ -820,11 +821,7 @@ fn delayed_offer_from_the_pbx_becomes_an_early_offer_to_teams() {
     let offerless = pbx_invite("dn").split("Content-Type").next().unwrap().to_string() + "Content-Length: 0\n\n";
     w.from_pbx(&offerless);
     let inv = w.requests(crate::sip::msg::Method::Invite).remove(0).1;
-    let mut ok = inv.response(200, Some("ms"));
-    ok.headers.push("Contact", "<sip:a.pstnhub.microsoft.com:5061;transport=tls>");
-    ok.headers.push("Content-Type", "application/sdp");
-    ok.body = bytes::Bytes::from_static(TEAMS_ANSWER.as_bytes());
-    w.from_teams(Message::Response(ok), "52.112.0.1:5061");
+    w.from_teams(teams_sdp_response(&inv, 200), "52.112.0.1:5061");
     let tag = w.take().iter().find_map(|(_, m)| match m { Message::Response(r) if r.status == 200 => r.to_tag().map(str::to_string), _ => None }).unwrap();
     w.from_pbx(&format!("ACK sip:+4930555@10.9.9.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 10.9.9.9:5080;branch=z9hG4bK-dnack\nMax-Forwards: 70\nFrom: \"Alice\" <sip:4711@10.9.9.9>;tag=pbx1\nTo: <sip:+4930555@10.9.9.1>;tag={tag}\nCall-ID: dn@10.9.9.9\nCSeq: 1 ACK\nContent-Length: 0\n\n"));
     assert_eq!(w.requests(crate::sip::msg::Method::Bye).len(), 2, "BYE on both legs");
